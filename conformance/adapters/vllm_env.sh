@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Create the isolated virtual environment in which loadspec runs vLLM's real
+# loader code on a CPU-only machine (recipe: /work/shared/notes/vllm-on-cpu.md).
+#
+#   conformance/adapters/vllm_env.sh [VENV_DIR]      (default: <repo>/.venv-vllm)
+#
+# vLLM's pins (torch, transformers, pydantic, ...) must not constrain loadspec's
+# main environment, hence a venv of its own.  The script is idempotent: a marker
+# file written as the very last step records a complete install, and a later
+# run with the same recipe returns at once.  A run interrupted half-way simply
+# re-runs every pip step (pip skips what is already satisfied).
+#
+# Environment knobs: PYTHON (interpreter that creates the venv, default python3),
+# PIP_FLAGS (extra flags for every pip call, e.g. "--no-cache-dir"),
+# WITH_COMPRESSED_TENSORS=1 (optional step 5, NOT part of the notes' recipe:
+# compressed-tensors==0.17.0 --no-deps + loguru, ~1 s and ~4 MB; without it
+# vllm...compressed_tensors.compressed_tensors fails to import with
+# "No module named 'compressed_tensors'", so CompressedTensorsConfig and its
+# KV-cache method cannot be probed; ModelOpt, Quark and Fp8 configs need nothing).
+#
+# Use afterwards:
+#   VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 .venv-vllm/bin/python conformance/adapters/vllm_probe.py
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="${1:-$REPO_ROOT/.venv-vllm}"
+PYTHON="${PYTHON:-python3}"
+PIP_FLAGS="${PIP_FLAGS:-}"
+
+# The recipe, pinned.  Changing any line changes the marker and forces a re-run.
+TORCH_SPEC="torch==2.13.0"
+VLLM_SPEC="vllm==0.33.0"
+DEPS=(
+  packaging psutil "pyzmq>=25.0.0" regex numpy "transformers>=5.16.1,<5.21.0"
+  cbor2 "aiohttp>=3.14.4" "requests>=2.33.0" oss-harmony "openai>=2.25.0"
+  "pillow>=13.0.0" pybase64 cachetools msgspec cloudpickle uvloop py-cpuinfo
+  prometheus_client "fastapi>=0.133.0,<0.137.0" partial-json-parser llguidance
+  einops "pydantic>=2.12.0" apache-tvm-ffi
+)
+# xgrammar's own dependencies pull triton (~1 GB) which nothing here needs.
+XGRAMMAR_SPEC="xgrammar==0.2.8"
+
+WITH_COMPRESSED_TENSORS="${WITH_COMPRESSED_TENSORS:-0}"
+CT_SPECS=("compressed-tensors==0.17.0" loguru)   # version pinned by vllm 0.33.0's metadata
+
+RECIPE="$TORCH_SPEC | --no-deps $VLLM_SPEC | ${DEPS[*]} | --no-deps $XGRAMMAR_SPEC"
+if [[ "$WITH_COMPRESSED_TENSORS" == 1 ]]; then
+  RECIPE="$RECIPE | --no-deps ${CT_SPECS[*]}"
+fi
+MARKER="$VENV/.loadspec-vllm-env-complete"
+
+if [[ -f "$MARKER" ]] && [[ "$(head -n 1 "$MARKER")" == "$RECIPE" ]]; then
+  echo "vllm_env: $VENV is complete (marker $MARKER); nothing to do."
+  exit 0
+fi
+
+start=$(date +%s)
+step() { echo "vllm_env: [$(( $(date +%s) - start ))s] $*"; }
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  step "creating venv $VENV with $PYTHON ($("$PYTHON" --version 2>&1))"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check $PIP_FLAGS)
+
+# 1. torch first, so that nothing later resolves a different (CUDA) torch.
+step "1/4 $TORCH_SPEC"
+"${PIP[@]}" "$TORCH_SPEC"
+# 2. vLLM itself without its dependency pins (they would replace torch).
+step "2/4 --no-deps $VLLM_SPEC"
+"${PIP[@]}" --no-deps "$VLLM_SPEC"
+# 3. the dependencies the loader modules actually import.
+step "3/4 ${#DEPS[@]} dependencies"
+"${PIP[@]}" "${DEPS[@]}"
+# 4. xgrammar without triton.
+step "4/4 --no-deps $XGRAMMAR_SPEC"
+"${PIP[@]}" --no-deps "$XGRAMMAR_SPEC"
+# 5. (optional) compressed-tensors, for CompressedTensorsConfig / its KV-cache method.
+if [[ "$WITH_COMPRESSED_TENSORS" == 1 ]]; then
+  step "5/5 (optional) --no-deps ${CT_SPECS[*]}"
+  "${PIP[@]}" --no-deps "${CT_SPECS[@]}"
+fi
+
+# TODO(loadspec packaging): once loadspec has a pyproject.toml, install it here with
+#   "${PIP[@]}" --no-deps -e "$REPO_ROOT"
+# so that the vLLM adapter can import loadspec from this venv.  Until then the
+# probe is standalone and imports nothing from loadspec.
+
+step "smoke test: importing the loader modules"
+VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 "$VENV/bin/python" - <<'EOF'
+import importlib
+for m in ("vllm.model_executor.models.utils",
+          "vllm.model_executor.layers.quantization.kv_cache",
+          "vllm.model_executor.model_loader.weight_utils",
+          "vllm.model_executor.model_loader.reload",
+          "vllm.model_executor.layers.linear",
+          "vllm.model_executor.layers.attention"):
+    importlib.import_module(m)
+import torch, vllm
+print("vllm_env: smoke test ok: vllm", vllm.__version__, "torch", torch.__version__)
+EOF
+
+{
+  echo "$RECIPE"
+  echo "completed $(date -u +%Y-%m-%dT%H:%M:%SZ) in $(( $(date +%s) - start ))s"
+  "$VENV/bin/python" -m pip freeze --disable-pip-version-check
+} > "$MARKER"
+step "done: $VENV ($(du -sh "$VENV" | cut -f1))"

@@ -1,0 +1,109 @@
+"""Per-rule conformance reports: ``conformance.json`` and ``conformance.md``.
+
+Outcomes per test are folded into one outcome per rule: ``fail`` if any test
+citing it failed, else ``xfail`` if any was an expected failure, else ``pass`` if
+any passed, else ``skipped`` (with the reasons), else ``not run``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from loadspec.conformance.rules import CONTRACT_VERSION, RULES
+
+OUTCOME_ORDER = ("fail", "xfail", "pass", "skipped", "not run")
+
+
+@dataclass
+class TestResult:
+    """One test's outcome as the report shows it."""
+
+    nodeid: str
+    outcome: str  # pass | fail | skipped | xfail
+    message: str = ""
+    counterexample: str = ""
+
+
+@dataclass
+class RuleResult:
+    """All results of the tests that cite one rule."""
+
+    id: str
+    level: str
+    text: str
+    vllm_differs: str
+    tests: list[TestResult] = field(default_factory=list)
+
+    @property
+    def outcome(self) -> str:
+        outcomes = {t.outcome for t in self.tests}
+        for outcome in OUTCOME_ORDER[:4]:
+            if outcome in outcomes:
+                return outcome
+        return "not run"
+
+
+class RuleReport:
+    """Collects test outcomes by rule and writes the report files."""
+
+    def __init__(self, implementation: dict) -> None:
+        self.implementation = implementation
+        self.rules = {r.id: RuleResult(r.id, r.level, r.text, r.vllm_differs) for r in RULES}
+
+    def add(self, rule_ids: list[str], result: TestResult) -> None:
+        for rule_id in rule_ids:
+            self.rules[rule_id].tests.append(result)
+
+    def summary(self) -> dict[str, int]:
+        counts = {outcome: 0 for outcome in OUTCOME_ORDER}
+        for rule in self.rules.values():
+            counts[rule.outcome] += 1
+        return counts
+
+    def as_json(self) -> dict:
+        return {
+            "implementation": self.implementation,
+            "contract_version": CONTRACT_VERSION,
+            "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "platform": {"python": platform.python_version(), "machine": platform.machine()},
+            "summary": self.summary(),
+            "rules": [dict(asdict(rule), outcome=rule.outcome) for rule in self.rules.values()],
+        }
+
+    def as_markdown(self) -> str:
+        impl = self.implementation
+        lines = [f"# Conformance report: {impl.get('name')} {impl.get('version', '')}".rstrip(), "",
+                 f"Contract version {CONTRACT_VERSION}. Summary: "
+                 + ", ".join(f"{n} {k}" for k, n in self.summary().items() if n) + ".", ""]
+        for key in ("capabilities", "notes"):
+            if impl.get(key):
+                value = impl[key]
+                lines.append(f"{key.capitalize()}: {', '.join(value) if isinstance(value, list) else value}")
+        lines += ["", "| Rule | Level | Outcome | Tests | Detail |", "|---|---|---|---|---|"]
+        for rule in self.rules.values():
+            detail = "; ".join(sorted({t.message.splitlines()[0][:160] for t in rule.tests
+                                       if t.outcome != "pass" and t.message}))
+            lines.append(f"| {rule.id} | {rule.level} | {rule.outcome} | {len(rule.tests)} | "
+                         f"{detail.replace('|', '/')} |")
+        failures = [(rule, t) for rule in self.rules.values() for t in rule.tests if t.outcome == "fail"]
+        if failures:
+            lines += ["", "## Failures", ""]
+            for rule, test in failures:
+                lines += [f"### {rule.id} ({rule.level}): `{test.nodeid}`", "", rule.text, ""]
+                if rule.vllm_differs:
+                    lines += [f"How vLLM differs: {rule.vllm_differs}", ""]
+                lines += ["```", test.message.strip()[:4000], "```", ""]
+                if test.counterexample:
+                    lines += ["Counterexample:", "", "```", test.counterexample.strip()[:4000], "```", ""]
+        return "\n".join(lines) + "\n"
+
+    def write(self, directory: Path) -> tuple[Path, Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        json_path, md_path = directory / "conformance.json", directory / "conformance.md"
+        json_path.write_text(json.dumps(self.as_json(), indent=2) + "\n")
+        md_path.write_text(self.as_markdown())
+        return json_path, md_path

@@ -1,0 +1,319 @@
+"""The loadspec contract as data: one ``Rule`` per testable sentence.
+
+Levels: ``MUST`` is what vLLM does (at commit fe4c5dcd4) and its PRs intend;
+``SHOULD`` is where loadspec is stricter than vLLM, and ``vllm_differs`` says how.
+Tests cite rules with ``@pytest.mark.rule("SCALE-3")``; ``tests/test_rules.py``
+checks that every rule is cited and that the README table matches this data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CONTRACT_VERSION = "2026.11"
+
+MUST = "MUST"
+SHOULD = "SHOULD"
+
+_KV = "vllm/model_executor/layers/quantization/kv_cache.py"
+_ATTN = "vllm/model_executor/layers/attention/attention.py"
+_UTILS = "vllm/model_executor/models/utils.py"
+_WU = "vllm/model_executor/model_loader/weight_utils.py"
+_BASE = "vllm/model_executor/layers/quantization/base_config.py"
+_FP8 = "vllm/model_executor/layers/quantization/fp8.py"
+_META = "vllm/model_executor/model_loader/reload/meta.py"
+_LW = "vllm/model_executor/model_loader/reload/layerwise.py"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One testable clause of the contract."""
+
+    id: str
+    level: str
+    text: str
+    source: str
+    vllm_differs: str = ""
+
+    @property
+    def family(self) -> str:
+        """The family prefix, e.g. ``SCALE`` for ``SCALE-3``."""
+        return self.id.rsplit("-", 1)[0]
+
+
+FAMILIES = {
+    "SCALE": "The KV-cache scale parameter and its loader",
+    "KVPROC": "Resolving KV-cache scale sentinels after loading",
+    "MAP": "Weight-name mapping and mapper composition",
+    "NAMES": "Checkpoint layouts of every producer reach the canonical scale parameters",
+    "LOAD": "The default and the automatic weight loader",
+    "COUNT": "Copy counting",
+    "ORDER": "Processing order",
+    "RELOAD": "The layerwise reload lifecycle",
+}
+
+RULES: tuple[Rule, ...] = (
+    # ---------------------------------------------------------------- SCALE
+    Rule("SCALE-1", MUST,
+         "A new KV-cache scale parameter is a 0-d tensor holding the sentinel -1.0, with requires_grad=False.",
+         f"{_KV} KVCacheScaleParameter.__new__ (#43167)"),
+    Rule("SCALE-2", SHOULD,
+         "A new KV-cache scale parameter is float32 whatever torch's default dtype is.",
+         f"{_KV} KVCacheScaleParameter.__new__ (#43167)",
+         "vLLM builds it with torch.tensor(-1.0), which takes torch.get_default_dtype(): bf16 when a layer is built under a bf16 default."),
+    Rule("SCALE-3", MUST,
+         "The scale loader accepts any tensor with exactly one element, whatever its shape (e.g. (), (1,), (1,1,1)) and float dtype (fp32, bf16, fp16, fp64), and stores its value converted to the parameter's dtype.",
+         f"{_KV} KVCacheScaleParameter.weight_loader (#43167)"),
+    Rule("SCALE-4", MUST,
+         "The scale loader rejects a tensor whose element count is not 1 with a ValueError whose message names the shape, and the parameter keeps its value.",
+         f"{_KV} KVCacheScaleParameter.weight_loader: 'KV-cache scale expects a scalar weight, got shape (2,)' (#43167)"),
+    Rule("SCALE-5", MUST,
+         "The scale loader writes with copy_, so a copy counter sees exactly one element per scale load.",
+         f"{_KV} KVCacheScaleParameter.weight_loader; {_META} CopyCounter (#38995, #43167)"),
+    Rule("SCALE-6", MUST,
+         "Loading a scale keeps the parameter's device, dtype and storage (data_ptr unchanged).",
+         f"{_KV} KVCacheScaleParameter.weight_loader uses param.data.copy_ (#43167)"),
+    Rule("SCALE-7", MUST,
+         "A weight_loader assigned on a scale parameter instance takes precedence over the class loader.",
+         f"{_KV} KVCacheScaleParameter docstring; {_LW} wraps loaders per instance (#43167)"),
+    # --------------------------------------------------------------- KVPROC
+    Rule("KVPROC-1", MUST,
+         "Creating the KV-cache method's weights gives the attention layer exactly four fresh sentinel scale parameters q_scale, k_scale, v_scale, prob_scale; creating them again replaces them with fresh sentinels.",
+         f"{_KV} BaseKVCacheMethod.create_weights (#43167)"),
+    Rule("KVPROC-2", MUST,
+         "With a quantized KV-cache dtype and k and v both loaded positive, the k and v outputs equal the loaded values.",
+         f"{_KV} BaseKVCacheMethod.process_weights_after_loading step 3a"),
+    Rule("KVPROC-3", MUST,
+         "With a quantized KV-cache dtype and neither k nor v loaded, every k and v output is exactly 1.0, and a warning says that 1.0 is used (not for e5m2 dtypes).",
+         f"{_KV} BaseKVCacheMethod.process_weights_after_loading steps 3b, 3g"),
+    Rule("KVPROC-4", MUST,
+         "With a quantized KV-cache dtype and only k loaded, both the k and the v outputs equal k.",
+         f"{_KV} BaseKVCacheMethod.process_weights_after_loading step 3c (#6081)"),
+    Rule("KVPROC-5", SHOULD,
+         "With a quantized KV-cache dtype and only v loaded, both the k and the v outputs equal v.",
+         f"{_KV} BaseKVCacheMethod.process_weights_after_loading step 3c",
+         "vLLM fails with a bare AssertionError ('assert layer.k_scale > 0.0') on v-only checkpoints (#46264; fix #46265 closed unmerged)."),
+    Rule("KVPROC-6", MUST,
+         "For every KV-cache dtype that is not per-token-head, the q and prob outputs equal the loaded q_scale and prob_scale when loaded, and 1.0 otherwise.",
+         f"{_KV} BaseKVCacheMethod.process_weights_after_loading step 4 (#14570)"),
+    Rule("KVPROC-7", SHOULD,
+         "A loaded scale that is NaN, infinite, zero, or negative other than the sentinel -1.0 is rejected with a ValueError naming the scale and its value, and the layer keeps every output it had.",
+         f"{_KV} BaseKVCacheMethod.process_weights_after_loading step 3",
+         "vLLM treats any negative value as 'not loaded', accepts +inf, turns a NaN or zero v into a copy of k, and fails with a bare AssertionError on a NaN or zero k."),
+    Rule("KVPROC-8", MUST,
+         "For per-token-head KV-cache dtypes (int4/int8/fp8_per_token_head) the k and v outputs are 1.0 whatever was loaded.",
+         f"{_KV} BaseKVCacheMethod.process_weights_after_loading step 2 (#38378)"),
+    Rule("KVPROC-9", MUST,
+         "For a non-quantized KV-cache dtype (auto, bfloat16, ...) processing leaves the k and v outputs unchanged.",
+         f"{_KV} BaseKVCacheMethod.process_weights_after_loading step 3 (skipped)"),
+    Rule("KVPROC-10", MUST,
+         "Building an attention layer with KV-cache dtype fp8_e5m2 under a quantization config that loads KV scales raises ValueError.",
+         f"{_ATTN} _init_kv_cache_quant: 'fp8_e5m2 kv-cache is not supported with fp8 checkpoints.'"),
+    Rule("KVPROC-11", SHOULD,
+         "After every load and reload, each host mirror (_k_scale_float, _v_scale_float, _q_scale_float, _prob_scale_float, _k_scale_cpu, _v_scale_cpu) equals its device scale.",
+         f"{_KV} BaseKVCacheMethod.process_weights_after_loading steps 3f, 4 (#42749)",
+         "vLLM never updates _prob_scale_float from the checkpoint (it stays 1.0), and set_default_quant_scales replaces _k_scale_cpu/_v_scale_cpu with new objects."),
+    Rule("KVPROC-12", MUST,
+         "Processing deletes the four scale parameters, and processing a second time is a no-op: the outputs equal those of processing once.",
+         f"{_KV} BaseKVCacheMethod.process_weights_after_loading steps 1, 5 (#28480)"),
+    Rule("KVPROC-13", MUST,
+         "Processing writes the device scales _q_scale, _k_scale, _v_scale, _prob_scale in place: their data_ptr never changes.",
+         f"{_KV} BaseKVCacheMethod.process_weights_after_loading (copy_ into _k_scale etc.)"),
+    # ------------------------------------------------------------------ MAP
+    Rule("MAP-1", MUST,
+         "A mapper applies its stages in the fixed order regex, substr, stacked, prefix, suffix, however it was composed.",
+         f"{_UTILS} WeightsMapper._map_name_with_shard"),
+    Rule("MAP-2", MUST,
+         "Within a stage every matching entry is applied, in insertion order, each seeing the result of the previous one.",
+         f"{_UTILS} WeightsMapper._map_name_with_shard"),
+    Rule("MAP-3", MUST,
+         "A regex entry replaces every match; a substr, stacked or prefix entry replaces the first occurrence; a suffix entry replaces the trailing occurrence.",
+         f"{_UTILS} WeightsMapper._map_name_with_shard"),
+    Rule("MAP-4", MUST,
+         "An entry that maps a matching name to None drops the weight: it is not yielded and not loaded.",
+         f"{_UTILS} WeightsMapper docstring, apply"),
+    Rule("MAP-5", MUST,
+         "a | b is a new mapper in which b's entry wins on an equal key; a and b are unchanged.",
+         f"{_UTILS} WeightsMapper.__or__ (#43167, #44589)"),
+    Rule("MAP-6", MUST,
+         "The empty mapper maps every name to itself.",
+         f"{_UTILS} WeightsMapper"),
+    Rule("MAP-7", MUST,
+         "Composition is associative in behaviour: (a | b) | c maps every name as a | (b | c) does.",
+         f"{_UTILS} WeightsMapper.__or__"),
+    Rule("MAP-8", MUST,
+         "A cache-scale mapper is idempotent: mapping a mapped name again changes nothing, and canonical names map to themselves.",
+         f"{_BASE} QuantizationConfig.get_cache_scale_mapper (negative lookbehind, #44589)"),
+    Rule("MAP-9", SHOULD,
+         "A mapper with an empty prefix, substr or suffix key, or a regex that does not compile, is rejected when it is built.",
+         f"{_UTILS} WeightsMapper",
+         "vLLM accepts them: an empty suffix key raises ValueError('empty separator') only when a name is mapped, and an empty prefix or substr silently prepends."),
+    Rule("MAP-10", SHOULD,
+         "Mapping never mutates the caller's tensors.",
+         f"{_UTILS} WeightsMapper.apply",
+         "vLLM sets data.shard_id on the caller's tensor, so a tensor reused under another name carries a stale shard id."),
+    Rule("MAP-11", MUST,
+         "A stacked entry renames the name and yields its shard id with the weight (the last matching entry's shard id wins).",
+         f"{_UTILS} WeightsMapper.apply, orig_to_new_stacked (#44589)"),
+    # ---------------------------------------------------------------- NAMES
+    Rule("NAMES-1", MUST,
+         "compressed-tensors names self_attn.{q,k,v}_scale load into the canonical self_attn.attn.{q,k,v}_scale.",
+         f"{_BASE} get_cache_scale_mapper default regex (#44589)"),
+    Rule("NAMES-2", SHOULD,
+         "Legacy compressed-tensors names self_attn.{q,k,v}_proj.output_scale load into the canonical scales under every quantization config.",
+         f"{_FP8} Fp8Config.get_cache_scale_mapper (#43167)",
+         "vLLM maps output_scale names only under the Fp8 and Quark configs; the compressed-tensors and ModelOpt configs inherit the base mapper, so such names fail there."),
+    Rule("NAMES-3", MUST,
+         "ModelOpt names self_attn.k_proj.k_scale and self_attn.v_proj.v_scale load into the canonical scales.",
+         f"{_BASE} get_cache_scale_mapper rule 2 (#44589)"),
+    Rule("NAMES-4", MUST,
+         "Quark names self_attn.{q,k,v}_proj.output_scale and self_attn.prob_output_scale load into the canonical scales.",
+         "vllm/model_executor/layers/quantization/quark/quark.py QuarkConfig.get_cache_scale_mapper (#43167)"),
+    Rule("NAMES-5", MUST,
+         "AutoFP8 names self_attn.k_scale and self_attn.v_scale load into the canonical scales.",
+         f"{_BASE} get_cache_scale_mapper default regex (#44589)"),
+    Rule("NAMES-6", MUST,
+         "The legacy fused name self_attn.kv_scale loads into the canonical k_scale (and v then follows k).",
+         f"{_BASE} get_cache_scale_mapper rule 1; {_UTILS} kv_scale deprecation warning (#6081)"),
+    Rule("NAMES-7", MUST,
+         "Fused names self_attn.qkv_proj.{k,v}_scale load into the canonical scales, also when the model's own mapper stacks q/k/v_proj into qkv_proj.",
+         f"{_BASE} get_cache_scale_mapper rule 3 (#44589; bugs #25047, #32199)"),
+    Rule("NAMES-8", SHOULD,
+         "MLA attention layers receive the KV-cache method, and MLA checkpoint names self_attn.{k,v}_scale load into them, under every quantization config.",
+         "vllm/model_executor/layers/quantization/{fp8,quark/quark,compressed_tensors/compressed_tensors}.py get_quant_method",
+         "vLLM's Fp8, Quark and compressed-tensors configs attach the KV-cache method to Attention only, so MLA scales are ignored there (only ModelOpt covers MLAAttention, #35430)."),
+    Rule("NAMES-9", MUST,
+         "NemotronH names mixer.k_proj.k_scale and mixer.v_proj.v_scale load into the canonical mixer.attn scales.",
+         f"{_BASE} get_cache_scale_mapper rule 4 (#44589)"),
+    Rule("NAMES-10", MUST,
+         "The automatic loader merges the quantization config's cache-scale mapper to the right of the model's own mapper, so the cache-scale entry wins on an equal key.",
+         f"{_UTILS} AutoWeightsLoader.load_weights (#43167)"),
+    Rule("NAMES-11", SHOULD,
+         "A bare self_attn.prob_scale loads into the canonical self_attn.attn.prob_scale.",
+         f"{_BASE} get_cache_scale_mapper",
+         "vLLM has no mapping and no ignore rule for .prob_scale, so such a checkpoint fails with 'There is no module or parameter named ...'."),
+    Rule("NAMES-12", MUST,
+         "Names that are not KV-cache scales (weights, weight_scale, input_scale) pass through the cache-scale mapper unchanged.",
+         f"{_BASE} get_cache_scale_mapper (#44589)"),
+    Rule("NAMES-13", MUST,
+         "Scale names map the same way under any prefix (model., language_model.model., ...).",
+         f"{_BASE} get_cache_scale_mapper (regexes anchored at the end of the name)"),
+    # ----------------------------------------------------------------- LOAD
+    Rule("LOAD-1", MUST,
+         "The default loader copies a one-element weight into a one-element parameter with copy_, whatever the two shapes.",
+         f"{_WU} default_weight_loader (#7534, #38995)"),
+    Rule("LOAD-2", SHOULD,
+         "The default loader rejects a weight whose shape differs from the parameter's with a ValueError naming both shapes, and writes nothing.",
+         f"{_WU} default_weight_loader",
+         "vLLM raises AssertionError('Attempted to load weight (...) into parameter (...)')."),
+    Rule("LOAD-3", MUST,
+         "The automatic loader returns exactly the set of (mapped) names it loaded.",
+         f"{_UTILS} AutoWeightsLoader.load_weights"),
+    Rule("LOAD-4", MUST,
+         "A name that maps to no parameter or module is rejected with a ValueError naming it.",
+         f"{_UTILS} AutoWeightsLoader._load_module: 'There is no module or parameter named ...'"),
+    Rule("LOAD-5", MUST,
+         "Skip prefixes and skip substrings are tested against mapped names.",
+         f"{_UTILS} AutoWeightsLoader.load_weights step 5"),
+    Rule("LOAD-6", SHOULD,
+         "A load that rejects any weight (unknown name, shape mismatch, bad scale) leaves every parameter and buffer of the model unchanged, and its message names the weight and lists close matches for unknown names.",
+         f"{_UTILS} AutoWeightsLoader.load_weights",
+         "vLLM loads weights as they stream, so the weights before the rejected one are already written."),
+    Rule("LOAD-7", SHOULD,
+         "A first load that leaves any parameter without a checkpoint value raises a ValueError listing the missing names.",
+         "vllm/model_executor/model_loader/default_loader.py DefaultModelLoader.load_weights",
+         "vLLM checks for unloaded parameters only when quantization is None (P21 in the field notes)."),
+    Rule("LOAD-8", SHOULD,
+         "A KV-cache scale present in the checkpoint is never dropped silently: it is loaded, or the load fails naming it.",
+         f"{_UTILS} AutoWeightsLoader ignore-unexpected suffixes (#44589)",
+         "vLLM silently ignores .k_scale/.v_scale/.q_scale names on an attention module without a KV-cache method (divergence 15; bugs #54623, sglang#39942)."),
+    Rule("LOAD-9", MUST,
+         "Persistent buffers are loadable by name; non-persistent buffers are not.",
+         f"{_UTILS} AutoWeightsLoader._load_module"),
+    Rule("LOAD-10", MUST,
+         "A name that continues below a parameter is rejected with a ValueError naming it.",
+         f"{_UTILS} AutoWeightsLoader._load_param: 'Attempted to load nested weight ...'"),
+    # ---------------------------------------------------------------- COUNT
+    Rule("COUNT-1", MUST,
+         "The copy counter counts every element written by copy_, one-element and 0-d copies included.",
+         f"{_META} CopyCounter (#32133, #38995)"),
+    Rule("COUNT-2", MUST,
+         "Writes that are not copy_ (fill_, zero_, index_copy_) are not counted.",
+         f"{_META} CopyCounter counts only aten.copy_.default"),
+    Rule("COUNT-3", MUST,
+         "Counts are capped per destination parameter at its element count, so a loader that writes a parameter twice counts it once.",
+         f"{_META} get_numel_loaded (#44814)"),
+    Rule("COUNT-4", MUST,
+         "Counting a full load of a layer gives exactly the layer's element count.",
+         f"{_LW} online_process_loader, get_layer_size"),
+    Rule("COUNT-5", SHOULD,
+         "A broadcasting copy_ counts the destination's elements instead of failing.",
+         f"{_META} CopyCounter",
+         "vLLM's counter asserts equal element counts, so a broadcasting copy_ raises AssertionError inside the counter."),
+    # ---------------------------------------------------------------- ORDER
+    Rule("ORDER-1", MUST,
+         "During reload every attention-like layer (MHA, GQA, MLA) is processed after every non-attention layer, whatever the registration order.",
+         f"{_LW} finalize_layerwise_processing deferred_attn (#38995, #49519)"),
+    Rule("ORDER-2", MUST,
+         "Each layer that receives weights is processed exactly once per load or reload.",
+         f"{_LW} _layerwise_process, info.reset"),
+    Rule("ORDER-3", SHOULD,
+         "On the first load too, every attention-like layer is processed after every non-attention layer.",
+         "vllm/model_executor/model_loader/utils.py process_weights_after_loading",
+         "On a first load vLLM runs KV-cache quant methods in module order, interleaved with linear layers; only the layer-level hook is deferred (divergence 25)."),
+    Rule("ORDER-4", MUST,
+         "During reload a non-attention layer is processed when its last element arrives, not before.",
+         f"{_LW} online_process_loader (load_numel >= load_numel_total)"),
+    # --------------------------------------------------------------- RELOAD
+    Rule("RELOAD-1", MUST,
+         "After a reload every kernel parameter and buffer is the same tensor with the same data_ptr as before it (CUDA graphs stay valid).",
+         f"{_LW} _copy_and_restore_kernel_tensors, _place_kernel_tensors (#32133, #38995)"),
+    Rule("RELOAD-2", MUST,
+         "After a reload the kernel state equals, bit for bit, the kernel state of a fresh load of the same checkpoint.",
+         f"{_LW} _layerwise_process (#32133)"),
+    Rule("RELOAD-3", MUST,
+         "A reload that delivers some attention scales re-creates fresh sentinels first, so scales absent from it take their fresh-load defaults (only k: v follows k; no q: 1.0).",
+         f"{_LW} _reload_attention_scales (#38995)"),
+    Rule("RELOAD-4", MUST,
+         "An attention layer that receives no weights in a reload keeps all its scales and host mirrors.",
+         f"{_LW} _finalize_attention_layer (#38995)"),
+    Rule("RELOAD-5", MUST,
+         "A non-attention layer that receives no weights in a reload keeps its values.",
+         f"{_LW} finalize_layerwise_processing ('Failed to load weights', _place_kernel_tensors)"),
+    Rule("RELOAD-6", SHOULD,
+         "A reload that delivers some but not all elements of a non-attention layer fails at finalize with a ValueError listing the missing weights, and that layer keeps its previous values.",
+         f"{_LW} finalize_layerwise_processing ('Delayed processing')",
+         "vLLM processes such a layer with uninitialized memory (torch.empty_strided) in place of the missing elements (divergence 10; bugs prime-rl#2714, #50523)."),
+    Rule("RELOAD-7", MUST,
+         "Reloading the same checkpoint twice gives bit-identical kernel state.",
+         f"{_LW} (P11; bugs #48284, #50405)"),
+    Rule("RELOAD-8", MUST,
+         "Tied weights stay tied across reload: the tied parameters are one tensor holding the new value.",
+         f"{_LW} module docstring, Limitation 2"),
+    Rule("RELOAD-9", SHOULD,
+         "A weight delivered to a layer that has already been processed in the same reload is rejected with a ValueError naming it.",
+         f"{_LW} online_process_loader ('Excessive loading')",
+         "vLLM drops such a load silently (debug log only, divergence 11)."),
+    Rule("RELOAD-10", MUST,
+         "The final state of a reload does not depend on the order or grouping of the weights (shuffled, interleaved across layers, one tensor per call).",
+         f"{_LW} online_process_loader (#40317; P14)"),
+)
+
+RULES_BY_ID = {rule.id: rule for rule in RULES}
+
+
+def rule(rule_id: str) -> Rule:
+    """The rule with this ID; a ``KeyError`` names the unknown ID."""
+    try:
+        return RULES_BY_ID[rule_id]
+    except KeyError:
+        raise KeyError(f"unknown rule id {rule_id!r}") from None
+
+
+def markdown_table() -> str:
+    """The rule table as Markdown, as the README shows it."""
+    lines = ["| ID | Level | Rule | vLLM source | How vLLM differs |", "|---|---|---|---|---|"]
+    for r in RULES:
+        cells = [r.id, r.level, r.text, r.source, r.vllm_differs or ""]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""The automatic loader: map names, resolve them to parameters, validate everything, then write.
+
+Validation runs over the whole input before the first write, so any rejection
+leaves the model exactly as it was [LOAD-6].
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+from loadspec.reference.errors import LoadspecError, UnknownWeightError
+from loadspec.reference.loaders import check_loadable, get_weight_loader
+from loadspec.reference.mapper import EMPTY_MAPPER, WeightsMapper
+
+KV_SCALE_NAME = re.compile(r"\.attn\.(q|k|v|prob)_scale$")
+
+
+@dataclass(frozen=True)
+class PlannedLoad:
+    """One validated load: checkpoint name, mapped name, target parameter, tensor, shard id."""
+
+    source: str
+    name: str
+    param: torch.Tensor
+    tensor: torch.Tensor
+    shard_id: object
+
+
+def find_quant_config(module: torch.nn.Module):
+    """The ``quant_config`` of ``module`` or of its first direct child that has one [NAMES-10]."""
+    for candidate in (module, *module.children()):
+        config = getattr(candidate, "quant_config", None)
+        if config is not None:
+            return config
+    return None
+
+
+def loadable_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters (tied ones under every name) and persistent buffers, by qualified name [LOAD-9]."""
+    targets = dict(module.named_parameters(remove_duplicate=False))
+    for owner_name, owner in module.named_modules():
+        for name, buffer in owner.named_buffers(recurse=False):
+            if buffer is not None and name not in owner._non_persistent_buffers_set:
+                targets[f"{owner_name}.{name}" if owner_name else name] = buffer
+    return targets
+
+
+class AutoWeightsLoader:
+    """Loads ``(name, tensor)`` pairs into a module tree [LOAD-3..10, NAMES-10]; caller lists are never mutated."""
+
+    def __init__(self, module: torch.nn.Module, *, skip_prefixes: Iterable[str] = (),
+                 skip_substrs: Iterable[str] = (), ignore_unexpected_prefixes: Iterable[str] = (),
+                 ignore_unexpected_suffixes: Iterable[str] = ()) -> None:
+        self.module = module
+        self.skip_prefixes = tuple(skip_prefixes)
+        self.skip_substrs = tuple(skip_substrs)
+        self.ignore_unexpected_prefixes = tuple(ignore_unexpected_prefixes)
+        self.ignore_unexpected_suffixes = tuple(ignore_unexpected_suffixes)
+
+    def effective_mapper(self, mapper: WeightsMapper | None) -> WeightsMapper:
+        """``mapper | quant_config.get_cache_scale_mapper()`` when a quant config is found [NAMES-10]."""
+        mapper = mapper or EMPTY_MAPPER
+        config = find_quant_config(self.module)
+        return mapper | config.get_cache_scale_mapper() if config is not None else mapper
+
+    def _skipped(self, name: str) -> bool:
+        return name.startswith(self.skip_prefixes) or any(s in name for s in self.skip_substrs)
+
+    def _ignorable(self, name: str) -> bool:
+        if KV_SCALE_NAME.search(name):
+            return False  # a KV-cache scale is never dropped silently [LOAD-8]
+        return name.startswith(self.ignore_unexpected_prefixes) or name.endswith(self.ignore_unexpected_suffixes)
+
+    def plan(self, weights: Iterable[tuple[str, torch.Tensor]], *, mapper: WeightsMapper | None = None
+             ) -> list[PlannedLoad]:
+        """Map, resolve and validate every weight without writing anything [LOAD-4, LOAD-5, LOAD-6, LOAD-10]."""
+        mapper = self.effective_mapper(mapper)
+        targets = loadable_tensors(self.module)
+        planned: list[PlannedLoad] = []
+        seen: dict[tuple, str] = {}
+        for source, tensor in weights:
+            mapped = mapper.map_name_with_shard(source)
+            if mapped is None:
+                continue  # dropped by the mapper [MAP-4]
+            name, shard_id = mapped
+            if self._skipped(name):
+                continue  # skip rules see mapped names [LOAD-5]
+            param = targets.get(name)
+            if param is None:
+                if self._ignorable(name):
+                    continue
+                raise self._unknown(source, name, targets)
+            key = (name, shard_id)
+            if key in seen:
+                raise LoadspecError(
+                    f"{source!r} and {seen[key]!r} both map to {name!r}"
+                    + (f" shard {shard_id!r}" if shard_id is not None else "") + "; a checkpoint must give it once")
+            seen[key] = source
+            try:
+                check_loadable(param, tensor, shard_id)
+            except LoadspecError as exc:
+                raise type(exc)(f"checkpoint weight {source!r} (-> {name!r}): {exc}") from None
+            planned.append(PlannedLoad(source, name, param, tensor, shard_id))
+        return planned
+
+    def _unknown(self, source: str, name: str, targets: dict) -> LoadspecError:
+        parent = name
+        while "." in parent:
+            parent = parent.rsplit(".", 1)[0]
+            if parent in targets:
+                return UnknownWeightError(
+                    f"checkpoint weight {source!r} (-> {name!r}) addresses below the parameter {parent!r} [LOAD-10]")
+        close = difflib.get_close_matches(name, list(targets), n=3, cutoff=0.6)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        return UnknownWeightError(
+            f"checkpoint weight {source!r} (-> {name!r}) matches no parameter of "
+            f"{type(self.module).__name__}{hint}")
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], *, mapper: WeightsMapper | None = None
+                     ) -> set[str]:
+        """Load every weight; return the mapped names loaded [LOAD-3]. Rejections write nothing [LOAD-6]."""
+        planned = self.plan(weights, mapper=mapper)
+        write_planned(planned)
+        return {load.name for load in planned}
+
+
+@torch.no_grad()
+def write_planned(planned: list[PlannedLoad]) -> None:
+    """Write validated loads through each parameter's loader."""
+    for load in planned:
+        loader = get_weight_loader(load.param)
+        if load.shard_id is None:
+            loader(load.param, load.tensor)
+        else:
+            loader(load.param, load.tensor, load.shard_id)

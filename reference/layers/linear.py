@@ -1,0 +1,192 @@
+"""Linear layers (plain and fused) and their quant methods: unquantized and FP8 e4m3.
+
+FP8 processing really transforms what was loaded, so reload bugs show: per-tensor
+weights of a fused layer are re-quantized to the largest shard scale, and
+per-channel weights are stored transposed for the kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from loadspec.reference.errors import ShapeMismatchError
+from loadspec.reference.loaders import check_default
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max
+
+
+def quantize_fp8(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``values / scale`` clamped to the e4m3 range and cast to float8_e4m3fn."""
+    return (values.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+
+
+class ShardLoader:
+    """Loads a fused parameter shard by shard along dim 0 [LOAD-1, LOAD-2]; a plain load fills it whole.
+
+    ``shards`` maps a shard id to ``(offset, size)`` rows of the parameter.
+    ``per_shard_scalar`` marks a per-tensor scale holding one element per shard.
+    """
+
+    def __init__(self, shards: dict, *, per_shard_scalar: bool = False) -> None:
+        self.shards = dict(shards)
+        self.per_shard_scalar = per_shard_scalar
+
+    def _target(self, param: torch.Tensor, shard_id) -> torch.Tensor:
+        if shard_id is None:
+            return param.data
+        if shard_id not in self.shards:
+            raise ShapeMismatchError(
+                f"{getattr(param, 'loadspec_name', 'parameter')}: unknown shard {shard_id!r}, "
+                f"expected one of {sorted(map(str, self.shards))}")
+        offset, size = self.shards[shard_id]
+        return param.data.narrow(0, offset, size)
+
+    def weight_check(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        """Validate a (shard) load without writing."""
+        target = self._target(param, shard_id)
+        if self.per_shard_scalar and shard_id is not None:
+            if loaded_weight.numel() != 1:
+                raise ShapeMismatchError(
+                    f"{getattr(param, 'loadspec_name', 'parameter')} shard {shard_id!r}: per-tensor scale "
+                    f"expects one element, got shape {tuple(loaded_weight.shape)}")
+            return
+        if loaded_weight.dim() == target.dim() + 1 and loaded_weight.shape[-1] == 1:
+            loaded_weight = loaded_weight.squeeze(-1)  # per-channel scales stored as (out, 1)
+        named = _Named(target, getattr(param, "loadspec_name", None), shard_id)
+        check_default(named, loaded_weight)
+
+    def __call__(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        self.weight_check(param, loaded_weight, shard_id)
+        target = self._target(param, shard_id)
+        target.copy_(loaded_weight.reshape(target.shape))  # shapes checked above
+
+
+class _Named:
+    """A shape carrier naming the parameter (and shard) in error messages."""
+
+    def __init__(self, target: torch.Tensor, name: str | None, shard_id) -> None:
+        self.shape = target.shape
+        self._numel = target.numel()
+        suffix = f" shard {shard_id!r}" if shard_id is not None else ""
+        self.loadspec_name = f"{name}{suffix}" if name else None
+
+    def numel(self) -> int:
+        return self._numel
+
+
+def _attach(param: torch.nn.Parameter, loader: ShardLoader) -> torch.nn.Parameter:
+    param.weight_loader = loader
+    param.weight_check = loader.weight_check
+    return param
+
+
+class UnquantizedLinearMethod:
+    """Float weights; processing changes nothing, so reload writes them in place once."""
+
+    preserves_layout = True
+    scheme = "none"
+
+    def create_weights(self, layer, shards: dict, out_features: int, in_features: int, dtype, device) -> None:
+        weight = torch.nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device),
+                                    requires_grad=False)
+        layer.register_parameter("weight", _attach(weight, ShardLoader(shards)))
+
+    def process_weights_after_loading(self, layer) -> None:
+        """Nothing to do: the checkpoint layout is the kernel layout."""
+
+    def dequantized_weight(self, layer) -> torch.Tensor:
+        """The effective ``[out, in]`` float32 weight."""
+        return layer.weight.float()
+
+    def export(self, layer) -> dict[str, torch.Tensor]:
+        """Kernel state: ``weight`` ``[out, in]``."""
+        return {"weight": layer.weight.detach()}
+
+
+class Fp8LinearMethod:
+    """FP8 e4m3 weights with per-tensor (one scale per shard) or per-channel scales."""
+
+    preserves_layout = False
+
+    def __init__(self, strategy: str) -> None:
+        if strategy not in ("tensor", "channel"):
+            raise ValueError(f"strategy={strategy!r}, but should be 'tensor' or 'channel'")
+        self.strategy = strategy
+        self.scheme = f"fp8_per_{strategy}"
+
+    def create_weights(self, layer, shards: dict, out_features: int, in_features: int, dtype, device) -> None:
+        weight = torch.nn.Parameter(torch.empty(out_features, in_features, dtype=FP8, device=device),
+                                    requires_grad=False)
+        layer.register_parameter("weight", _attach(weight, ShardLoader(shards)))
+        if self.strategy == "tensor":
+            index = {shard: (i, 1) for i, shard in enumerate(shards)}
+            scale = torch.nn.Parameter(torch.empty(len(shards), dtype=torch.float32, device=device),
+                                       requires_grad=False)
+            loader = ShardLoader(index, per_shard_scalar=True)
+        else:
+            scale = torch.nn.Parameter(torch.empty(out_features, dtype=torch.float32, device=device),
+                                       requires_grad=False)
+            loader = ShardLoader(shards)
+        layer.register_parameter("weight_scale", _attach(scale, loader))
+        layer.fp8_shards = dict(shards)
+
+    def process_weights_after_loading(self, layer) -> None:
+        """Per-tensor: re-quantize every shard to the largest shard scale. Per-channel: store ``weight`` transposed."""
+        weight, scale = layer.weight, layer.weight_scale
+        if self.strategy == "tensor":
+            max_scale = scale.max()
+            requantized = torch.empty_like(weight)
+            for i, (offset, size) in enumerate(layer.fp8_shards.values()):
+                shard = weight.narrow(0, offset, size).float() * scale[i]
+                requantized.narrow(0, offset, size).copy_(quantize_fp8(shard, max_scale))
+            new_weight, new_scale = requantized, max_scale.reshape(())
+        else:
+            new_weight, new_scale = weight.t().contiguous(), scale
+        del layer.weight, layer.weight_scale
+        layer.register_parameter("weight", torch.nn.Parameter(new_weight, requires_grad=False))
+        layer.register_parameter("weight_scale", torch.nn.Parameter(new_scale.clone(), requires_grad=False))
+
+    def kernel_weight_out_in(self, layer) -> torch.Tensor:
+        """The processed FP8 weight as ``[out, in]``."""
+        return layer.weight if self.strategy == "tensor" else layer.weight.t()
+
+    def dequantized_weight(self, layer) -> torch.Tensor:
+        """The effective ``[out, in]`` float32 weight."""
+        weight = self.kernel_weight_out_in(layer).float()
+        if self.strategy == "tensor":
+            return weight * layer.weight_scale
+        return weight * layer.weight_scale[:, None]
+
+    def export(self, layer) -> dict[str, torch.Tensor]:
+        """Kernel state: FP8 ``weight`` ``[out, in]`` and float32 ``weight_scale`` (``()`` or ``(out,)``)."""
+        return {"weight": self.kernel_weight_out_in(layer).detach().contiguous(),
+                "weight_scale": layer.weight_scale.detach()}
+
+
+def linear_method(scheme: str):
+    """The quant method for ``scheme``: ``none``, ``fp8_per_tensor`` or ``fp8_per_channel``."""
+    if scheme == "none":
+        return UnquantizedLinearMethod()
+    if scheme in ("fp8_per_tensor", "fp8_per_channel"):
+        return Fp8LinearMethod(scheme.rsplit("_", 1)[1])
+    raise ValueError(f"unknown linear quant scheme {scheme!r}")
+
+
+class Linear(torch.nn.Module):
+    """A linear layer, optionally fused from several checkpoint projections (``shards``)."""
+
+    def __init__(self, in_features: int, out_sizes: dict, *, scheme: str = "none",
+                 dtype=torch.float32, device=None) -> None:
+        super().__init__()
+        self.in_features = in_features
+        offsets, offset = {}, 0
+        for shard, size in out_sizes.items():
+            offsets[shard] = (offset, size)
+            offset += size
+        self.out_features = offset
+        self.quant_method = linear_method(scheme)
+        self.quant_method.create_weights(self, offsets, offset, in_features, dtype, device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() @ self.quant_method.dequantized_weight(self).t()

@@ -1,0 +1,292 @@
+"""A minimal Llama decoder forward over an exported kernel state, with FP8 KV-cache emulation.
+
+The kernel state is a flat ``name -> tensor`` dict in engine naming (``P`` = ``spec.prefix``):
+``P+embed_tokens.weight``, ``P+norm.weight``, ``spec.lm_head_name``, and per layer ``i``
+``P+layers.{i}.input_layernorm.weight``, ``...post_attention_layernorm.weight``,
+``...self_attn.qkv_proj.weight`` (rows q, k, v), ``...self_attn.o_proj.weight``,
+``...mlp.gate_up_proj.weight`` (rows gate, up), ``...mlp.down_proj.weight`` and the 0-d
+float32 dequant scales ``...self_attn.attn.{k,v,q,prob}_scale`` (``container`` may be
+``mixer``). A linear weight is float, or ``float8_e4m3fn`` with ``<proj>.weight_scale`` of
+shape ``()`` or ``(out,)``: ``W = weight.float() * scale``.
+
+With an FP8 KV cache, K (after RoPE) and V are rounded through ``float8_e4m3fn`` with the
+loaded scales before attention, so a wrong scale changes the logits. Only K and V are
+quantized; ``q_scale`` and ``prob_scale`` are checked but not applied.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Callable
+
+import torch
+
+from loadspec.reference.errors import ScaleShapeError, ScaleValueError, UnsupportedSchemeError
+from loadspec.reference.spec import ModelSpec, uniform_layers
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
+KV_SCALES = ("k_scale", "v_scale", "q_scale", "prob_scale")
+
+KVObserver = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+# ------------------------------------------------------------------ names
+def linear_name(spec: ModelSpec, index: int, linear: str) -> str:
+    """Kernel-state prefix of a linear, e.g. ``model.layers.0.self_attn.qkv_proj`` (container-aware)."""
+    if linear.startswith("self_attn."):
+        linear = f"{spec.container}.{linear.split('.', 1)[1]}"
+    return spec.layer_prefix(index) + linear
+
+
+def kernel_state_names(spec: ModelSpec) -> list[str]:
+    """Every name a kernel state must hold (weight scales excluded: they depend on the dtype)."""
+    p = spec.prefix
+    names = [f"{p}embed_tokens.weight", f"{p}norm.weight", spec.lm_head_name]
+    for i in range(len(spec.layers)):
+        names += [f"{spec.layer_prefix(i)}input_layernorm.weight",
+                  f"{spec.layer_prefix(i)}post_attention_layernorm.weight"]
+        names += [f"{linear_name(spec, i, linear)}.weight" for linear in LINEARS]
+        names += [spec.attention_prefix(i) + kind for kind in KV_SCALES]
+    return names
+
+
+def spec_from_hf_config(config: dict, *, linear_quant: str | None = None, **overrides) -> ModelSpec:
+    """A ``ModelSpec`` from a HF Llama ``config.json`` dict.
+
+    ``linear_quant`` defaults to what ``quantization_config`` declares (per-tensor or
+    per-channel FP8) or ``"none"``; ``overrides`` are ``ModelSpec`` fields.
+    """
+    if config.get("model_type", "llama") != "llama":
+        raise UnsupportedSchemeError(f"model_type={config.get('model_type')!r}: only 'llama' is supported")
+    heads = config["num_attention_heads"]
+    rope = config.get("rope_parameters") or {}
+    theta = config.get("rope_theta", rope.get("rope_theta", 10000.0))
+    if rope.get("rope_type", "default") != "default":
+        raise UnsupportedSchemeError(f"rope_type={rope['rope_type']!r}: only 'default' RoPE is supported")
+    if linear_quant is None:
+        linear_quant = _linear_quant_of(config.get("quantization_config"))
+    fields = dict(
+        layers=uniform_layers(config["num_hidden_layers"], qkv_quant=linear_quant, o_quant=linear_quant,
+                              gate_up_quant=linear_quant, down_quant=linear_quant),
+        vocab_size=config["vocab_size"],
+        hidden_size=config["hidden_size"],
+        num_heads=heads,
+        num_kv_heads=config.get("num_key_value_heads") or heads,
+        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+        intermediate_size=config["intermediate_size"],
+        tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+        rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
+        rope_theta=float(theta),
+    )
+    fields.update(overrides)
+    return ModelSpec(**fields)
+
+
+def _linear_quant_of(qconfig: dict | None) -> str:
+    if not qconfig:
+        return "none"
+    strategy = qconfig.get("weight_strategy")
+    if strategy is None and qconfig.get("quant_method") == "compressed-tensors":
+        groups = qconfig.get("config_groups") or {}
+        strategy = next(iter(groups.values()), {}).get("weights", {}).get("strategy")
+    if strategy is None and qconfig.get("quant_method") == "quark":
+        scheme = qconfig.get("global_quant_config", {}).get("weight", {}).get("qscheme", "per_tensor")
+        strategy = scheme.removeprefix("per_")
+    return {"channel": "fp8_per_channel"}.get(strategy, "fp8_per_tensor")
+
+
+# ------------------------------------------------------------------ pieces
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Llama RMSNorm in float32."""
+    x = x.float()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos`` and ``sin`` of shape ``[seq, head_dim]`` in HF's halves layout."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim)
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` (``[..., seq, head_dim]``): ``x*cos + rotate_half(x)*sin``."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def fake_quantize_kv(x: torch.Tensor, scale: torch.Tensor, kv_cache_dtype: str) -> torch.Tensor:
+    """``x`` as it comes back from a KV cache of ``kv_cache_dtype`` written with dequant ``scale``."""
+    if kv_cache_dtype == "auto":
+        return x
+    if kv_cache_dtype == "bfloat16":
+        return x.to(torch.bfloat16).float()
+    if kv_cache_dtype in ("fp8", "fp8_e4m3"):
+        stored = (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        return stored.float() * scale
+    raise UnsupportedSchemeError(f"kv_cache_dtype={kv_cache_dtype!r} is not emulated by the reference forward")
+
+
+def check_kv_scale(name: str, scale: torch.Tensor) -> None:
+    """Raise unless ``scale`` is a 0-d, finite, positive tensor."""
+    if scale.dim() != 0:
+        raise ScaleShapeError(f"{name}: KV-cache scale must be 0-d, got shape {tuple(scale.shape)}")
+    value = float(scale)
+    if not math.isfinite(value) or value <= 0:
+        raise ScaleValueError(f"{name}: KV-cache scale must be finite and > 0, got {value}")
+
+
+def dequantize_weight(weight: torch.Tensor, scale: torch.Tensor | None, *, name: str = "weight") -> torch.Tensor:
+    """Float32 value of a linear weight: ``weight.float() * scale`` (per-tensor or per-output-row)."""
+    if weight.dtype != torch.float8_e4m3fn:
+        return weight.float()
+    if scale is None:
+        raise ValueError(f"{name}: float8_e4m3fn weight without a weight_scale")
+    scale = scale.float()
+    if scale.numel() == 1:
+        return weight.float() * scale.reshape(())
+    if scale.numel() == weight.shape[0]:
+        return weight.float() * scale.reshape(-1, 1)
+    raise ValueError(f"{name}: weight_scale of shape {tuple(scale.shape)} fits neither per-tensor nor "
+                     f"per-channel for weight {tuple(weight.shape)}")
+
+
+def _scaled_mm_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    out_features, in_features = weight.shape
+    return x.is_cuda and weight.dtype == torch.float8_e4m3fn and in_features % 16 == 0 and out_features % 16 == 0
+
+
+def _scaled_mm_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """W8A8 on CUDA: dynamic per-tensor (or per-token for per-channel weights) FP8 activations."""
+    rows = x.reshape(-1, x.shape[-1]).float()
+    m = rows.shape[0]
+    pad = (-m) % 16
+    per_channel = scale.numel() > 1
+    if per_channel:
+        a_scale = (rows.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=1e-12)
+    else:
+        a_scale = (rows.abs().amax() / FP8_MAX).clamp(min=1e-12)
+    a = (rows / a_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    if pad:
+        a = torch.cat([a, a.new_zeros(pad, a.shape[1])])
+        if per_channel:
+            a_scale = torch.cat([a_scale, a_scale.new_ones(pad, 1)])
+    if per_channel:  # rowwise scaling wants bf16 output
+        out = torch._scaled_mm(a, weight.t(), scale_a=a_scale.float(), scale_b=scale.float().reshape(1, -1),
+                               out_dtype=torch.bfloat16)
+    else:
+        out = torch._scaled_mm(a, weight.t(), scale_a=a_scale.float().reshape(()),
+                               scale_b=scale.float().reshape(()), out_dtype=torch.float32)
+    return out[:m].float().reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _linear(x: torch.Tensor, state: dict, name: str, device: torch.device, paths: Counter) -> torch.Tensor:
+    weight = state[f"{name}.weight"].to(device)
+    scale = state.get(f"{name}.weight_scale")
+    scale = None if scale is None else scale.to(device)
+    if weight.dtype == torch.float8_e4m3fn and scale is not None and _scaled_mm_fits(x, weight):
+        paths["scaled_mm"] += 1
+        return _scaled_mm_linear(x, weight, scale)
+    paths["dequant_matmul" if weight.dtype == torch.float8_e4m3fn else "float_matmul"] += 1
+    return x.float() @ dequantize_weight(weight, scale, name=f"{name}.weight").t()
+
+
+# ------------------------------------------------------------------ forward
+def forward_logits(state: dict, spec: ModelSpec, input_ids, *, kv_cache_dtype: str | None = None,
+                   device: str | torch.device | None = None, kv_observer: KVObserver | None = None,
+                   info: dict | None = None) -> torch.Tensor:
+    """Float32 logits ``[batch, seq, vocab]`` of a causal Llama forward over ``state``.
+
+    ``kv_cache_dtype`` defaults to ``spec.kv_cache_dtype``; ``kv_observer(layer, k, v)`` sees
+    post-RoPE K and V before cache quantization; ``info`` (a dict) receives which linear
+    path ran (``scaled_mm``, ``dequant_matmul``, ``float_matmul``) and how often.
+    """
+    if spec.attention != "mha":
+        raise UnsupportedSchemeError(f"attention={spec.attention!r}: the reference forward implements 'mha' only")
+    kv_cache_dtype = spec.kv_cache_dtype if kv_cache_dtype is None else kv_cache_dtype
+    device = torch.device(device) if device is not None else state[f"{spec.prefix}embed_tokens.weight"].device
+    missing = [n for n in kernel_state_names(spec) if n not in state and not n.endswith(("q_scale", "prob_scale"))]
+    if missing:
+        raise KeyError(f"kernel state lacks {len(missing)} tensors, e.g. {missing[:4]}")
+    ids = torch.as_tensor(input_ids, dtype=torch.long, device=device)
+    if ids.dim() == 1:
+        ids = ids[None]
+    batch, seq = ids.shape
+    paths: Counter = Counter()
+
+    x = state[f"{spec.prefix}embed_tokens.weight"].to(device)[ids].float()
+    cos, sin = rope_cos_sin(torch.arange(seq, device=device), spec.head_dim, spec.rope_theta)
+    causal = torch.full((seq, seq), float("-inf"), device=device).triu(1)
+    group = spec.num_heads // spec.num_kv_heads
+    for i in range(len(spec.layers)):
+        lp, ap = spec.layer_prefix(i), spec.attention_prefix(i)
+        scales = {}
+        for kind in KV_SCALES:
+            if ap + kind in state:
+                check_kv_scale(ap + kind, state[ap + kind])
+                scales[kind] = state[ap + kind].to(device).float()
+
+        h = rms_norm(x, state[f"{lp}input_layernorm.weight"].to(device), spec.rms_norm_eps)
+        qkv = _linear(h, state, linear_name(spec, i, "self_attn.qkv_proj"), device, paths)
+        q, k, v = qkv.split([spec.q_size, spec.kv_size, spec.kv_size], dim=-1)
+        q = q.reshape(batch, seq, spec.num_heads, spec.head_dim).transpose(1, 2)
+        k = k.reshape(batch, seq, spec.num_kv_heads, spec.head_dim).transpose(1, 2)
+        v = v.reshape(batch, seq, spec.num_kv_heads, spec.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_observer is not None:
+            kv_observer(i, k, v)
+        if kv_cache_dtype in ("fp8", "fp8_e4m3"):
+            for kind in ("k_scale", "v_scale"):
+                if kind not in scales:
+                    raise KeyError(f"{ap + kind} is required for kv_cache_dtype={kv_cache_dtype!r}")
+        k = fake_quantize_kv(k, scales.get("k_scale"), kv_cache_dtype)
+        v = fake_quantize_kv(v, scales.get("v_scale"), kv_cache_dtype)
+        k = k.repeat_interleave(group, dim=1)  # query head j reads kv head j // group
+        v = v.repeat_interleave(group, dim=1)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(spec.head_dim) + causal
+        attn = torch.softmax(scores, dim=-1) @ v
+        attn = attn.transpose(1, 2).reshape(batch, seq, spec.q_size)
+        x = x + _linear(attn, state, linear_name(spec, i, "self_attn.o_proj"), device, paths)
+
+        h = rms_norm(x, state[f"{lp}post_attention_layernorm.weight"].to(device), spec.rms_norm_eps)
+        gate, up = _linear(h, state, linear_name(spec, i, "mlp.gate_up_proj"), device, paths).chunk(2, dim=-1)
+        x = x + _linear(torch.nn.functional.silu(gate) * up, state, linear_name(spec, i, "mlp.down_proj"),
+                        device, paths)
+
+    x = rms_norm(x, state[f"{spec.prefix}norm.weight"].to(device), spec.rms_norm_eps)
+    logits = x @ state[spec.lm_head_name].to(device).float().t()
+    if info is not None:
+        info.update(linear_paths=dict(paths), kv_cache_dtype=kv_cache_dtype, device=str(device))
+    return logits
+
+
+def continuation_ids(tokenizer, text: str, prefix: str) -> tuple[list[int], int]:
+    """Token ids of ``text`` and how many of them are ``prefix``'s tokens."""
+    ids = list(tokenizer(text)["input_ids"])
+    prefix_ids = list(tokenizer(prefix)["input_ids"]) if prefix else []
+    if ids[:len(prefix_ids)] != prefix_ids:
+        raise ValueError(f"text {text!r} does not start with the tokens of prefix {prefix!r}")
+    start = max(len(prefix_ids), 1)  # the first token has nothing to be predicted from
+    if start >= len(ids):
+        raise ValueError(f"text {text!r} has no tokens after prefix {prefix!r}")
+    return ids, start
+
+
+def perplexity(state: dict, spec: ModelSpec, tokenizer, text: str, prefix: str = "", *,
+               kv_cache_dtype: str | None = None, device: str | torch.device | None = None,
+               info: dict | None = None) -> float:
+    """Perplexity of ``text``'s tokens after ``prefix`` (the prefix's tokens are not scored)."""
+    ids, start = continuation_ids(tokenizer, text, prefix)
+    logits = forward_logits(state, spec, ids, kv_cache_dtype=kv_cache_dtype, device=device, info=info)[0]
+    targets = torch.tensor(ids[start:], device=logits.device)
+    nll = torch.nn.functional.cross_entropy(logits[start - 1:-1].float(), targets)
+    return float(torch.exp(nll))
+
+
+__all__ = ["forward_logits", "perplexity", "continuation_ids", "spec_from_hf_config", "kernel_state_names",
+           "linear_name", "fake_quantize_kv", "dequantize_weight", "check_kv_scale", "rms_norm",
+           "rope_cos_sin", "apply_rope", "FP8_MAX"]

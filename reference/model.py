@@ -1,0 +1,186 @@
+"""Build a reference model from a ``ModelSpec``, process it after a first load, export its kernel state."""
+
+from __future__ import annotations
+
+import torch
+
+from loadspec.reference.layers.attention import Attention, AttentionLayerBase, MLAAttention
+from loadspec.reference.layers.basic import LMHead, RMSNorm, VocabEmbedding
+from loadspec.reference.layers.linear import Linear
+from loadspec.reference.mapper import WeightsMapper
+from loadspec.reference.quant_config import QuantConfig
+from loadspec.reference.spec import LayerSpec, ModelSpec
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype called ``name`` in a spec."""
+    return _DTYPES[name]
+
+
+def checkpoint_mapper(spec: ModelSpec) -> WeightsMapper:
+    """The model's own mapper: HF projections stacked into fused engine linears (MHA/GQA only)."""
+    stacked = {".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1)}
+    if spec.attention == "mha":
+        stacked = {".q_proj.": (".qkv_proj.", "q"), ".k_proj.": (".qkv_proj.", "k"),
+                   ".v_proj.": (".qkv_proj.", "v"), **stacked}
+    return WeightsMapper(stacked=stacked)
+
+
+class AttentionBlock(torch.nn.Module):
+    """The attention container (``self_attn`` or ``mixer``): projections plus ``attn``."""
+
+    def __init__(self, spec: ModelSpec, layer: LayerSpec, quant_config, *, dtype, device) -> None:
+        super().__init__()
+        kw = dict(dtype=dtype, device=device)
+        kv = dict(kv_cache_dtype=spec.kv_cache_dtype, quant_config=quant_config, device=device)
+        hidden, heads, head_dim = spec.hidden_size, spec.num_heads, spec.head_dim
+        if spec.attention == "mla":
+            rope, rank = spec.qk_rope_head_dim, spec.kv_lora_rank
+            projections = {
+                "q_proj": Linear(hidden, {0: heads * (head_dim + rope)}, scheme=layer.qkv_quant, **kw),
+                "kv_a_proj_with_mqa": Linear(hidden, {0: rank + rope}, scheme=layer.qkv_quant, **kw),
+                "kv_a_layernorm": RMSNorm(rank, eps=spec.rms_norm_eps, **kw),
+                "kv_b_proj": Linear(rank, {0: heads * 2 * head_dim}, scheme=layer.qkv_quant, **kw),
+            }
+            attn = MLAAttention(num_heads=heads, head_dim=head_dim, kv_lora_rank=rank,
+                                kv_b_proj=projections["kv_b_proj"], **kv)
+        else:
+            projections = {"qkv_proj": Linear(hidden, {"q": spec.q_size, "k": spec.kv_size, "v": spec.kv_size},
+                                              scheme=layer.qkv_quant, **kw)}
+            attn = Attention(num_heads=heads, num_kv_heads=spec.num_kv_heads, head_dim=head_dim, **kv)
+        projections["o_proj"] = Linear(heads * head_dim, {0: hidden}, scheme=layer.o_quant, **kw)
+        if layer.attention_first:
+            self.attn = attn
+        for name, module in projections.items():
+            self.add_module(name, module)
+        if not layer.attention_first:
+            self.attn = attn
+
+
+class MLP(torch.nn.Module):
+    """Gated MLP: fused ``gate_up_proj`` and ``down_proj``."""
+
+    def __init__(self, spec: ModelSpec, layer: LayerSpec, *, dtype, device) -> None:
+        super().__init__()
+        size = spec.intermediate_size
+        self.gate_up_proj = Linear(spec.hidden_size, {0: size, 1: size}, scheme=layer.gate_up_quant,
+                                   dtype=dtype, device=device)
+        self.down_proj = Linear(size, {0: spec.hidden_size}, scheme=layer.down_quant, dtype=dtype, device=device)
+
+
+class DecoderLayer(torch.nn.Module):
+    """One decoder layer: norms, attention container, MLP."""
+
+    def __init__(self, spec: ModelSpec, layer: LayerSpec, quant_config, *, dtype, device) -> None:
+        super().__init__()
+        kw = dict(dtype=dtype, device=device)
+        self.input_layernorm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps, **kw)
+        self.add_module(spec.container, AttentionBlock(spec, layer, quant_config, **kw))
+        self.post_attention_layernorm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps, **kw)
+        self.mlp = MLP(spec, layer, **kw)
+
+
+class DecoderModel(torch.nn.Module):
+    """Embedding, decoder layers, final norm."""
+
+    def __init__(self, spec: ModelSpec, quant_config, *, dtype, device) -> None:
+        super().__init__()
+        kw = dict(dtype=dtype, device=device)
+        self.embed_tokens = VocabEmbedding(spec.vocab_size, spec.hidden_size, **kw)
+        self.layers = torch.nn.ModuleList(DecoderLayer(spec, layer, quant_config, **kw) for layer in spec.layers)
+        self.norm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps, **kw)
+
+
+class CausalLM(torch.nn.Module):
+    """``model`` plus ``lm_head``; one per wrapper level."""
+
+    def __init__(self, spec: ModelSpec, quant_config, *, dtype, device) -> None:
+        super().__init__()
+        self.model = DecoderModel(spec, quant_config, dtype=dtype, device=device)
+        tie = self.model.embed_tokens if spec.tie_embeddings else None
+        self.lm_head = LMHead(spec.vocab_size, spec.hidden_size, tie_to=tie, dtype=dtype, device=device)
+
+
+class ReferenceModel(torch.nn.Module):
+    """The root module: holds ``quant_config`` and the checkpoint mapper, and the spec it was built from."""
+
+    def __init__(self, spec: ModelSpec, *, device=None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.quant_config = QuantConfig(spec.quant_method) if spec.quant_method else None
+        self.mapper = checkpoint_mapper(spec)
+        inner = CausalLM(spec, self.quant_config, dtype=torch_dtype(spec.params_dtype), device=device)
+        if spec.wrapper:
+            holder = self
+            for name in spec.wrapper[:-1]:
+                holder.add_module(name, torch.nn.Module())
+                holder = getattr(holder, name)
+            holder.add_module(spec.wrapper[-1], inner)
+        else:
+            self.model, self.lm_head = inner.model, inner.lm_head
+        name_tensors(self)
+
+
+def name_tensors(model: torch.nn.Module) -> None:
+    """Tag every parameter and module with its qualified name, for error messages."""
+    for module_name, module in model.named_modules():
+        module.loadspec_name = module_name
+        for name, param in module.named_parameters(recurse=False):
+            param.loadspec_name = f"{module_name}.{name}" if module_name else name
+
+
+def build_model(spec: ModelSpec, *, device: torch.device | str | None = None) -> ReferenceModel:
+    """Build the model of ``spec`` in checkpoint format (uninitialized) on ``device``."""
+    return ReferenceModel(spec, device=torch.device(device) if device is not None else None)
+
+
+def is_attention(module: torch.nn.Module) -> bool:
+    """Whether the loader defers ``module`` after every other layer [ORDER-1, ORDER-3]."""
+    return isinstance(module, AttentionLayerBase)
+
+
+def process_module(module: torch.nn.Module) -> None:
+    """Run a module's processing: its quant method, then an attention layer's own hook."""
+    method = getattr(module, "quant_method", None)
+    if method is not None:
+        method.process_weights_after_loading(module)
+    if is_attention(module):
+        module.process_weights_after_loading()
+
+
+def processing_order(model: torch.nn.Module) -> list[str]:
+    """Module names in processing order: non-attention layers, then attention layers [ORDER-1, ORDER-3]."""
+    named = [(name, m) for name, m in model.named_modules() if owns_tensors(m) or is_attention(m)]
+    return [n for n, m in named if not is_attention(m)] + [n for n, m in named if is_attention(m)]
+
+
+def owns_tensors(module: torch.nn.Module) -> bool:
+    """Whether ``module`` registers parameters or buffers of its own."""
+    return bool(module._parameters) or bool(module._buffers)
+
+
+def process_weights_after_loading(model: torch.nn.Module) -> list[str]:
+    """Process every layer after a first load, attention layers last; return the order [ORDER-2, ORDER-3]."""
+    modules = dict(model.named_modules())
+    order = processing_order(model)
+    for name in order:
+        process_module(modules[name])
+    return order
+
+
+def export_kernel_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The processed kernel state in canonical names, as CPU tensors (see ``docs``: canonical export)."""
+    state: dict[str, torch.Tensor] = {}
+    for module_name, module in model.named_modules():
+        exporter = getattr(module, "export", None)
+        if exporter is None and hasattr(module, "quant_method") and hasattr(module.quant_method, "export"):
+            exported = module.quant_method.export(module)
+        elif exporter is not None:
+            exported = exporter()
+        else:
+            continue
+        for name, tensor in exported.items():
+            state[f"{module_name}.{name}"] = tensor.detach().to("cpu", copy=True)
+    return state

@@ -1,0 +1,101 @@
+"""Checkpoint producers: how each one names and shapes KV-cache scales, and its config.
+
+Facts from ``shared/notes/field-bugs.md`` section 2 and ``vllm-loader.md`` section 5.
+Names are relative to the attention container (``...self_attn.`` or ``...mixer.``).
+This table drives the ``NAMES`` rules, ``strategies.checkpoint_layouts`` and the
+FP8 checkpoint quantizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SCALE_KINDS = ("q", "k", "v", "prob")
+
+
+@dataclass(frozen=True)
+class Producer:
+    """One checkpoint layout: scale names per kind, their shape and dtype, the config it writes."""
+
+    id: str
+    quant_method: str
+    scale_names: dict  # kind -> name template relative to the container; absent kinds are not written
+    scale_shape: tuple[int, ...]
+    scale_dtype: str  # "float32" or "model" (the checkpoint's parameter dtype)
+    rule: str
+    fused_kv: bool = False  # writes one scale for k and v (legacy kv_scale)
+
+    def scale_name(self, container_prefix: str, kind: str) -> str | None:
+        """The checkpoint name of scale ``kind`` under ``container_prefix`` (ends with a dot)."""
+        template = self.scale_names.get(kind)
+        return None if template is None else container_prefix + template
+
+    def scale_tensor(self, value: float, model_dtype: torch.dtype) -> torch.Tensor:
+        """``value`` shaped and typed as this producer writes it."""
+        dtype = torch.float32 if self.scale_dtype == "float32" else model_dtype
+        return torch.full(self.scale_shape, value, dtype=dtype)
+
+
+PRODUCERS: dict[str, Producer] = {
+    p.id: p
+    for p in (
+        Producer("compressed-tensors", "compressed-tensors",
+                 {"q": "q_scale", "k": "k_scale", "v": "v_scale"}, (1,), "model", "NAMES-1"),
+        Producer("compressed-tensors-legacy", "compressed-tensors",
+                 {"q": "q_proj.output_scale", "k": "k_proj.output_scale", "v": "v_proj.output_scale"},
+                 (1,), "model", "NAMES-2"),
+        Producer("modelopt", "modelopt", {"k": "k_proj.k_scale", "v": "v_proj.v_scale"}, (), "float32", "NAMES-3"),
+        Producer("quark", "quark",
+                 {"q": "q_proj.output_scale", "k": "k_proj.output_scale", "v": "v_proj.output_scale",
+                  "prob": "prob_output_scale"}, (), "float32", "NAMES-4"),
+        Producer("autofp8", "fp8", {"k": "k_scale", "v": "v_scale"}, (), "float32", "NAMES-5"),
+        Producer("legacy-kv-scale", "fp8", {"k": "kv_scale"}, (), "float32", "NAMES-6", fused_kv=True),
+        Producer("fused-qkv", "compressed-tensors", {"k": "qkv_proj.k_scale", "v": "qkv_proj.v_scale"},
+                 (1,), "model", "NAMES-7"),
+        Producer("bare-prob-scale", "fp8",
+                 {"k": "k_scale", "v": "v_scale", "q": "q_scale", "prob": "prob_scale"}, (), "float32", "NAMES-11"),
+        Producer("canonical", "fp8",
+                 {"q": "attn.q_scale", "k": "attn.k_scale", "v": "attn.v_scale", "prob": "attn.prob_scale"},
+                 (), "float32", "NAMES-12"),
+    )
+}
+
+_KV_SCHEME = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False, "symmetric": True}
+
+
+def quantization_config(producer_id: str, *, weight_strategy: str = "tensor", ignored: tuple[str, ...] = ()) -> dict:
+    """The ``config.json`` ``quantization_config`` that ``producer_id`` writes.
+
+    ``weight_strategy`` is ``"tensor"`` or ``"channel"``; ``ignored`` lists module
+    names left unquantized.
+    """
+    producer = PRODUCERS[producer_id]
+    method = producer.quant_method
+    if method == "compressed-tensors":
+        weights = {"num_bits": 8, "type": "float", "strategy": weight_strategy, "dynamic": False, "symmetric": True}
+        return {
+            "quant_method": "compressed-tensors",
+            "format": "float-quantized",
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights,
+                                          "input_activations": {"num_bits": 8, "type": "float",
+                                                                "strategy": "token", "dynamic": True,
+                                                                "symmetric": True}}},
+            "ignore": list(ignored),
+            "kv_cache_scheme": dict(_KV_SCHEME),
+        }
+    if method == "modelopt":
+        return {"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": "FP8",
+                "exclude_modules": list(ignored), "kv_cache_scheme": {"dynamic": False, "num_bits": 8, "type": "float"}}
+    if method == "quark":
+        fp8 = {"dtype": "fp8_e4m3", "qscheme": "per_tensor", "is_dynamic": False}
+        return {"quant_method": "quark", "export": {"kv_cache_group": ["*k_proj", "*v_proj"], "pack_method": "reorder"},
+                "global_quant_config": {"weight": dict(fp8, qscheme=f"per_{weight_strategy}"), "output_tensors": None},
+                "layer_quant_config": {"*k_proj": {"output_tensors": fp8}, "*v_proj": {"output_tensors": fp8}},
+                "exclude": list(ignored)}
+    return {"quant_method": "fp8", "activation_scheme": "dynamic", "kv_cache_scheme": "static",
+            "weight_strategy": weight_strategy, "ignored_layers": list(ignored)}
+
+
+__all__ = ["Producer", "PRODUCERS", "SCALE_KINDS", "quantization_config"]

@@ -1,0 +1,145 @@
+"""Model specs: a plain, JSON-serializable description of a decoder model to build.
+
+A ``ModelSpec`` is what ``loadspec.strategies.layer_graphs()`` draws, what an
+adapter builds with its own layer classes, and what a reproducer writes to disk.
+Parameter names follow vLLM's Llama: fused ``qkv_proj`` and ``gate_up_proj``,
+attention state under ``<container>.attn``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+
+LINEAR_QUANTS = ("none", "fp8_per_tensor", "fp8_per_channel")
+ATTENTION_KINDS = ("mha", "mla")
+QUANTIZED_KV_DTYPES = ("fp8", "fp8_e4m3", "fp8_e5m2")
+PER_TOKEN_HEAD_KV_DTYPES = ("int8_per_token_head", "fp8_per_token_head", "int4_per_token_head")
+UNQUANTIZED_KV_DTYPES = ("auto", "bfloat16")
+KV_CACHE_DTYPES = UNQUANTIZED_KV_DTYPES + QUANTIZED_KV_DTYPES + PER_TOKEN_HEAD_KV_DTYPES
+CONTAINERS = ("self_attn", "mixer")
+PARAM_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One decoder layer: the quant scheme of each linear and the registration order."""
+
+    qkv_quant: str = "none"
+    o_quant: str = "none"
+    gate_up_quant: str = "none"
+    down_quant: str = "none"
+    attention_first: bool = False
+
+    def linear_quants(self) -> dict[str, str]:
+        """Quant scheme by linear name relative to the decoder layer."""
+        return {
+            "qkv_proj": self.qkv_quant,
+            "o_proj": self.o_quant,
+            "gate_up_proj": self.gate_up_quant,
+            "down_proj": self.down_quant,
+        }
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A small decoder model: sizes, per-layer quant schemes, KV-cache dtype, naming."""
+
+    layers: tuple[LayerSpec, ...] = (LayerSpec(),)
+    vocab_size: int = 32
+    hidden_size: int = 16
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 4
+    intermediate_size: int = 24
+    attention: str = "mha"
+    kv_lora_rank: int = 8
+    qk_rope_head_dim: int = 2
+    tie_embeddings: bool = False
+    kv_cache_dtype: str = "fp8_e4m3"
+    quant_method: str | None = "fp8"
+    container: str = "self_attn"
+    wrapper: tuple[str, ...] = ()
+    params_dtype: str = "float32"
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ValueError("a ModelSpec needs at least one layer")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention={self.attention!r}, but should be one of {ATTENTION_KINDS}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r}, but should be one of {KV_CACHE_DTYPES}")
+        if self.container not in CONTAINERS:
+            raise ValueError(f"container={self.container!r}, but should be one of {CONTAINERS}")
+        if self.params_dtype not in PARAM_DTYPES:
+            raise ValueError(f"params_dtype={self.params_dtype!r}, but should be one of {PARAM_DTYPES}")
+        for layer in self.layers:
+            for name, quant in layer.linear_quants().items():
+                if quant not in LINEAR_QUANTS:
+                    raise ValueError(f"{name} quant={quant!r}, but should be one of {LINEAR_QUANTS}")
+                if quant != "none" and self.quant_method is None:
+                    raise ValueError(f"{name} is {quant} but the model has no quant_method")
+
+    # ------------------------------------------------------------------ names
+    @property
+    def prefix(self) -> str:
+        """Dotted prefix of the decoder stack, e.g. ``model.`` or ``language_model.model.``."""
+        return "".join(f"{w}." for w in self.wrapper) + "model."
+
+    @property
+    def lm_head_name(self) -> str:
+        """Name of the output projection's weight."""
+        return "".join(f"{w}." for w in self.wrapper) + "lm_head.weight"
+
+    def layer_prefix(self, index: int) -> str:
+        """Prefix of decoder layer ``index``, e.g. ``model.layers.0.``."""
+        return f"{self.prefix}layers.{index}."
+
+    def attention_prefix(self, index: int) -> str:
+        """Prefix of the attention layer holding the KV-cache scales."""
+        return f"{self.layer_prefix(index)}{self.container}.attn."
+
+    @property
+    def kv_cache_quantized(self) -> bool:
+        """Whether the KV-cache dtype stores quantized values [KVPROC-2..9]."""
+        return self.kv_cache_dtype not in UNQUANTIZED_KV_DTYPES
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    # ------------------------------------------------------------- serialize
+    def to_json(self) -> str:
+        """The spec as JSON, for reproducers."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        """Inverse of ``to_json``."""
+        raw = json.loads(text)
+        raw["layers"] = tuple(LayerSpec(**layer) for layer in raw["layers"])
+        raw["wrapper"] = tuple(raw["wrapper"])
+        return cls(**raw)
+
+    def with_(self, **changes) -> "ModelSpec":
+        """A copy with ``changes`` applied."""
+        return replace(self, **changes)
+
+
+def uniform_layers(count: int, **layer_fields) -> tuple[LayerSpec, ...]:
+    """``count`` identical ``LayerSpec``s."""
+    return tuple(LayerSpec(**layer_fields) for _ in range(count))
+
+
+DEFAULT_SPEC = ModelSpec(layers=uniform_layers(2, qkv_quant="fp8_per_tensor", down_quant="fp8_per_channel"))
+
+__all__ = ["LayerSpec", "ModelSpec", "DEFAULT_SPEC", "uniform_layers", "LINEAR_QUANTS", "KV_CACHE_DTYPES",
+           "QUANTIZED_KV_DTYPES", "PER_TOKEN_HEAD_KV_DTYPES", "UNQUANTIZED_KV_DTYPES"]

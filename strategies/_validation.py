@@ -1,0 +1,29 @@
+"""Argument checks for the public strategies: bad arguments raise ``InvalidArgument``."""
+
+from __future__ import annotations
+
+from hypothesis.errors import InvalidArgument
+
+
+def check_bounds(name: str, min_value: int, max_value: int | None, *, floor: int = 0) -> None:
+    """``floor <= min_value <= max_value`` for integer bounds called ``min_<name>``/``max_<name>``."""
+    if not isinstance(min_value, int) or isinstance(min_value, bool):
+        raise InvalidArgument(f"min_{name}={min_value!r}, but should be an integer")
+    if min_value < floor:
+        raise InvalidArgument(f"min_{name}={min_value}, but should be at least {floor}")
+    if max_value is not None:
+        if not isinstance(max_value, int) or isinstance(max_value, bool):
+            raise InvalidArgument(f"max_{name}={max_value!r}, but should be an integer or None")
+        if max_value < min_value:
+            raise InvalidArgument(f"max_{name}={max_value}, but should be at least min_{name}={min_value}")
+
+
+def check_choices(name: str, values, allowed) -> tuple:
+    """Every element of ``values`` is in ``allowed``; returns them as a tuple."""
+    values = tuple(values)
+    if not values:
+        raise InvalidArgument(f"{name}=(), but should name at least one of {tuple(allowed)}")
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise InvalidArgument(f"{name} contains {bad!r}, but every entry should be one of {tuple(allowed)}")
+    return values

