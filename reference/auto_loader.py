@@ -76,9 +76,12 @@ class AutoWeightsLoader:
             return False  # a KV-cache scale is never dropped silently [LOAD-8]
         return name.startswith(self.ignore_unexpected_prefixes) or name.endswith(self.ignore_unexpected_suffixes)
 
-    def plan(self, weights: Iterable[tuple[str, torch.Tensor]], *, mapper: WeightsMapper | None = None
-             ) -> list[PlannedLoad]:
-        """Map, resolve and validate every weight without writing anything [LOAD-4, LOAD-5, LOAD-6, LOAD-10]."""
+    def plan(self, weights: Iterable[tuple[str, torch.Tensor]], *, mapper: WeightsMapper | None = None,
+             guard=None) -> list[PlannedLoad]:
+        """Map, resolve and validate every weight without writing anything [LOAD-4, LOAD-5, LOAD-6, LOAD-10].
+
+        ``guard(source, name, param)`` may raise to reject a resolved weight before its shape is checked.
+        """
         mapper = self.effective_mapper(mapper)
         targets = loadable_tensors(self.module)
         planned: list[PlannedLoad] = []
@@ -101,6 +104,8 @@ class AutoWeightsLoader:
                     f"{source!r} and {seen[key]!r} both map to {name!r}"
                     + (f" shard {shard_id!r}" if shard_id is not None else "") + "; a checkpoint must give it once")
             seen[key] = source
+            if guard is not None:
+                guard(source, name, param)
             try:
                 check_loadable(param, tensor, shard_id)
             except LoadspecError as exc:

@@ -18,7 +18,7 @@ from typing import Iterable
 
 import torch
 
-from loadspec.reference.auto_loader import AutoWeightsLoader
+from loadspec.reference.auto_loader import AutoWeightsLoader, write_planned
 from loadspec.reference.copy_counter import CopyCounter
 from loadspec.reference.errors import LoadspecError, PartialLayerError
 from loadspec.reference.loaders import default_weight_loader
@@ -137,6 +137,7 @@ class ReloadSession:
         self.report = ReloadReport()
         self._modules = dict(model.named_modules())
         self.layers: dict[str, LayerLoad] = {}
+        self._processed_owner: dict[int, str] = {}
         self._finished = False
         self._begin()
 
@@ -184,9 +185,17 @@ class ReloadSession:
         """Deliver weights; may be called any number of times [RELOAD-10]. A rejected call writes nothing [LOAD-6]."""
         if self._finished:
             raise LoadspecError("this reload session is finished")
-        loaded = AutoWeightsLoader(self.model).load_weights(weights, mapper=self.mapper)
+        planned = AutoWeightsLoader(self.model).plan(weights, mapper=self.mapper, guard=self._reject_processed)
+        write_planned(planned)
+        loaded = {load.name for load in planned}
         self.report.loaded |= loaded
         return loaded
+
+    def _reject_processed(self, source: str, name: str, param: torch.Tensor) -> None:
+        layer = self._processed_owner.get(id(param))
+        if layer is not None:
+            raise LoadspecError(f"checkpoint weight {source!r} (-> {name!r}): delivered after layer {layer!r} "
+                                f"was already processed in this reload [RELOAD-9]")
 
     # ------------------------------------------------------------- process
     def _replay(self, layer: LayerLoad, targets: dict[str, torch.Tensor]) -> None:
@@ -228,6 +237,7 @@ class ReloadSession:
         self._restore_kernel(layer)
         self._place_aliases()
         layer.processed = True
+        self._processed_owner.update({id(t): layer.name for t in layer.kernel.values()})
         self.report.processed.append(layer.name)
 
     @torch.no_grad()

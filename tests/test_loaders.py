@@ -1,0 +1,140 @@
+"""LOAD: the default loader and the automatic loader."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_state import assert_unchanged, snapshot
+
+from loadspec.reference import engine
+from loadspec.reference.auto_loader import AutoWeightsLoader
+from loadspec.reference.copy_counter import CopyCounter
+from loadspec.reference.kv_cache import MissingKVScalesWarning
+from loadspec.reference.errors import LoadspecError, MissingWeightsError, ShapeMismatchError, UnknownWeightError
+from loadspec.reference.loaders import default_weight_loader
+from loadspec.reference.spec import DEFAULT_SPEC, uniform_layers
+from loadspec.reference.synthetic import synthetic_checkpoint
+
+
+@pytest.fixture
+def loaded_model():
+    model = engine.build(DEFAULT_SPEC)
+    engine.first_load(model, synthetic_checkpoint(DEFAULT_SPEC).items())
+    return model
+
+
+@pytest.mark.rule("LOAD-1")
+@pytest.mark.parametrize("param_shape, weight_shape", [((), (1,)), ((1,), ()), ((1, 1), (1, 1, 1))], ids=str)
+def test_one_element_loads_whatever_the_shapes(param_shape, weight_shape):
+    param = torch.nn.Parameter(torch.zeros(param_shape), requires_grad=False)
+    with CopyCounter() as counter:
+        default_weight_loader(param, torch.full(weight_shape, 2.5, dtype=torch.bfloat16))
+    assert param.reshape(()).item() == 2.5 and counter.copied == 1
+
+
+@pytest.mark.rule("LOAD-2")
+def test_shape_mismatch_names_both_shapes_and_writes_nothing():
+    param = torch.nn.Parameter(torch.zeros(2, 3), requires_grad=False)
+    param.loadspec_name = "layer.weight"
+    with pytest.raises(ShapeMismatchError) as info:
+        default_weight_loader(param, torch.ones(3, 2))
+    assert "(3, 2)" in str(info.value) and "(2, 3)" in str(info.value) and "layer.weight" in str(info.value)
+    assert torch.equal(param, torch.zeros(2, 3))
+
+
+@pytest.mark.rule("LOAD-3")
+def test_returns_the_mapped_names_loaded():
+    model = engine.build(DEFAULT_SPEC)
+    checkpoint = synthetic_checkpoint(DEFAULT_SPEC, producer="modelopt")
+    loaded = engine.first_load(model, checkpoint.items())
+    expected = {AutoWeightsLoader(model).effective_mapper(model.mapper).map_name(n) for n in checkpoint}
+    assert loaded == expected
+    assert "model.layers.0.self_attn.attn.k_scale" in loaded and "model.layers.0.self_attn.qkv_proj.weight" in loaded
+
+
+REJECTIONS = {
+    "unknown name": ("model.layers.0.self_attn.qk_proj.weight", torch.zeros(4, 16), UnknownWeightError,
+                     ["qk_proj", "close matches", "qkv_proj"]),
+    "shape mismatch": ("model.layers.1.mlp.up_proj.weight", torch.zeros(24, 15), ShapeMismatchError,
+                       ["up_proj", "(24, 15)"]),
+    "non-scalar scale": ("model.layers.1.self_attn.k_scale", torch.ones(2), LoadspecError,
+                         ["k_scale", "(2,)"]),
+    "nested name": ("model.layers.0.self_attn.o_proj.weight.extra", torch.zeros(1), UnknownWeightError,
+                    ["below the parameter"]),
+    "duplicate target": ("model.layers.0.self_attn.kv_scale", torch.tensor(3.0), LoadspecError,
+                         ["both map to", "attn.k_scale"]),
+}
+
+
+@pytest.mark.rule("LOAD-4", "LOAD-6", "LOAD-10")
+@pytest.mark.parametrize("case", REJECTIONS, ids=str)
+@pytest.mark.parametrize("position", ["first", "last"])
+def test_rejection_names_weight_and_leaves_model_unchanged(loaded_model, case, position):
+    name, tensor, error, needles = REJECTIONS[case]
+    mapper = AutoWeightsLoader(loaded_model).effective_mapper(loaded_model.mapper)
+    replaced = mapper.map_name_with_shard(name)
+    weights = [(n, t) for n, t in synthetic_checkpoint(DEFAULT_SPEC, seed=7, kv_scales={"k": 3.0, "v": 3.0}).items()
+               if case == "duplicate target" or mapper.map_name_with_shard(n) != replaced]
+    weights = [(name, tensor), *weights] if position == "first" else [*weights, (name, tensor)]
+    before = snapshot(loaded_model)
+    with pytest.raises(error) as info:
+        engine.reload(loaded_model, weights)
+    assert isinstance(info.value, ValueError)
+    for needle in needles:
+        assert needle in str(info.value), f"message={str(info.value)!r}, but should mention {needle!r}"
+    assert_unchanged(before, snapshot(loaded_model))
+
+
+@pytest.mark.rule("LOAD-6")
+def test_first_load_rejection_writes_nothing():
+    model = engine.build(DEFAULT_SPEC)
+    before = snapshot(model)
+    weights = [*synthetic_checkpoint(DEFAULT_SPEC).items(), ("model.nope.weight", torch.zeros(1))]
+    with pytest.raises(UnknownWeightError):
+        engine.first_load(model, weights)
+    assert_unchanged(before, snapshot(model))
+
+
+@pytest.mark.rule("LOAD-5")
+def test_skip_rules_see_mapped_names():
+    model = engine.build(DEFAULT_SPEC)
+    checkpoint = synthetic_checkpoint(DEFAULT_SPEC)
+    loader = AutoWeightsLoader(model, skip_substrs=[".qkv_proj."])
+    loaded = loader.load_weights(checkpoint.items(), mapper=model.mapper)
+    assert not any(".qkv_proj." in n or ".q_proj." in n for n in loaded)
+    assert "model.layers.0.self_attn.o_proj.weight" in loaded
+    loaded = AutoWeightsLoader(model, skip_prefixes=["model.layers.1."]).load_weights(checkpoint.items(),
+                                                                                       mapper=model.mapper)
+    assert not any(n.startswith("model.layers.1.") for n in loaded)
+
+
+@pytest.mark.rule("LOAD-7")
+def test_first_load_requires_every_parameter_but_optional_scales():
+    checkpoint = synthetic_checkpoint(DEFAULT_SPEC)
+    missing = {k: v for k, v in checkpoint.items() if k != "model.layers.1.self_attn.v_proj.weight"}
+    model = engine.build(DEFAULT_SPEC)
+    with pytest.raises(MissingWeightsError, match="model.layers.1.self_attn.qkv_proj.weight"):
+        engine.first_load(model, missing.items())
+    no_scales = {k: v for k, v in checkpoint.items() if not k.endswith(("k_scale", "v_scale"))}
+    with pytest.warns(MissingKVScalesWarning):
+        engine.first_load(engine.build(DEFAULT_SPEC), no_scales.items())
+
+
+@pytest.mark.rule("LOAD-8")
+def test_scales_are_never_dropped_silently():
+    unquantized = engine.build(DEFAULT_SPEC.with_(quant_method=None, layers=uniform_layers(1)))
+    loader = AutoWeightsLoader(unquantized, ignore_unexpected_suffixes=[".k_scale", ".v_scale"])
+    with pytest.raises(UnknownWeightError, match="k_scale"):
+        loader.plan([("model.layers.0.self_attn.attn.k_scale", torch.tensor(0.5))])
+    assert loader.plan([("model.layers.0.self_attn.other.k_scale", torch.tensor(0.5))]) == []
+
+
+@pytest.mark.rule("LOAD-9")
+def test_persistent_buffers_loadable_non_persistent_not():
+    module = torch.nn.Module()
+    module.register_buffer("kept", torch.zeros(2), persistent=True)
+    module.register_buffer("scratch", torch.zeros(2), persistent=False)
+    AutoWeightsLoader(module).load_weights([("kept", torch.ones(2))])
+    assert torch.equal(module.kept, torch.ones(2))
+    with pytest.raises(UnknownWeightError, match="scratch"):
+        AutoWeightsLoader(module).load_weights([("scratch", torch.ones(2))])
