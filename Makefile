@@ -27,7 +27,7 @@ $(VENV)/.loadspec-installed: pyproject.toml
 	touch $@
 
 conformance: setup
-	@$(call run_pytest,tests --loadspec-report=reports/reference)
+	@$(call run_pytest,conformance --impl=$(IMPL))
 
 test: setup
 	@$(call run_pytest,tests)

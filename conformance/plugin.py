@@ -1,67 +1,164 @@
-"""The loadspec pytest plugin: rule markers, rule-ID checks, per-rule reports.
+"""The loadspec pytest plugin: ``--impl``, rule markers, capability skips, xfail files, reports.
 
 Registered by the repository's root ``conftest.py``, or with
-``-p loadspec.conformance.plugin`` for an installed package.
+``-p loadspec.conformance.plugin`` for an installed package (pytest cannot add
+options from a conftest inside an installed package under ``--pyargs``: pytest
+#1596, #9739, #13094).
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
+from loadspec.conformance import selection
+from loadspec.conformance.adapter import CAPABILITIES
 from loadspec.conformance.report import RuleReport, TestResult
-from loadspec.conformance.rules import RULES_BY_ID
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("loadspec")
-    group.addoption("--loadspec-report", metavar="DIR", default=None,
-                    help="write conformance.json and conformance.md per rule into DIR")
-
+from loadspec.conformance.rules import CONTRACT_VERSION, RULES_BY_ID
 
 PROFILES = {
-    "loadspec-ci": 25,  # the default: the whole suite in minutes on 2 CPU cores
+    "loadspec-ci": 60,  # the default: the whole suite in well under a minute on 2 CPU cores
     "nightly": 400,  # thorough: pass --hypothesis-profile=nightly
 }
 for _name, _examples in PROFILES.items():
     settings.register_profile(
         _name, max_examples=_examples, deadline=None, print_blob=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.differing_executors])
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.differing_executors,
+                               HealthCheck.function_scoped_fixture])
+
+_ADAPTER = pytest.StashKey[object]()
+_SUITE_DIR = Path(__file__).resolve().parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("loadspec")
+    group.addoption("--impl", metavar="NAME_OR_MODULE", default=None,
+                    help=f"implementation under test: a registered name, a module or module:attribute "
+                         f"(default: ${selection.ENV_VAR}, else 'reference')")
+    group.addoption("--loadspec-report", metavar="DIR", default=None,
+                    help="where to write conformance.json/.md (default for suite runs: reports/<impl>; 'none' "
+                         "writes nothing)")
+    group.addoption("--loadspec-xfails", metavar="FILE", action="append", default=[],
+                    help="file of test ids or rule ids to mark as expected failures (one per line, # comments)")
+    group.addoption("--loadspec-skips", metavar="FILE", action="append", default=[],
+                    help="file of test ids or rule ids to skip (one per line, # comments)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "rule(*ids): the contract rule(s) a test checks, e.g. rule('SCALE-3')")
+    config.addinivalue_line("markers", "requires(*capabilities): adapter capabilities the test needs")
     if not config.getoption("hypothesis_profile", default=None):
         settings.load_profile("loadspec-ci")  # only when the user chose no profile
-    config.addinivalue_line("markers", "rule(*ids): the contract rule(s) a test checks, e.g. rule('SCALE-3')")
-    directory = config.getoption("--loadspec-report")
-    if directory:
-        implementation = {"name": "reference", "version": _version()}
-        config.pluginmanager.register(RuleReporter(RuleReport(implementation), Path(directory)), "loadspec-report")
+    try:
+        adapter = selection.resolve(selection.chosen_name(config.getoption("--impl")))
+    except selection.AdapterSelectionError as exc:
+        raise pytest.UsageError(f"loadspec: {exc}") from None
+    config.stash[_ADAPTER] = adapter
+    config.pluginmanager.register(RuleReporter(config, adapter), "loadspec-report")
 
 
-def _version() -> str:
-    from importlib.metadata import version
-    return version("loadspec")
+def adapter_of(config: pytest.Config):
+    """The implementation under test chosen for this run."""
+    return config.stash[_ADAPTER]
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    adapter = adapter_of(config)
+    caps = ", ".join(sorted(adapter.capabilities))
+    env = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("LOADSPEC")]
+    return [f"loadspec: implementation {adapter.name} {adapter.version}; contract {CONTRACT_VERSION}",
+            f"loadspec: capabilities: {caps}"] + ([f"loadspec: env: {' '.join(env)}"] if env else [])
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="session")
+def impl(request):
+    """The implementation under test."""
+    return adapter_of(request.config)
+
+
+@pytest.fixture(scope="session")
+def ref():
+    """The reference implementation: the oracle."""
+    from loadspec.conformance.adapters.reference import ReferenceAdapter
+    return ReferenceAdapter()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "device" in metafunc.fixturenames and _in_suite(metafunc.definition):
+        cuda = pytest.param("cuda", marks=[pytest.mark.requires("cuda"), pytest.mark.skipif(
+            not torch.cuda.is_available(), reason="no CUDA GPU on this machine")])
+        metafunc.parametrize("device", ["cpu", cuda])
+
+
+def _in_suite(item) -> bool:
+    return _SUITE_DIR in Path(str(item.path)).resolve().parents
+
+
+# ---------------------------------------------------------------- collection
 def rule_ids(item: pytest.Item) -> list[str]:
     """The rule IDs an item cites through ``@pytest.mark.rule``."""
     return [rule_id for mark in item.iter_markers("rule") for rule_id in mark.args]
 
 
+def _read_entries(paths: list[str]) -> list[tuple[str, str]]:
+    entries = []
+    for path in paths:
+        for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+            entry = line.split("#", 1)[0].strip()
+            if entry:
+                entries.append((entry, f"{path}:{number}"))
+    return entries
+
+
+def _matches(entry: str, item: pytest.Item) -> bool:
+    if entry in RULES_BY_ID:
+        return entry in rule_ids(item)
+    nodeid = item.nodeid
+    return nodeid == entry or nodeid.startswith(entry + "::") or nodeid.startswith(entry + "[") or \
+        nodeid.split("::", 1)[0].endswith(entry)
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     unknown = sorted({(item.nodeid, rid) for item in items for rid in rule_ids(item) if rid not in RULES_BY_ID})
     if unknown:
-        listing = "; ".join(f"{nodeid} cites {rid!r}" for nodeid, rid in unknown)
-        raise pytest.UsageError(f"unknown rule id(s): {listing}")
+        raise pytest.UsageError("unknown rule id(s): " + "; ".join(f"{n} cites {r!r}" for n, r in unknown))
+    adapter = adapter_of(config)
+    for item in items:
+        needs = [cap for mark in item.iter_markers("requires") for cap in mark.args]
+        typos = [cap for cap in needs if cap not in CAPABILITIES]
+        if typos:
+            raise pytest.UsageError(f"{item.nodeid} requires unknown capabilities {typos}")
+        lacking = [cap for cap in needs if cap not in adapter.capabilities]
+        if lacking:
+            item.add_marker(pytest.mark.skip(reason=f"{adapter.name} does not declare capability "
+                                                    f"{', '.join(lacking)}"))
+    for option, make_mark in (("--loadspec-skips", lambda where: pytest.mark.skip(reason=f"listed in {where}")),
+                              ("--loadspec-xfails", lambda where: pytest.mark.xfail(
+                                  reason=f"known failure listed in {where}", strict=False))):
+        for entry, where in _read_entries(config.getoption(option)):
+            matched = [item for item in items if _matches(entry, item)]
+            if not matched:
+                warnings.warn(f"{where}: {entry!r} matches no collected test", pytest.PytestWarning)
+            for item in matched:
+                item.add_marker(make_mark(where))
 
 
+# ------------------------------------------------------------------- reports
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    # Remember each item's rules on its reports so the logreport hook can file them.
     if call.when == "setup":
         item.user_properties.append(("loadspec_rules", rule_ids(item)))
+    if call.when == "call" and call.excinfo is not None and hasattr(item, "loadspec_case"):
+        from loadspec.conformance.reproducers import write_reproducer
+        directory = write_reproducer(item, item.config)
+        if directory is not None:
+            item.user_properties.append(("loadspec_counterexample", f"reproducer: {directory}\n"
+                                         f"{item.loadspec_case.summary()}"))
 
 
 def _outcome(report: pytest.TestReport) -> str | None:
@@ -77,12 +174,27 @@ def _outcome(report: pytest.TestReport) -> str | None:
 
 
 class RuleReporter:
-    """Files each test outcome under the rules it cites and writes the report at the end."""
+    """Files each test outcome under the rules it cites and writes the report at the end of a suite run."""
 
-    def __init__(self, report: RuleReport, directory: Path) -> None:
-        self.report = report
-        self.directory = directory
+    def __init__(self, config: pytest.Config, adapter) -> None:
+        self.config = config
+        implementation = {"name": adapter.name, "version": adapter.version,
+                          "capabilities": sorted(adapter.capabilities), "notes": getattr(adapter, "notes", "")}
+        self.report = RuleReport(implementation)
+        self.report_id = getattr(adapter, "report_id", adapter.name)
+        self.suite_run = False
         self.written: tuple[Path, Path] | None = None
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        self.suite_run = any(_in_suite(item) for item in items)
+
+    def directory(self) -> Path | None:
+        option = self.config.getoption("--loadspec-report")
+        if option == "none":
+            return None
+        if option:
+            return Path(option)
+        return Path(self.config.rootpath) / "reports" / self.report_id if self.suite_run else None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         outcome = _outcome(report)
@@ -98,7 +210,9 @@ class RuleReporter:
         self.report.add(properties.get("loadspec_rules", []), result)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        self.written = self.report.write(self.directory)
+        directory = self.directory()
+        if directory is not None:
+            self.written = self.report.write(directory)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self.written:

@@ -86,9 +86,7 @@ def dummy_load(model: ReferenceModel, *, seed: int = 0) -> None:
 
 def reload(model: ReferenceModel, source: Weights | str | Path) -> ReloadReport:
     """Reload weights into a processed model layer by layer [RELOAD-1..10]."""
-    report = reload_weights(model, weights_of(source))
-    model.loadspec_order = list(report.processed)
-    return report
+    return reload_weights(model, weights_of(source))
 
 
 def reload_session(model: ReferenceModel) -> ReloadSession:

@@ -35,6 +35,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "tokenizer.model", "vocab.json", "merges.txt", "generation_config.json")
 SUPPORTED_METHODS = ("fp8", "compressed-tensors", "modelopt", "quark")
 _IGNORED_NAMES = ("rotary_emb.inv_freq",)
+FUSED_PROJS = {"self_attn.qkv_proj": ("q_proj", "k_proj", "v_proj"), "self_attn.o_proj": ("o_proj",),
+               "mlp.gate_up_proj": ("gate_proj", "up_proj"), "mlp.down_proj": ("down_proj",)}
 
 
 # ------------------------------------------------------------------ checkpoint I/O
@@ -82,9 +84,7 @@ def calibrate_kv_scales(state: dict, spec: ModelSpec, tokenizer, *,
         amax[layer][0] = max(amax[layer][0], float(k.abs().amax()))
         amax[layer][1] = max(amax[layer][1], float(v.abs().amax()))
 
-    ids = tokenizer(calibration_text)["input_ids"]
-    with torch.no_grad():
-        forward_logits(state, spec, ids, kv_cache_dtype="auto", kv_observer=observe)
+    forward_logits(state, spec, tokenizer(calibration_text)["input_ids"], kv_cache_dtype="auto", kv_observer=observe)
     return [(k / FP8_MAX, v / FP8_MAX) for k, v in amax]
 
 
@@ -129,8 +129,8 @@ def quantize_checkpoint(src_dir: str | Path, dst_dir: str | Path, *, producer_id
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(src_dir))
-    calibrated = calibrate_kv_scales(kernel_state_from_checkpoint(src_dir, spec), spec, tokenizer,
-                                     calibration_text=calibration_text)
+    calibrated = calibrate_kv_scales(kernel_state_from_tensors(hf_state, config, spec, source=str(src_dir)), spec,
+                                     tokenizer, calibration_text=calibration_text)
     scales = [(k * scale_multiplier, v * scale_multiplier) for k, v in calibrated]
 
     producer = PRODUCERS[producer_id]
@@ -185,8 +185,9 @@ def check_quantization_config(qconfig: dict | None) -> None:
             raise UnsupportedSchemeError(f"quark weight dtype={weight.get('dtype')!r}: only 'fp8_e4m3'")
 
 
-def _fuse(shards: list[tuple[str, torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Concatenate shard weights along rows; per-tensor FP8 shards are re-quantized to the max scale."""
+def fuse_shards(shards: list[tuple[str, torch.Tensor, torch.Tensor | None]]
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Row-concatenate ``(name, weight, scale)`` shards; per-tensor FP8 ones are re-quantized to the max scale."""
     fp8 = [w.dtype == torch.float8_e4m3fn for _, w, _ in shards]
     if not any(fp8):
         return torch.cat([w for _, w, _ in shards]), None
@@ -239,23 +240,29 @@ def _read_kv_scales(hf: dict, container_prefix: str, used: set) -> dict[str, tor
 
 def kernel_state_from_checkpoint(path: str | Path, spec: ModelSpec, *,
                                  missing_kv_scales: str = "error") -> dict[str, torch.Tensor]:
-    """The fused kernel state (``reference.llama_forward`` naming) of a float or FP8 HF Llama checkpoint.
+    """The fused kernel state (``reference.llama_forward`` naming) of a float or FP8 HF Llama checkpoint dir.
 
     q/k/v and gate/up are fused; per-tensor FP8 shards are re-quantized to the max shard
     scale. Missing k/v scales raise ``ValueError`` when ``spec.kv_cache_quantized`` unless
     ``missing_kv_scales="ones"``; missing q/prob scales are 1.0.
     """
+    config, hf = load_checkpoint(path)
+    return kernel_state_from_tensors(hf, config, spec, missing_kv_scales=missing_kv_scales, source=str(path))
+
+
+def kernel_state_from_tensors(hf: dict[str, torch.Tensor], config: dict, spec: ModelSpec, *,
+                              missing_kv_scales: str = "error", source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """``kernel_state_from_checkpoint`` for tensors and a ``config.json`` dict already in memory."""
     if missing_kv_scales not in ("error", "ones"):
         raise ValueError(f"missing_kv_scales={missing_kv_scales!r}, but should be 'error' or 'ones'")
-    config, hf = load_checkpoint(path)
     check_quantization_config(config.get("quantization_config"))
     if config["num_hidden_layers"] != len(spec.layers):
-        raise ValueError(f"{path}: {config['num_hidden_layers']} layers but the spec has {len(spec.layers)}")
+        raise ValueError(f"{source}: {config['num_hidden_layers']} layers but the spec has {len(spec.layers)}")
     used: set[str] = set()
 
     def take(name: str) -> torch.Tensor:
         if name not in hf:
-            raise KeyError(f"{path}: checkpoint lacks {name}")
+            raise KeyError(f"{source}: checkpoint lacks {name}")
         used.add(name)
         return hf[name]
 
@@ -274,17 +281,15 @@ def kernel_state_from_checkpoint(path: str | Path, spec: ModelSpec, *,
     elif spec.tie_embeddings or config.get("tie_word_embeddings"):
         state[spec.lm_head_name] = state[f"{p}embed_tokens.weight"]
     else:
-        raise KeyError(f"{path}: checkpoint lacks lm_head.weight and the embeddings are not tied")
+        raise KeyError(f"{source}: checkpoint lacks lm_head.weight and the embeddings are not tied")
 
     missing = []
     for i in range(len(spec.layers)):
         lp = spec.layer_prefix(i)
         state[f"{lp}input_layernorm.weight"] = take(f"model.layers.{i}.input_layernorm.weight")
         state[f"{lp}post_attention_layernorm.weight"] = take(f"model.layers.{i}.post_attention_layernorm.weight")
-        groups = {"self_attn.qkv_proj": ("q_proj", "k_proj", "v_proj"), "self_attn.o_proj": ("o_proj",),
-                  "mlp.gate_up_proj": ("gate_proj", "up_proj"), "mlp.down_proj": ("down_proj",)}
-        for fused, projs in groups.items():
-            weight, scale = _fuse([shard(_hf_proj(i, proj)) for proj in projs])
+        for fused, projs in FUSED_PROJS.items():
+            weight, scale = fuse_shards([shard(_hf_proj(i, proj)) for proj in projs])
             name = linear_name(spec, i, fused)
             state[f"{name}.weight"] = weight
             if scale is not None:
@@ -297,14 +302,16 @@ def kernel_state_from_checkpoint(path: str | Path, spec: ModelSpec, *,
                 scales[kind] = torch.tensor(1.0)
             state[f"{spec.attention_prefix(i)}{kind}_scale"] = scales[kind].float().reshape(())
     if missing:
-        raise ValueError(f"{path}: no KV-cache scales {missing[:4]}{' ...' if len(missing) > 4 else ''} "
+        raise ValueError(f"{source}: no KV-cache scales {missing[:4]}{' ...' if len(missing) > 4 else ''} "
                          f"({len(missing)} missing) for kv_cache_dtype={spec.kv_cache_dtype!r}; an engine would "
                          f"use 1.0 (pass missing_kv_scales='ones' to do the same)")
     unknown = sorted(n for n in hf if n not in used and not n.endswith(_IGNORED_NAMES))
     if unknown:
-        raise ValueError(f"{path}: {len(unknown)} checkpoint tensors not understood, e.g. {unknown[:4]}")
+        raise ValueError(f"{source}: {len(unknown)} checkpoint tensors not understood, e.g. {unknown[:4]}")
     return state
 
 
-__all__ = ["quantize_checkpoint", "calibrate_kv_scales", "kernel_state_from_checkpoint", "quantize_weight",
-           "kv_scale_tensors", "load_checkpoint", "check_quantization_config", "DEFAULT_CALIBRATION_TEXT"]
+__all__ = ["quantize_checkpoint", "calibrate_kv_scales", "kernel_state_from_checkpoint", "kernel_state_from_tensors",
+           "quantize_weight",
+           "fuse_shards", "kv_scale_tensors", "load_checkpoint", "check_quantization_config",
+           "DEFAULT_CALIBRATION_TEXT"]

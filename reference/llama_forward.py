@@ -155,12 +155,24 @@ def dequantize_weight(weight: torch.Tensor, scale: torch.Tensor | None, *, name:
                      f"per-channel for weight {tuple(weight.shape)}")
 
 
+def dequantized_state(state: dict) -> dict:
+    """A copy of kernel ``state`` with every FP8 weight replaced by its float32 value (same CPU logits)."""
+    out = {}
+    for name, tensor in state.items():
+        if name.endswith(".weight_scale") and name[: -len("_scale")] in state:
+            continue
+        if tensor.dtype == torch.float8_e4m3fn:
+            tensor = dequantize_weight(tensor, state.get(name + "_scale"), name=name)
+        out[name] = tensor
+    return out
+
+
 def _scaled_mm_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
     out_features, in_features = weight.shape
     return x.is_cuda and weight.dtype == torch.float8_e4m3fn and in_features % 16 == 0 and out_features % 16 == 0
 
 
-def _scaled_mm_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def scaled_mm_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """W8A8 on CUDA: dynamic per-tensor (or per-token for per-channel weights) FP8 activations."""
     rows = x.reshape(-1, x.shape[-1]).float()
     m = rows.shape[0]
@@ -190,12 +202,13 @@ def _linear(x: torch.Tensor, state: dict, name: str, device: torch.device, paths
     scale = None if scale is None else scale.to(device)
     if weight.dtype == torch.float8_e4m3fn and scale is not None and _scaled_mm_fits(x, weight):
         paths["scaled_mm"] += 1
-        return _scaled_mm_linear(x, weight, scale)
+        return scaled_mm_linear(x, weight, scale)
     paths["dequant_matmul" if weight.dtype == torch.float8_e4m3fn else "float_matmul"] += 1
     return x.float() @ dequantize_weight(weight, scale, name=f"{name}.weight").t()
 
 
 # ------------------------------------------------------------------ forward
+@torch.no_grad()
 def forward_logits(state: dict, spec: ModelSpec, input_ids, *, kv_cache_dtype: str | None = None,
                    device: str | torch.device | None = None, kv_observer: KVObserver | None = None,
                    info: dict | None = None) -> torch.Tensor:
@@ -209,7 +222,7 @@ def forward_logits(state: dict, spec: ModelSpec, input_ids, *, kv_cache_dtype: s
         raise UnsupportedSchemeError(f"attention={spec.attention!r}: the reference forward implements 'mha' only")
     kv_cache_dtype = spec.kv_cache_dtype if kv_cache_dtype is None else kv_cache_dtype
     device = torch.device(device) if device is not None else state[f"{spec.prefix}embed_tokens.weight"].device
-    missing = [n for n in kernel_state_names(spec) if n not in state and not n.endswith(("q_scale", "prob_scale"))]
+    missing = [n for n in kernel_state_names(spec) if n not in state and not n.endswith(KV_SCALES)]
     if missing:
         raise KeyError(f"kernel state lacks {len(missing)} tensors, e.g. {missing[:4]}")
     ids = torch.as_tensor(input_ids, dtype=torch.long, device=device)
@@ -288,5 +301,5 @@ def perplexity(state: dict, spec: ModelSpec, tokenizer, text: str, prefix: str =
 
 
 __all__ = ["forward_logits", "perplexity", "continuation_ids", "spec_from_hf_config", "kernel_state_names",
-           "linear_name", "fake_quantize_kv", "dequantize_weight", "check_kv_scale", "rms_norm",
-           "rope_cos_sin", "apply_rope", "FP8_MAX"]
+           "linear_name", "fake_quantize_kv", "dequantize_weight", "dequantized_state", "scaled_mm_linear",
+           "check_kv_scale", "rms_norm", "rope_cos_sin", "apply_rope", "FP8_MAX"]

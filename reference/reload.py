@@ -135,6 +135,7 @@ class ReloadSession:
         self.mapper = getattr(model, "mapper", None) if mapper is None else mapper
         self.format: ModelFormat = fmt
         self.report = ReloadReport()
+        model.loadspec_order = self.report.processed  # live: the order so far [ORDER-1, ORDER-4]
         self._modules = dict(model.named_modules())
         self.layers: dict[str, LayerLoad] = {}
         self._processed_owner: dict[int, str] = {}

@@ -13,10 +13,11 @@
 # Environment knobs: PYTHON (interpreter that creates the venv, default python3),
 # PIP_FLAGS (extra flags for every pip call, e.g. "--no-cache-dir"),
 # WITH_COMPRESSED_TENSORS=1 (optional step 5, NOT part of the notes' recipe:
-# compressed-tensors==0.17.0 --no-deps + loguru, ~1 s and ~4 MB; without it
-# vllm...compressed_tensors.compressed_tensors fails to import with
-# "No module named 'compressed_tensors'", so CompressedTensorsConfig and its
-# KV-cache method cannot be probed; ModelOpt, Quark and Fp8 configs need nothing).
+# compressed-tensors==0.17.0 --no-deps + loguru, ~1 s and ~4 MB).  Without it,
+# ModuleNotFoundError("No module named 'compressed_tensors'") is raised by
+# CompressedTensorsConfig, by QuarkConfig (it imports compressed_tensors.quantization),
+# and by Attention(cache_dtype="fp8_e5m2", quant_config=Fp8Config(...)), whose e5m2
+# check imports CompressedTensorsConfig.  Fp8 and ModelOpt need nothing extra.
 #
 # Use afterwards:
 #   VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 .venv-vllm/bin/python conformance/adapters/vllm_probe.py
@@ -55,6 +56,7 @@ if [[ -f "$MARKER" ]] && [[ "$(head -n 1 "$MARKER")" == "$RECIPE" ]]; then
 fi
 
 start=$(date +%s)
+NSTEPS=4; [[ "$WITH_COMPRESSED_TENSORS" == 1 ]] && NSTEPS=5
 step() { echo "vllm_env: [$(( $(date +%s) - start ))s] $*"; }
 
 if [[ ! -x "$VENV/bin/python" ]]; then
@@ -64,20 +66,20 @@ fi
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check $PIP_FLAGS)
 
 # 1. torch first, so that nothing later resolves a different (CUDA) torch.
-step "1/4 $TORCH_SPEC"
+step "1/$NSTEPS $TORCH_SPEC"
 "${PIP[@]}" "$TORCH_SPEC"
 # 2. vLLM itself without its dependency pins (they would replace torch).
-step "2/4 --no-deps $VLLM_SPEC"
+step "2/$NSTEPS --no-deps $VLLM_SPEC"
 "${PIP[@]}" --no-deps "$VLLM_SPEC"
 # 3. the dependencies the loader modules actually import.
-step "3/4 ${#DEPS[@]} dependencies"
+step "3/$NSTEPS ${#DEPS[@]} dependencies"
 "${PIP[@]}" "${DEPS[@]}"
 # 4. xgrammar without triton.
-step "4/4 --no-deps $XGRAMMAR_SPEC"
+step "4/$NSTEPS --no-deps $XGRAMMAR_SPEC"
 "${PIP[@]}" --no-deps "$XGRAMMAR_SPEC"
 # 5. (optional) compressed-tensors, for CompressedTensorsConfig / its KV-cache method.
 if [[ "$WITH_COMPRESSED_TENSORS" == 1 ]]; then
-  step "5/5 (optional) --no-deps ${CT_SPECS[*]}"
+  step "5/$NSTEPS (optional) --no-deps ${CT_SPECS[*]}"
   "${PIP[@]}" --no-deps "${CT_SPECS[@]}"
 fi
 

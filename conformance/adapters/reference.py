@@ -1,0 +1,130 @@
+"""The reference adapter: ``loadspec.reference`` behind the adapter protocol.
+
+It is the suite's oracle and a complete example of an adapter.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+from loadspec.conformance.adapter import CAPABILITIES, Weights
+from loadspec.reference import engine
+from loadspec.reference.auto_loader import AutoWeightsLoader
+from loadspec.reference.cache_scale_mappers import cache_scale_mapper
+from loadspec.reference.copy_counter import CopyCounter
+from loadspec.reference.kv_cache import CPU_MIRRORS, FLOAT_MIRRORS, OUTPUT_BUFFERS
+from loadspec.reference.layers.attention import Attention, AttentionLayerBase
+from loadspec.reference.loaders import default_weight_loader
+from loadspec.reference.mapper import WeightsMapper
+from loadspec.reference.quant_config import QuantConfig
+from loadspec.reference.scales import SCALE_NAMES, KVCacheScaleParameter
+from loadspec.reference.spec import ModelSpec
+
+
+class ReferenceAdapter:
+    """``loadspec.reference`` as an implementation under test."""
+
+    name = "reference"
+    report_id = "reference"
+    capabilities = frozenset(CAPABILITIES)
+    notes = "the reference implementation: the contract in code"
+
+    def __init__(self) -> None:
+        self.version = version("loadspec")
+        if not torch.cuda.is_available():
+            self.capabilities = frozenset(CAPABILITIES) - {"cuda"}
+
+    # ------------------------------------------------------------ primitives
+    def new_scale_parameter(self, *, device: str) -> torch.Tensor:
+        return KVCacheScaleParameter(device=device)
+
+    def load_scale(self, param: torch.Tensor, weight: torch.Tensor) -> None:
+        param.weight_loader(param, weight)
+
+    def make_attention(self, *, kv_cache_dtype: str, device: str) -> Attention:
+        return Attention(num_heads=2, num_kv_heads=1, head_dim=4, kv_cache_dtype=kv_cache_dtype,
+                         quant_config=QuantConfig("fp8"), device=device)
+
+    def attention_scale_parameters(self, layer: Attention) -> dict[str, torch.Tensor]:
+        return {name: getattr(layer, name) for name in SCALE_NAMES if name in layer._parameters}
+
+    def create_scale_weights(self, layer: Attention) -> None:
+        layer.quant_method.create_weights(layer, device=layer._k_scale.device)
+
+    def process_attention(self, layer: Attention) -> None:
+        layer.quant_method.process_weights_after_loading(layer)
+
+    def attention_outputs(self, layer: Attention) -> dict[str, torch.Tensor]:
+        return {name: getattr(layer, buffer) for name, buffer in OUTPUT_BUFFERS.items()}
+
+    def attention_mirrors(self, layer: Attention) -> dict[str, float]:
+        return {attribute: float(getattr(layer, attribute))
+                for attribute in (*FLOAT_MIRRORS.values(), *CPU_MIRRORS.values())}
+
+    def make_mapper(self, **entries) -> WeightsMapper:
+        return WeightsMapper(**{k: v for k, v in entries.items() if v is not None})
+
+    def compose_mappers(self, left: WeightsMapper, right: WeightsMapper) -> WeightsMapper:
+        return left | right
+
+    def map_name(self, mapper: WeightsMapper, name: str):
+        return mapper.map_name_with_shard(name)
+
+    def apply_mapper(self, mapper: WeightsMapper, weights: Weights) -> list[tuple[str, torch.Tensor]]:
+        return [(name, tensor) for name, tensor, _ in mapper.apply(weights)]
+
+    def cache_scale_mapper(self, quant_method: str) -> WeightsMapper:
+        return QuantConfig(quant_method).get_cache_scale_mapper() if quant_method else cache_scale_mapper()
+
+    def default_weight_loader(self, param: torch.Tensor, weight: torch.Tensor) -> None:
+        default_weight_loader(param, weight)
+
+    def auto_load(self, module: torch.nn.Module, weights: Weights, *, mapper=None, quant_method=None,
+                  skip_prefixes=(), skip_substrs=()) -> set[str]:
+        if quant_method is not None:
+            module.quant_config = QuantConfig(quant_method)
+        loader = AutoWeightsLoader(module, skip_prefixes=skip_prefixes, skip_substrs=skip_substrs)
+        return loader.load_weights(weights, mapper=mapper)
+
+    def count_copies(self, fn, *args) -> int:
+        with CopyCounter() as counter:
+            fn(*args)
+        return counter.copied
+
+    # ----------------------------------------------------------------- model
+    def build_model(self, spec: ModelSpec, *, device: str):
+        return engine.build(spec, device=device)
+
+    def first_load(self, model, weights: Weights | Path) -> set[str]:
+        return engine.first_load(model, weights)
+
+    def dummy_load(self, model) -> None:
+        engine.dummy_load(model)
+
+    def reload(self, model, weights: Weights | Path) -> None:
+        engine.reload(model, weights)
+
+    def open_reload(self, model):
+        return engine.reload_session(model)
+
+    def export_kernel_state(self, model) -> dict[str, torch.Tensor]:
+        return engine.export(model)
+
+    def kernel_tensors(self, model) -> dict[str, torch.Tensor]:
+        tensors = {}
+        for module_name, module in model.named_modules():
+            for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
+                if tensor is not None:
+                    tensors[f"{module_name}.{name}"] = tensor
+        return tensors
+
+    def host_mirrors(self, model) -> dict[str, float]:
+        return {f"{module_name}.{attribute}": value
+                for module_name, module in model.named_modules() if isinstance(module, AttentionLayerBase)
+                for attribute, value in self.attention_mirrors(module).items()}
+
+    def processing_order(self, model) -> list[str]:
+        return list(model.loadspec_order)

@@ -1,0 +1,90 @@
+"""COUNT: copy counting, directly and as it decides when a layer is processed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from loadspec.conformance.assertions import assert_equal, assert_same_state, fail
+from loadspec.conformance.drivers import layouts_for, built, close_quietly, graphs_for, heavy
+from loadspec.conformance.reproducers import Case, record_case
+
+SHAPES = st.lists(st.integers(1, 5), max_size=3).map(tuple)
+
+
+@pytest.mark.rule("COUNT-1")
+@pytest.mark.requires("primitives")
+@given(shape=SHAPES)
+def test_copy_counts_every_element(impl, shape):
+    destination = torch.zeros(shape)
+    counted = impl.count_copies(destination.copy_, torch.ones(shape))
+    assert_equal(f"elements counted copying {shape}", counted, destination.numel(), "COUNT-1")
+
+
+@pytest.mark.rule("COUNT-2")
+@pytest.mark.requires("primitives")
+@pytest.mark.parametrize("write", ["fill_", "zero_", "index_copy_"])
+def test_other_writes_are_not_counted(impl, write):
+    destination = torch.zeros(4)
+    calls = {"fill_": lambda: destination.fill_(1.0), "zero_": destination.zero_,
+             "index_copy_": lambda: destination.index_copy_(0, torch.tensor([0, 1]), torch.ones(2))}
+    assert_equal(f"elements counted by {write}", impl.count_copies(calls[write]), 0, "COUNT-2")
+
+
+@pytest.mark.rule("COUNT-5")
+@pytest.mark.requires("primitives")
+def test_broadcasting_copy_counts_the_destination(impl):
+    destination = torch.zeros(3, 4)
+    try:
+        counted = impl.count_copies(destination.copy_, torch.ones(4))
+    except Exception as exc:  # noqa: BLE001
+        fail("counting a broadcasting copy_", f"{type(exc).__name__}: {exc}", 12, "COUNT-5")
+    assert_equal("elements counted by a broadcasting copy_", counted, 12, "COUNT-5")
+
+
+def draw(impl, request, data):
+    spec = data.draw(graphs_for(impl, attention=("mha",)), label="graph")
+    layouts = {role: data.draw(layouts_for(spec), label=f"{role} checkpoint") for role in ("base", "reload")}
+    record_case(request, Case(request.node.nodeid, layouts=layouts))
+    return spec, layouts
+
+
+@pytest.mark.rule("COUNT-3")
+@pytest.mark.requires("model", "reload_sessions", "processing_order")
+@heavy()
+@given(data=st.data())
+def test_a_weight_delivered_twice_counts_once(impl, request, data):
+    spec, layouts = draw(impl, request, data)
+    weights = layouts["reload"].tensors()
+    model = built(impl, spec, layouts["base"].tensors())
+    fused = f"{spec.layer_prefix(0)}{spec.container}.qkv_proj"
+    q_name = f"{spec.layer_prefix(0)}{spec.container}.q_proj.weight"
+    q = dict(weights)[q_name]
+    session = impl.open_reload(model)
+    session.load([(q_name, q)])
+    session.load([(q_name, q)])
+    session.load([(q_name, q)])
+    if fused in impl.processing_order(model):
+        close_quietly(session)
+        fail(f"{fused} after receiving only its q shard (three times)", "processed", "not processed yet", "COUNT-3")
+    session.load([(n, t) for n, t in weights if n != q_name])
+    session.finish()
+    fresh = built(impl, spec, weights)
+    assert_same_state("kernel state", impl.export_kernel_state(model), impl.export_kernel_state(fresh), "COUNT-3")
+
+
+@pytest.mark.rule("COUNT-4")
+@pytest.mark.requires("model", "reload_sessions", "processing_order")
+@heavy()
+@given(data=st.data())
+def test_a_full_delivery_completes_every_layer_while_loading(impl, request, data):
+    spec, layouts = draw(impl, request, data)
+    model = built(impl, spec, layouts["base"].tensors())
+    session = impl.open_reload(model)
+    session.load(layouts["reload"].tensors())
+    processed = set(impl.processing_order(model))
+    session.finish()
+    expected = {f"{spec.layer_prefix(i)}mlp.{p}" for i in range(len(spec.layers)) for p in ("gate_up_proj", "down_proj")}
+    assert_equal("layers processed before finish", expected - processed, set(), "COUNT-4")

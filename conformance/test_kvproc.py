@@ -1,0 +1,194 @@
+"""KVPROC: resolving KV-cache scale sentinels after loading, checked against the reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from loadspec.conformance.assertions import assert_equal, fail, outputs_as_floats
+from loadspec.conformance.drivers import KINDS, process_scales
+from loadspec.conformance.reproducers import Case, record_case
+from loadspec.strategies.scales import scale_values
+
+pytestmark = pytest.mark.requires("primitives")
+
+QUANTIZED = ["fp8", "fp8_e4m3"]
+UNQUANTIZED = ["auto", "bfloat16"]
+PER_TOKEN_HEAD = ["int8_per_token_head", "fp8_per_token_head", "int4_per_token_head"]
+VALID = scale_values(allow_sentinel=False)
+
+
+def draw_values(data, **fixed):
+    """q and prob present or absent, and the given k/v (a float, or None for absent)."""
+    values = {kind: data.draw(st.none() | VALID, label=f"{kind}_scale") for kind in ("q", "prob")}
+    for kind, how in fixed.items():
+        values[kind] = data.draw(VALID, label=f"{kind}_scale") if how == "loaded" else None
+    return values
+
+
+def check_against_reference(impl, ref, request, *, dtype, values, rule, keys=("k_scale", "v_scale")):
+    __tracebackhide__ = True
+    record_case(request, Case(request.node.nodeid, {"kv_cache_dtype": dtype, **values}))
+    got = process_scales(impl, kv_cache_dtype=dtype, values=values)
+    expected = process_scales(ref, kv_cache_dtype=dtype, values=values)
+    if got.error is not None:
+        fail(f"processing {dtype} with {values}", f"{type(got.error).__name__}: {got.error}", "no error", rule)
+    for key in keys:
+        assert_equal(f"{key} output ({dtype}, loaded {values})", got.outputs[key], expected.outputs[key], rule)
+    return got
+
+
+@pytest.mark.rule("KVPROC-1")
+def test_create_weights_gives_fresh_sentinels(impl):
+    layer = impl.make_attention(kv_cache_dtype="fp8_e4m3", device="cpu")
+    params = impl.attention_scale_parameters(layer)
+    assert_equal("scale parameters", sorted(params), ["k_scale", "prob_scale", "q_scale", "v_scale"], "KVPROC-1")
+    assert_equal("sentinels", {n: p.item() for n, p in params.items()}, {n: -1.0 for n in params}, "KVPROC-1")
+    impl.load_scale(params["k_scale"], torch.tensor(0.5))
+    impl.create_scale_weights(layer)
+    fresh = impl.attention_scale_parameters(layer)
+    assert_equal("k_scale after create_weights again", fresh["k_scale"].item(), -1.0, "KVPROC-1")
+    assert_equal("k_scale is a new parameter", fresh["k_scale"] is params["k_scale"], False, "KVPROC-1")
+
+
+@pytest.mark.rule("KVPROC-2")
+@given(data=st.data())
+def test_both_loaded(impl, ref, request, data):
+    dtype = data.draw(st.sampled_from(QUANTIZED), label="kv_cache_dtype")
+    check_against_reference(impl, ref, request, dtype=dtype, values=draw_values(data, k="loaded", v="loaded"),
+                            rule="KVPROC-2")
+
+
+@pytest.mark.rule("KVPROC-3")
+@pytest.mark.parametrize("dtype", QUANTIZED)
+def test_none_loaded_gives_one(impl, ref, request, dtype):
+    got = check_against_reference(impl, ref, request, dtype=dtype, values={}, rule="KVPROC-3")
+    assert_equal("k/v outputs", (got.outputs["k_scale"], got.outputs["v_scale"]), (1.0, 1.0), "KVPROC-3")
+
+
+@pytest.mark.rule("KVPROC-4")
+@given(data=st.data())
+def test_k_only(impl, ref, request, data):
+    dtype = data.draw(st.sampled_from(QUANTIZED), label="kv_cache_dtype")
+    check_against_reference(impl, ref, request, dtype=dtype, values=draw_values(data, k="loaded"), rule="KVPROC-4")
+
+
+@pytest.mark.rule("KVPROC-5")
+@given(data=st.data())
+def test_v_only(impl, ref, request, data):
+    dtype = data.draw(st.sampled_from(QUANTIZED), label="kv_cache_dtype")
+    check_against_reference(impl, ref, request, dtype=dtype, values=draw_values(data, v="loaded"), rule="KVPROC-5")
+
+
+@pytest.mark.rule("KVPROC-6")
+@given(data=st.data())
+def test_q_and_prob(impl, ref, request, data):
+    dtype = data.draw(st.sampled_from(QUANTIZED + UNQUANTIZED), label="kv_cache_dtype")
+    check_against_reference(impl, ref, request, dtype=dtype, values=draw_values(data, k="loaded", v="loaded"),
+                            rule="KVPROC-6", keys=("q_scale", "prob_scale"))
+
+
+INVALID = [math.nan, math.inf, -math.inf, 0.0, -0.5, -3.0]
+
+
+@pytest.mark.rule("KVPROC-7")
+@pytest.mark.parametrize("value", INVALID, ids=repr)
+@pytest.mark.parametrize("kind", ["k", "v", "q", "prob"])
+def test_invalid_value_rejected_and_outputs_kept(impl, request, kind, value):
+    values = {"k": 0.5, "v": 0.25, "q": 0.125, "prob": 0.0625, kind: value}
+    record_case(request, Case(request.node.nodeid, {"kv_cache_dtype": "fp8_e4m3", **values}))
+    layer = impl.make_attention(kv_cache_dtype="fp8_e4m3", device="cpu")
+    before = outputs_as_floats(impl.attention_outputs(layer)), impl.attention_mirrors(layer)
+    params = impl.attention_scale_parameters(layer)
+    for name, v in values.items():
+        impl.load_scale(params[f"{name}_scale"], torch.tensor(v))
+    try:
+        impl.process_attention(layer)
+    except ValueError as exc:
+        if f"{kind}_scale" not in str(exc):
+            fail("error message", str(exc), f"a message naming {kind}_scale", "KVPROC-7")
+    except Exception as exc:  # noqa: BLE001
+        fail(f"processing {kind}_scale={value!r} raised", f"{type(exc).__name__}: {exc}", "ValueError", "KVPROC-7")
+    else:
+        fail(f"processing {kind}_scale={value!r}", "accepted", "ValueError", "KVPROC-7")
+    after = outputs_as_floats(impl.attention_outputs(layer)), impl.attention_mirrors(layer)
+    assert_equal("outputs and mirrors after a rejected value", after, before, "KVPROC-7")
+
+
+@pytest.mark.rule("KVPROC-8")
+@pytest.mark.requires("per_token_head_kv")
+@pytest.mark.parametrize("dtype", PER_TOKEN_HEAD)
+def test_per_token_head_dtypes_use_one(impl, ref, request, dtype):
+    got = check_against_reference(impl, ref, request, dtype=dtype, values={"k": 0.5, "v": 0.25}, rule="KVPROC-8")
+    assert_equal("k/v outputs", (got.outputs["k_scale"], got.outputs["v_scale"]), (1.0, 1.0), "KVPROC-8")
+
+
+@pytest.mark.rule("KVPROC-9")
+@pytest.mark.parametrize("dtype", UNQUANTIZED)
+def test_unquantized_dtypes_leave_k_and_v(impl, request, dtype):
+    record_case(request, Case(request.node.nodeid, {"kv_cache_dtype": dtype, "k": 0.5, "v": 0.25}))
+    got = process_scales(impl, kv_cache_dtype=dtype, values={"k": 0.5, "v": 0.25})
+    if got.error is not None:
+        fail("processing", repr(got.error), "no error", "KVPROC-9")
+    assert_equal("k/v outputs (initial 1.0)", (got.outputs["k_scale"], got.outputs["v_scale"]), (1.0, 1.0),
+                 "KVPROC-9")
+
+
+@pytest.mark.rule("KVPROC-10")
+def test_e5m2_with_loading_method_rejected(impl):
+    try:
+        impl.make_attention(kv_cache_dtype="fp8_e5m2", device="cpu")
+    except ValueError as exc:
+        assert_equal("error names fp8_e5m2", "fp8_e5m2" in str(exc), True, "KVPROC-10")
+    else:
+        fail("building fp8_e5m2 attention under an FP8 config", "accepted", "ValueError", "KVPROC-10")
+
+
+@pytest.mark.rule("KVPROC-11")
+@given(data=st.data())
+def test_host_mirrors_equal_device_scales(impl, request, data):
+    dtype = data.draw(st.sampled_from(QUANTIZED + UNQUANTIZED), label="kv_cache_dtype")
+    values = {kind: data.draw(st.none() | VALID, label=f"{kind}_scale") for kind in KINDS}
+    record_case(request, Case(request.node.nodeid, {"kv_cache_dtype": dtype, **values}))
+    got = process_scales(impl, kv_cache_dtype=dtype, values=values)
+    if got.error is not None:
+        return  # v-only on engines that reject it: KVPROC-5's business, not this rule's
+    for kind in KINDS:
+        device_value = got.outputs[f"{kind}_scale"]
+        for mirror in (f"_{kind}_scale_float", f"_{kind}_scale_cpu"):
+            if mirror in got.mirrors:
+                assert_equal(f"{mirror} ({dtype}, loaded {values})", got.mirrors[mirror], device_value, "KVPROC-11")
+
+
+@pytest.mark.rule("KVPROC-12")
+def test_processing_deletes_params_and_is_idempotent(impl):
+    layer = impl.make_attention(kv_cache_dtype="fp8_e4m3", device="cpu")
+    params = impl.attention_scale_parameters(layer)
+    for kind, value in {"k": 0.5, "v": 0.25, "q": 0.125}.items():
+        impl.load_scale(params[f"{kind}_scale"], torch.tensor(value))
+    impl.process_attention(layer)
+    assert_equal("scale parameters after processing", sorted(impl.attention_scale_parameters(layer)), [],
+                 "KVPROC-12")
+    once = outputs_as_floats(impl.attention_outputs(layer)), impl.attention_mirrors(layer)
+    try:
+        impl.process_attention(layer)
+    except Exception as exc:  # noqa: BLE001
+        fail("processing a second time raised", f"{type(exc).__name__}: {exc}", "a no-op", "KVPROC-12")
+    twice = outputs_as_floats(impl.attention_outputs(layer)), impl.attention_mirrors(layer)
+    assert_equal("outputs after processing twice", twice, once, "KVPROC-12")
+
+
+@pytest.mark.rule("KVPROC-13")
+def test_device_scales_written_in_place(impl, device):
+    layer = impl.make_attention(kv_cache_dtype="fp8_e4m3", device=device)
+    pointers = {name: t.data_ptr() for name, t in impl.attention_outputs(layer).items()}
+    params = impl.attention_scale_parameters(layer)
+    for kind, value in {"k": 0.5, "v": 0.25, "q": 0.125, "prob": 0.0625}.items():
+        impl.load_scale(params[f"{kind}_scale"], torch.tensor(value))
+    impl.process_attention(layer)
+    after = {name: t.data_ptr() for name, t in impl.attention_outputs(layer).items()}
+    assert_equal("output scale data_ptrs", after, pointers, "KVPROC-13")

@@ -1,0 +1,163 @@
+"""LOAD: the default loader and the automatic loader."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from loadspec.conformance.assertions import assert_equal, assert_raises_value_error, assert_unchanged, fail, snapshot
+from loadspec.conformance.drivers import built, graphs_for, heavy, layouts_for
+from loadspec.conformance.reproducers import Case, record_case
+from loadspec.strategies.layouts import checkpoint_layouts
+
+
+def tree() -> torch.nn.Module:
+    """``layers.0.self_attn.{o_proj.weight, attn}`` and ``layers.0.norm.weight`` with a persistent/non-persistent buffer."""
+    root = torch.nn.Module()
+    layer = torch.nn.Module()
+    root.layers = torch.nn.ModuleList([layer])
+    layer.self_attn = torch.nn.Module()
+    layer.self_attn.o_proj = torch.nn.Linear(2, 3, bias=False)
+    layer.self_attn.attn = torch.nn.Module()
+    layer.norm = torch.nn.Module()
+    layer.norm.weight = torch.nn.Parameter(torch.zeros(3), requires_grad=False)
+    layer.norm.register_buffer("kept", torch.zeros(2), persistent=True)
+    layer.norm.register_buffer("scratch", torch.zeros(2), persistent=False)
+    for p in root.parameters():
+        p.requires_grad_(False)
+    return root
+
+
+def tree_state(module: torch.nn.Module) -> dict:
+    return snapshot({**dict(module.named_parameters()), **dict(module.named_buffers())})
+
+
+@pytest.mark.rule("LOAD-1")
+@pytest.mark.requires("primitives")
+@pytest.mark.parametrize("param_shape, weight_shape", [((), (1,)), ((1,), ()), ((1, 1), (1, 1, 1))], ids=str)
+def test_one_element_loads_whatever_the_shapes(impl, param_shape, weight_shape):
+    param = torch.nn.Parameter(torch.zeros(param_shape), requires_grad=False)
+    counted = impl.count_copies(impl.default_weight_loader, param, torch.full(weight_shape, 2.5))
+    assert_equal(f"{param_shape} param after loading {weight_shape}", param.reshape(()).item(), 2.5, "LOAD-1")
+    assert_equal("elements counted", counted, 1, "LOAD-1")
+
+
+@pytest.mark.rule("LOAD-2")
+@pytest.mark.requires("primitives")
+def test_shape_mismatch_names_both_shapes(impl):
+    param = torch.nn.Parameter(torch.zeros(2, 3), requires_grad=False)
+    assert_raises_value_error("loading (3, 2) into (2, 3)", lambda: impl.default_weight_loader(param, torch.ones(3, 2)),
+                              "LOAD-2", mentions=["3, 2", "2, 3"])
+    assert_equal("parameter after a rejected load", torch.equal(param, torch.zeros(2, 3)), True, "LOAD-2")
+
+
+@pytest.mark.rule("LOAD-3")
+@pytest.mark.requires("primitives")
+def test_returns_the_names_loaded(impl):
+    module = tree()
+    weights = [("layers.0.self_attn.o_proj.weight", torch.ones(3, 2)), ("layers.0.norm.weight", torch.ones(3))]
+    loaded = impl.auto_load(module, weights)
+    assert_equal("names returned", set(loaded), {n for n, _ in weights}, "LOAD-3")
+
+
+@pytest.mark.rule("LOAD-4")
+@pytest.mark.requires("primitives")
+def test_unknown_name_rejected_naming_it(impl):
+    assert_raises_value_error("loading an unknown name", lambda: impl.auto_load(
+        tree(), [("layers.0.self_attn.qk_proj.weight", torch.ones(3, 2))]), "LOAD-4", mentions=["qk_proj"])
+
+
+@pytest.mark.rule("LOAD-5")
+@pytest.mark.requires("primitives", "skip_rules")
+def test_skip_rules_see_mapped_names(impl):
+    mapper = impl.make_mapper(prefix={"old.": "layers."})
+    weights = [("old.0.self_attn.o_proj.weight", torch.ones(3, 2)), ("old.0.norm.weight", torch.ones(3))]
+    loaded = impl.auto_load(tree(), weights, mapper=mapper, skip_prefixes=("layers.0.norm.",))
+    assert_equal("names loaded with skip_prefixes on the mapped name", set(loaded),
+                 {"layers.0.self_attn.o_proj.weight"}, "LOAD-5")
+
+
+@pytest.mark.rule("LOAD-6")
+@pytest.mark.requires("primitives")
+@pytest.mark.parametrize("bad", ["unknown", "shape"])
+def test_rejected_load_leaves_the_tree_unchanged(impl, bad):
+    module = tree()
+    before = tree_state(module)
+    weights = [("layers.0.self_attn.o_proj.weight", torch.ones(3, 2)), ("layers.0.norm.weight", torch.ones(3))]
+    weights.append(("layers.0.nope.weight", torch.ones(1)) if bad == "unknown" else
+                   ("layers.0.norm.kept", torch.ones(5)))
+    try:
+        impl.auto_load(module, weights)
+    except Exception:  # noqa: BLE001 - the rejection itself is LOAD-2/LOAD-4's business
+        pass
+    assert_unchanged("module after a rejected load", before, tree_state(module), "LOAD-6")
+
+
+@pytest.mark.rule("LOAD-6")
+@pytest.mark.requires("model")
+@heavy()
+@given(data=st.data())
+def test_rejected_reload_leaves_the_model_unchanged(impl, request, data):
+    spec = data.draw(graphs_for(impl), label="graph")
+    base = data.draw(layouts_for(spec), label="base checkpoint")
+    bad = data.draw(checkpoint_layouts(spec, allow_extra=True).filter(lambda layout: layout.extra),
+                    label="reload checkpoint with an unknown tensor")
+    record_case(request, Case(request.node.nodeid, layouts={"base": base, "reload": bad}))
+    model = built(impl, spec, base.tensors())
+    before = snapshot(impl.kernel_tensors(model), impl.host_mirrors(model))
+    try:
+        impl.reload(model, bad.tensors())
+    except Exception:  # noqa: BLE001
+        pass
+    else:
+        fail(f"reloading {bad.extra[0][0]!r}", "accepted", "a rejection", "LOAD-4")
+    assert_unchanged("model after a rejected reload", before,
+                     snapshot(impl.kernel_tensors(model), impl.host_mirrors(model)), "LOAD-6")
+
+
+@pytest.mark.rule("LOAD-7")
+@pytest.mark.requires("model")
+@heavy()
+@given(data=st.data())
+def test_first_load_with_missing_weights_rejected(impl, request, data):
+    spec = data.draw(graphs_for(impl), label="graph")
+    layout = data.draw(checkpoint_layouts(spec, allow_missing=True).filter(
+        lambda layout: any(not name.endswith("_scale") for name in layout.missing)), label="checkpoint")
+    record_case(request, Case(request.node.nodeid, layouts={"base": layout}))
+    missing = next(name for name in layout.missing if not name.endswith("_scale"))
+    stem = missing.rsplit(".", 2)[0]
+    model = impl.build_model(spec, device="cpu")
+    assert_raises_value_error(f"first load without {missing}", lambda: impl.first_load(model, layout.tensors()),
+                              "LOAD-7", mentions=[stem])
+
+
+@pytest.mark.rule("LOAD-8")
+@pytest.mark.requires("primitives")
+def test_scales_are_never_dropped_silently(impl):
+    module = tree()
+    try:
+        loaded = impl.auto_load(module, [("layers.0.self_attn.k_scale", torch.tensor(0.5))], quant_method="fp8")
+    except ValueError as exc:
+        assert_equal("error names the scale", "k_scale" in str(exc), True, "LOAD-8")
+        return
+    fail("a k_scale with no parameter to receive it", f"silently dropped (loaded {sorted(loaded)})",
+         "loaded, or a ValueError naming it", "LOAD-8")
+
+
+@pytest.mark.rule("LOAD-9")
+@pytest.mark.requires("primitives")
+def test_persistent_buffers_loadable_non_persistent_not(impl):
+    module = tree()
+    impl.auto_load(module, [("layers.0.norm.kept", torch.ones(2))])
+    assert_equal("persistent buffer after loading", module.layers[0].norm.kept.tolist(), [1.0, 1.0], "LOAD-9")
+    assert_raises_value_error("loading a non-persistent buffer", lambda: impl.auto_load(
+        module, [("layers.0.norm.scratch", torch.ones(2))]), "LOAD-9", mentions=["scratch"])
+
+
+@pytest.mark.rule("LOAD-10")
+@pytest.mark.requires("primitives")
+def test_name_below_a_parameter_rejected(impl):
+    assert_raises_value_error("loading below a parameter", lambda: impl.auto_load(
+        tree(), [("layers.0.norm.weight.extra", torch.ones(1))]), "LOAD-10", mentions=["weight.extra"])

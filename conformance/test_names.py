@@ -1,0 +1,138 @@
+"""NAMES: every producer's checkpoint layout reaches the canonical scale parameters."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from loadspec.conformance.assertions import assert_equal
+from loadspec.conformance.drivers import built, graphs_for, heavy, must_kv_scales
+from loadspec.conformance.reproducers import Case, record_case
+from loadspec.reference.producers import PRODUCERS, SCALE_KINDS
+from loadspec.reference.quant_config import QUANT_METHODS
+from loadspec.strategies.layouts import checkpoint_layouts
+
+STACKED = {".q_proj.": (".qkv_proj.", "q"), ".k_proj.": (".qkv_proj.", "k"), ".v_proj.": (".qkv_proj.", "v"),
+           ".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1)}
+MUST_PRODUCERS = [p for p in PRODUCERS.values() if p.rule not in ("NAMES-2", "NAMES-11")]
+
+
+def producer_param(producer, methods=None):
+    return pytest.param(producer.id, methods or (producer.quant_method,), marks=pytest.mark.rule(producer.rule),
+                        id=producer.id)
+
+
+NAME_CASES = [producer_param(p) for p in PRODUCERS.values() if p.id != "canonical"] + [
+    pytest.param("compressed-tensors-legacy", QUANT_METHODS, marks=pytest.mark.rule("NAMES-2"),
+                 id="legacy-output-scale-every-config")]
+
+
+@pytest.mark.requires("primitives")
+@pytest.mark.parametrize("producer_id, methods", NAME_CASES)
+@pytest.mark.parametrize("prefix", ["model.", "language_model.model."])
+@pytest.mark.parametrize("container", ["self_attn", "mixer"])
+def test_names_map_to_canonical(impl, producer_id, methods, prefix, container):
+    producer = PRODUCERS[producer_id]
+    base = f"{prefix}layers.3.{container}."
+    for method in methods:
+        mapper = impl.compose_mappers(impl.make_mapper(stacked=STACKED), impl.cache_scale_mapper(method))
+        for kind in SCALE_KINDS:
+            name = producer.scale_name(base, kind)
+            if name is None:
+                continue
+            target = f"{base}attn.{'k' if producer.fused_kv else kind}_scale"
+            assert_equal(f"{method} mapper({name!r})", impl.map_name(mapper, name), (target, None), producer.rule)
+
+
+@pytest.mark.rule("NAMES-12")
+@pytest.mark.requires("primitives")
+@pytest.mark.parametrize("method", QUANT_METHODS)
+@pytest.mark.parametrize("suffix", ["q_proj.weight", "k_proj.weight_scale", "o_proj.input_scale", "qkv_proj.weight"])
+def test_non_scale_names_pass_unchanged(impl, method, suffix):
+    name = f"model.layers.0.self_attn.{suffix}"
+    assert_equal(f"{method} cache-scale mapper({name!r})", impl.map_name(impl.cache_scale_mapper(method), name),
+                 (name, None), "NAMES-12")
+
+
+@pytest.mark.rule("NAMES-13")
+@pytest.mark.requires("model", "nested_wrappers")
+@heavy()
+@given(data=st.data())
+def test_values_load_under_any_prefix(impl, ref, request, data):
+    check_producer_values(impl, ref, request, data, producers=[p.id for p in MUST_PRODUCERS],
+                          rule="NAMES-13", allow_wrappers=True)
+
+
+def check_producer_values(impl, ref, request, data, *, producers, rule, kv_scales=None, **graph_options):
+    __tracebackhide__ = True
+    producer_id = data.draw(st.sampled_from(producers), label="producer")
+    producer = PRODUCERS[producer_id]
+    options = dict(params_dtypes=("float32",), allow_unquantized=False, quant_methods=(producer.quant_method,))
+    options.update(graph_options)
+    spec = data.draw(graphs_for(impl, **options), label="graph")
+    layout = data.draw(checkpoint_layouts(spec, producers=(producer_id,), kv_scales=kv_scales or must_kv_scales()),
+                       label="checkpoint")
+    record_case(request, Case(request.node.nodeid, layouts={"base": layout}))
+    got = impl.export_kernel_state(built(impl, spec, layout.tensors()))
+    expected = ref.export_kernel_state(built(ref, spec, layout.tensors()))
+    for index in range(len(spec.layers)):
+        for kind in SCALE_KINDS:
+            name = f"{spec.attention_prefix(index)}{kind}_scale"
+            assert_equal(f"{name} loaded from {producer_id} names", float(got[name]), float(expected[name]), rule)
+
+
+@pytest.mark.requires("model")
+@pytest.mark.parametrize("producer_id", [pytest.param(p.id, marks=pytest.mark.rule(p.rule), id=p.id)
+                                         for p in PRODUCERS.values()])
+@heavy()
+@given(data=st.data())
+def test_producer_values_reach_the_kernel(impl, ref, request, producer_id, data):
+    rule = PRODUCERS[producer_id].rule
+    check_producer_values(impl, ref, request, data, producers=[producer_id], rule=rule, attention=("mha",))
+
+
+@pytest.mark.rule("NAMES-2")
+@pytest.mark.requires("model")
+@heavy()
+@given(data=st.data())
+def test_legacy_output_scales_under_every_config(impl, ref, request, data):
+    method = data.draw(st.sampled_from(QUANT_METHODS), label="quant_method")
+    check_producer_values(impl, ref, request, data, producers=["compressed-tensors-legacy"], rule="NAMES-2",
+                          quant_methods=(method,), attention=("mha",))
+
+
+@pytest.mark.rule("NAMES-8")
+@pytest.mark.requires("model", "mla")
+@heavy()
+@given(data=st.data())
+def test_mla_scales_load_under_every_config(impl, ref, request, data):
+    method = data.draw(st.sampled_from(QUANT_METHODS), label="quant_method")
+    check_producer_values(impl, ref, request, data, producers=["compressed-tensors"], rule="NAMES-8",
+                          quant_methods=(method,), attention=("mla",))
+
+
+@pytest.mark.rule("NAMES-9")
+@pytest.mark.requires("model", "mixer_container")
+@heavy()
+@given(data=st.data())
+def test_mixer_names(impl, ref, request, data):
+    check_producer_values(impl, ref, request, data, producers=["modelopt"], rule="NAMES-9", containers=("mixer",),
+                          attention=("mha",))
+
+
+@pytest.mark.rule("NAMES-10")
+@pytest.mark.requires("primitives")
+def test_automatic_loader_merges_the_cache_scale_mapper(impl):
+    import torch
+
+    module = torch.nn.Module()
+    module.self_attn = torch.nn.Module()
+    module.self_attn.attn = torch.nn.Module()
+    module.self_attn.attn.k_scale = torch.nn.Parameter(torch.tensor(-1.0), requires_grad=False)
+    model_mapper = impl.make_mapper(prefix={"old.": ""})
+    loaded = impl.auto_load(module, [("old.self_attn.k_proj.k_scale", torch.tensor(0.5))], mapper=model_mapper,
+                            quant_method="modelopt")
+    assert_equal("names loaded through model mapper + cache-scale mapper", set(loaded), {"self_attn.attn.k_scale"},
+                 "NAMES-10")
+    assert_equal("self_attn.attn.k_scale", module.self_attn.attn.k_scale.item(), 0.5, "NAMES-10")

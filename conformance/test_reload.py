@@ -1,0 +1,191 @@
+"""RELOAD: the layerwise reload lifecycle, on models drawn by ``layer_graphs()``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from loadspec.conformance.assertions import (assert_equal, assert_same_state, assert_unchanged, fail,
+                                             snapshot, tensor_bytes)
+from loadspec.conformance.drivers import layouts_for, built, close_quietly, graphs_for, heavy, live_pointers
+from loadspec.conformance.reproducers import Case, record_case
+
+pytestmark = pytest.mark.requires("model")
+
+
+def draw_case(impl, request, data, *roles, **graph_options):
+    spec = data.draw(graphs_for(impl, **graph_options), label="graph")
+    layouts = {role: data.draw(layouts_for(spec), label=f"{role} checkpoint") for role in roles}
+    record_case(request, Case(request.node.nodeid, layouts=layouts))
+    return spec, layouts
+
+
+def model_state(impl, model) -> dict:
+    return snapshot(impl.kernel_tensors(model), impl.host_mirrors(model))
+
+
+@pytest.mark.rule("RELOAD-1")
+@heavy()
+@given(data=st.data())
+def test_reload_keeps_every_kernel_tensor(impl, request, data, device):
+    spec, layouts = draw_case(impl, request, data, "base", "reload")
+    model = built(impl, spec, layouts["base"].tensors(), device=device)
+    before = live_pointers(impl, model)
+    impl.reload(model, layouts["reload"].tensors())
+    assert_equal("kernel tensors' data_ptr after reload", live_pointers(impl, model), before, "RELOAD-1")
+
+
+@pytest.mark.rule("RELOAD-2")
+@heavy()
+@given(data=st.data())
+def test_reload_equals_a_fresh_load(impl, request, data, device):
+    spec, layouts = draw_case(impl, request, data, "base", "reload")
+    model = built(impl, spec, layouts["base"].tensors(), device=device)
+    impl.reload(model, layouts["reload"].tensors())
+    fresh = built(impl, spec, layouts["reload"].tensors(), device=device)
+    assert_same_state("reloaded kernel state vs fresh load", impl.export_kernel_state(model),
+                      impl.export_kernel_state(fresh), "RELOAD-2")
+
+
+@pytest.mark.rule("RELOAD-3", "RELOAD-4")
+@heavy()
+@given(data=st.data())
+def test_scale_only_reload_takes_fresh_defaults(impl, ref, request, data):
+    spec, layouts = draw_case(impl, request, data, "base", quant_methods=("fp8", "compressed-tensors"), allow_unquantized=False,
+                              kv_cache_dtypes=("fp8", "fp8_e4m3"), min_layers=2)
+    k = data.draw(st.sampled_from([0.125, 2.0, 3.5]), label="new k_scale")
+    delivery = [(f"{spec.layer_prefix(0)}{spec.container}.k_scale", torch.tensor(k))]
+    results = []
+    for adapter in (impl, ref):
+        model = built(adapter, spec, layouts["base"].tensors())
+        adapter.reload(model, delivery)
+        results.append(adapter.export_kernel_state(model))
+    got, expected = results
+    for index in range(len(spec.layers)):
+        rule = "RELOAD-3" if index == 0 else "RELOAD-4"
+        for kind in ("q", "k", "v", "prob"):
+            name = f"{spec.attention_prefix(index)}{kind}_scale"
+            assert_equal(f"{name} after reloading only layer 0's k_scale={k}", float(got[name]),
+                         float(expected[name]), rule)
+
+
+@pytest.mark.rule("RELOAD-4", "RELOAD-5")
+@heavy()
+@given(data=st.data())
+def test_layers_receiving_nothing_keep_everything(impl, request, data):
+    spec, layouts = draw_case(impl, request, data, "base", "reload", min_layers=2)
+    model = built(impl, spec, layouts["base"].tensors())
+    kept = data.draw(st.integers(0, len(spec.layers) - 1), label="layer left out of the reload")
+    prefix = spec.layer_prefix(kept)
+    before = model_state(impl, model)
+    impl.reload(model, [(n, t) for n, t in layouts["reload"].tensors() if not n.startswith(prefix)])
+    after = model_state(impl, model)
+    untouched = {n: v for n, v in before.items() if n.removeprefix("mirror:").startswith(prefix)}
+    assert_unchanged(f"layer {kept} (not in the reload)", untouched, {n: after[n] for n in untouched}, "RELOAD-5")
+
+
+@pytest.mark.rule("RELOAD-6")
+@heavy()
+@given(data=st.data())
+def test_partial_layer_rejected_and_kept(impl, request, data):
+    spec, layouts = draw_case(impl, request, data, "base", "reload",
+                              linear_quants=("fp8_per_tensor", "fp8_per_channel"), quant_methods=("fp8",),
+                              allow_unquantized=False)
+    model = built(impl, spec, layouts["base"].tensors())
+    index = data.draw(st.integers(0, len(spec.layers) - 1), label="layer")
+    proj = "v_proj" if spec.attention == "mha" else "kv_b_proj"
+    dropped = f"{spec.layer_prefix(index)}{spec.container}.{proj}.weight_scale"
+    layer = f"{spec.layer_prefix(index)}{spec.container}.{'qkv_proj' if proj == 'v_proj' else proj}"
+    before = model_state(impl, model)
+    try:
+        impl.reload(model, [(n, t) for n, t in layouts["reload"].tensors() if n != dropped])
+    except ValueError as exc:
+        if f"{layer}.weight_scale" not in str(exc):
+            fail("partial-layer error message", str(exc), f"a message naming {layer}.weight_scale", "RELOAD-6")
+    except Exception as exc:  # noqa: BLE001
+        fail("reload with a partial layer raised", f"{type(exc).__name__}: {exc}", "ValueError", "RELOAD-6")
+    else:
+        fail(f"reload without {dropped}", "accepted", "ValueError naming the missing weight", "RELOAD-6")
+    after = model_state(impl, model)
+    kept = {n: v for n, v in before.items() if n.startswith(layer + ".")}
+    assert_unchanged(f"partial layer {layer}", kept, {n: after[n] for n in kept}, "RELOAD-6")
+
+
+@pytest.mark.rule("RELOAD-7")
+@heavy()
+@given(data=st.data())
+def test_reloading_twice_is_bit_identical(impl, request, data):
+    spec, layouts = draw_case(impl, request, data, "base", "reload")
+    model = built(impl, spec, layouts["base"].tensors())
+    impl.reload(model, layouts["reload"].tensors())
+    once = impl.export_kernel_state(model)
+    impl.reload(model, layouts["reload"].tensors())
+    assert_same_state("kernel state after the second reload", impl.export_kernel_state(model), once, "RELOAD-7")
+
+
+@pytest.mark.rule("RELOAD-8")
+@pytest.mark.requires("tied_embeddings")
+@heavy()
+@given(data=st.data())
+def test_tied_weights_stay_tied(impl, request, data):
+    spec, layouts = draw_case(impl, request, data, "base", "reload", allow_tied=True)
+    if not spec.tie_embeddings:
+        spec = spec.with_(tie_embeddings=True)
+        layouts = {role: replace(layout, spec=spec) for role, layout in layouts.items()}
+        record_case(request, Case(request.node.nodeid, layouts=layouts))
+    model = built(impl, spec, layouts["base"].tensors())
+    impl.reload(model, layouts["reload"].tensors())
+    tensors = impl.kernel_tensors(model)
+    embed, head = tensors[f"{spec.prefix}embed_tokens.weight"], tensors[spec.lm_head_name]
+    assert_equal("lm_head.weight shares embed_tokens.weight's storage", head.data_ptr(), embed.data_ptr(), "RELOAD-8")
+    expected = dict(layouts["reload"].tensors())[f"{spec.prefix}embed_tokens.weight"]
+    assert_equal("lm_head.weight holds the reloaded embedding",
+                 torch.equal(tensor_bytes(head), tensor_bytes(expected.to(head.device))), True, "RELOAD-8")
+
+
+@pytest.mark.rule("RELOAD-9")
+@pytest.mark.requires("reload_sessions", "processing_order")
+@heavy()
+@given(data=st.data())
+def test_delivery_after_processing_rejected(impl, request, data):
+    spec, layouts = draw_case(impl, request, data, "base", "reload")
+    model = built(impl, spec, layouts["base"].tensors())
+    weights = layouts["reload"].tensors()
+    session = impl.open_reload(model)
+    session.load(weights)
+    again = next((n, t) for n, t in weights if ".mlp.down_proj.weight" in n)
+    try:
+        session.load([again])
+    except ValueError:
+        pass
+    except Exception as exc:  # noqa: BLE001
+        fail(f"delivering {again[0]} again", f"{type(exc).__name__}: {exc}", "ValueError", "RELOAD-9")
+    else:
+        fail(f"delivering {again[0]} after its layer was processed", "accepted silently", "ValueError", "RELOAD-9")
+    finally:
+        close_quietly(session)
+
+
+@pytest.mark.rule("RELOAD-10")
+@heavy()
+@given(data=st.data())
+def test_order_and_grouping_do_not_matter(impl, request, data):
+    spec, layouts = draw_case(impl, request, data, "base", "reload")
+    weights = layouts["reload"].tensors()
+    shuffled = data.draw(st.permutations(weights), label="delivery order")
+    model = built(impl, spec, layouts["base"].tensors())
+    if "reload_sessions" in impl.capabilities:
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(weights)), max_size=5), label="bucket boundaries"))
+        session = impl.open_reload(model)
+        for start, stop in zip([0, *cuts], [*cuts, len(weights)]):
+            session.load(shuffled[start:stop])
+        session.finish()
+    else:
+        impl.reload(model, shuffled)
+    fresh = built(impl, spec, weights)
+    assert_same_state("kernel state after a shuffled, bucketed reload", impl.export_kernel_state(model),
+                      impl.export_kernel_state(fresh), "RELOAD-10")

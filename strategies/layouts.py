@@ -1,0 +1,304 @@
+"""Checkpoint layouts: which producer wrote a spec's checkpoint, in what order and shards, and what is off.
+
+A ``CheckpointLayout`` is plain data (JSON round-trips); ``tensors()`` builds the
+checkpoint in memory and ``write(directory)`` puts it on disk as safetensors
+shards plus ``config.json``, the way ``huggingface_hub`` and ``transformers`` do.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from huggingface_hub import split_torch_state_dict_into_shards
+from hypothesis import assume
+from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+from safetensors.torch import save_file
+
+from loadspec.reference.checkpoint import INDEX_FILE, SINGLE_FILE
+from loadspec.reference.model import torch_dtype
+from loadspec.reference.producers import PRODUCERS, SCALE_KINDS, quantization_config
+from loadspec.reference.spec import ModelSpec
+from loadspec.reference.synthetic import kv_scale_tensors, synthetic_checkpoint
+from loadspec.strategies._validation import check_choices
+from loadspec.strategies.graphs import check_flag
+from loadspec.strategies.scales import check_strategy, keeps_meaning, kv_scale_sets, scale_values, stored_as
+
+__all__ = ["CheckpointLayout", "checkpoint_layouts", "compatible_producers", "ORDERS"]
+
+ORDERS = ("file", "sorted", "shuffled", "interleaved", "reversed")
+SCALE_DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                     "float64": torch.float64}
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """One checkpoint of ``spec``: producer layout, values, tensor order, sharding, missing and extra tensors.
+
+    ``kv_scales`` maps a scale kind to its value (``None``: not written);
+    ``scale_dtype`` overrides the producer's scale dtype; ``max_shard_size`` is
+    in bytes (``None``: one file); ``missing`` names checkpoint tensors left out;
+    ``extra`` adds ``(name, shape)`` zero tensors no model parameter takes.
+
+    .. code-block:: pycon
+
+        >>> layout = CheckpointLayout(DEFAULT_SPEC, producer="autofp8", kv_scales={"k": 0.5}, max_shard_size=4096)
+        >>> layout.tensors()[-1]
+        ('model.layers.1.self_attn.k_scale', tensor(0.5000))
+        >>> sorted(path.name for path in layout.write("ckpt").iterdir())
+        ['config.json', 'model-00001-of-00005.safetensors', ..., 'model.safetensors.index.json']
+    """
+
+    spec: ModelSpec
+    producer: str = "canonical"
+    seed: int = 0
+    kv_scales: dict = field(default_factory=dict)
+    scale_dtype: str | None = None
+    order: str = "file"
+    order_seed: int = 0
+    max_shard_size: int | None = None
+    missing: tuple[str, ...] = ()
+    extra: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.producer not in PRODUCERS:
+            raise ValueError(f"producer={self.producer!r}, but should be one of {tuple(PRODUCERS)}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order={self.order!r}, but should be one of {ORDERS}")
+        if self.scale_dtype is not None and self.scale_dtype not in SCALE_DTYPE_NAMES:
+            raise ValueError(f"scale_dtype={self.scale_dtype!r}, but should be None or one of "
+                             f"{tuple(SCALE_DTYPE_NAMES)}")
+        unknown = set(self.kv_scales) - set(SCALE_KINDS)
+        if unknown:
+            raise ValueError(f"kv_scales has kinds {sorted(unknown)}, but should only have {SCALE_KINDS}")
+
+    # ----------------------------------------------------------- in memory
+    def _base(self) -> dict[str, torch.Tensor]:
+        """The producer's checkpoint in file order, before ``missing`` and ``extra``."""
+        dtype = None if self.scale_dtype is None else SCALE_DTYPE_NAMES[self.scale_dtype]
+        return synthetic_checkpoint(self.spec, producer=self.producer, seed=self.seed,
+                                    kv_scales=dict(self.kv_scales), scale_dtype=dtype)
+
+    def tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """``(name, tensor)`` pairs in this layout's order, ``missing`` removed and ``extra`` added."""
+        missing = set(self.missing)
+        state = {name: tensor for name, tensor in self._base().items() if name not in missing}
+        state.update((name, torch.zeros(shape)) for name, shape in self.extra)
+        return [(name, state[name]) for name in _ordered(list(state), self.order, self.order_seed)]
+
+    @property
+    def kv_scale_names(self) -> tuple[str, ...]:
+        """Checkpoint names of the KV-cache scales this layout writes (before ``missing``)."""
+        return tuple(name for index in range(len(self.spec.layers))
+                     for name in kv_scale_tensors(self.spec, index, producer=self.producer,
+                                                  kv_scales=dict(self.kv_scales)))
+
+    def config(self) -> dict:
+        """The ``config.json`` of this checkpoint: a Llama-style (DeepSeek-V2 for MLA) HF config."""
+        spec = self.spec
+        config = {
+            "architectures": ["DeepseekV2ForCausalLM" if spec.attention == "mla" else "LlamaForCausalLM"],
+            "model_type": "deepseek_v2" if spec.attention == "mla" else "llama",
+            "hidden_size": spec.hidden_size, "num_attention_heads": spec.num_heads,
+            "num_key_value_heads": spec.num_kv_heads, "head_dim": spec.head_dim,
+            "intermediate_size": spec.intermediate_size, "num_hidden_layers": len(spec.layers),
+            "vocab_size": spec.vocab_size, "tie_word_embeddings": spec.tie_embeddings,
+            "rms_norm_eps": spec.rms_norm_eps, "rope_theta": spec.rope_theta, "torch_dtype": spec.params_dtype,
+            "hidden_act": "silu", "loadspec_spec": asdict(spec),
+        }
+        if spec.attention == "mla":
+            config.update(kv_lora_rank=spec.kv_lora_rank, qk_rope_head_dim=spec.qk_rope_head_dim,
+                          qk_nope_head_dim=spec.head_dim, v_head_dim=spec.head_dim, q_lora_rank=None)
+        if spec.quant_method is not None:
+            schemes = {q for layer in spec.layers for q in layer.linear_quants().values() if q != "none"}
+            strategy = "channel" if schemes == {"fp8_per_channel"} else "tensor"
+            config["quantization_config"] = quantization_config(self.producer, weight_strategy=strategy)
+        return config
+
+    # --------------------------------------------------------------- on disk
+    def write(self, directory: str | Path) -> Path:
+        """Write the shards, the index (when sharded) and ``config.json`` into ``directory``; return it.
+
+        ``huggingface_hub`` plans the shards from this layout's order (a tensor over
+        ``max_shard_size`` gets a shard of its own); the index lists names in this
+        order; within one file safetensors stores tensors sorted by dtype and name.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if (directory / INDEX_FILE).exists() or any(directory.glob("*.safetensors")):
+            raise FileExistsError(f"{directory} already holds a checkpoint")
+        state = {name: tensor.contiguous().clone() for name, tensor in self.tensors()}
+        if self.max_shard_size is None:
+            plan = {SINGLE_FILE: list(state)}
+        else:
+            split = split_torch_state_dict_into_shards(state, max_shard_size=self.max_shard_size)
+            plan = split.filename_to_tensors
+        for filename, names in plan.items():
+            save_file({name: state[name] for name in names}, str(directory / filename), metadata={"format": "pt"})
+        if len(plan) > 1:
+            files = {name: filename for filename, names in plan.items() for name in names}
+            index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+                     "weight_map": {name: files[name] for name in state}}
+            (directory / INDEX_FILE).write_text(json.dumps(index, indent=2))
+        (directory / "config.json").write_text(json.dumps(self.config(), indent=2, sort_keys=True))
+        return directory
+
+    # ----------------------------------------------------------- reporting
+    def summary(self) -> str:
+        """One short line for reports."""
+        spec = self.spec
+        scales = ",".join(f"{k}={v:g}" for k, v in self.kv_scales.items() if v is not None) or "none"
+        order = f"{self.order}/{self.order_seed}" if self.order == "shuffled" else self.order
+        shards = "1 file" if self.max_shard_size is None else f"shards<={self.max_shard_size}B"
+        off = "".join([f" missing={len(self.missing)}" if self.missing else "",
+                       f" extra={len(self.extra)}" if self.extra else ""])
+        return (f"{spec.attention} L{len(spec.layers)} {spec.quant_method or 'unquantized'} kv={spec.kv_cache_dtype} "
+                f"{spec.params_dtype} | {self.producer} seed={self.seed} scales[{scales}] "
+                f"dtype={self.scale_dtype or 'producer'} {order} {shards}{off}")
+
+    def to_json(self) -> str:
+        """The layout as JSON, for reproducers (NaN and infinities as JSON extensions)."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CheckpointLayout":
+        """Inverse of ``to_json``."""
+        raw = json.loads(text)
+        raw["spec"] = ModelSpec.from_json(json.dumps(raw["spec"]))
+        raw["missing"] = tuple(raw["missing"])
+        raw["extra"] = tuple((name, tuple(shape)) for name, shape in raw["extra"])
+        return cls(**raw)
+
+
+def _ordered(names: list[str], order: str, seed: int) -> list[str]:
+    """``names`` in ``order``; ``interleaved`` takes one name per layer in turn (global names form a group)."""
+    if order == "sorted":
+        return sorted(names)
+    if order == "reversed":
+        return names[::-1]
+    if order == "shuffled":
+        names = list(names)
+        random.Random(seed).shuffle(names)
+        return names
+    if order == "interleaved":
+        groups: dict[int, list[str]] = {}
+        for name in names:
+            match = _LAYER.search(name)
+            groups.setdefault(int(match.group(1)) if match else -1, []).append(name)
+        rounds = itertools.zip_longest(*groups.values())
+        return [name for row in rounds for name in row if name is not None]
+    return list(names)
+
+
+def compatible_producers(spec: ModelSpec) -> tuple[str, ...]:
+    """Producers writing ``spec.quant_method``'s checkpoints (every producer when it has none)."""
+    if spec.quant_method is None:
+        return tuple(PRODUCERS)
+    return tuple(p.id for p in PRODUCERS.values() if p.quant_method == spec.quant_method)
+
+
+def checkpoint_layouts(graph: ModelSpec, *, producers=None, orders=ORDERS, allow_sharding: bool = True,
+                       allow_missing: bool = False, allow_extra: bool = False,
+                       kv_scales: st.SearchStrategy[dict] | None = None) -> st.SearchStrategy[CheckpointLayout]:
+    """``CheckpointLayout``s of ``graph``'s checkpoint.
+
+    * ``producers``: producer ids (default: those of ``graph.quant_method``; the
+      reference maps every producer's names under every config [NAMES-2], so others may be named;
+      ``config.json`` always carries the producer's ``quantization_config``).
+    * ``orders``: tensor orders drawn from ``ORDERS``.
+    * ``allow_sharding``: draw ``max_shard_size`` below the total size (always several shards) or ``None``.
+    * ``allow_missing``/``allow_extra``: draw required tensors left out [LOAD-7] / unknown tensors
+      added [LOAD-4, LOAD-10]; either makes a first load fail.
+    * ``kv_scales``: strategy for the scale values (default
+      ``kv_scale_sets(values=scale_values(allow_sentinel=False))``); ignored when
+      ``graph.quant_method`` is ``None``, which writes no KV-cache scales.
+
+    Finite scale values are clamped into the range of the dtype the producer writes
+    them in (1e30 becomes 65504 in a float16 model), and a ``scale_dtype`` override is
+    only drawn when it keeps every value valid, invalid or the sentinel.
+
+    .. code-block:: pycon
+
+        >>> checkpoint_layouts(DEFAULT_SPEC).example().summary()
+        'mha L2 fp8 kv=fp8_e4m3 float32 | bare-prob-scale seed=25 scales[k=1] dtype=bfloat16 sorted shards<=317B'
+    """
+    if not isinstance(graph, ModelSpec):
+        raise InvalidArgument(f"graph={graph!r}, but should be a ModelSpec")
+    producers = compatible_producers(graph) if producers is None else check_choices("producers", producers,
+                                                                                    tuple(PRODUCERS))
+    orders = check_choices("orders", orders, ORDERS)
+    for name, flag in (("allow_sharding", allow_sharding), ("allow_missing", allow_missing),
+                       ("allow_extra", allow_extra)):
+        check_flag(name, flag)
+    if kv_scales is None:
+        kv_scales = kv_scale_sets(values=scale_values(allow_sentinel=False))
+    check_strategy("kv_scales", kv_scales)
+    return _layouts(graph, producers=producers, orders=orders, allow_sharding=allow_sharding,
+                    allow_missing=allow_missing, allow_extra=allow_extra, kv_scales=kv_scales)
+
+
+@st.composite
+def _layouts(draw, graph, *, producers, orders, allow_sharding, allow_missing, allow_extra, kv_scales):
+    producer = draw(st.sampled_from(producers))
+    scales = dict(draw(kv_scales)) if graph.quant_method is not None else {}
+    if not set(scales) <= set(SCALE_KINDS):
+        raise InvalidArgument(f"kv_scales drew {scales!r}, but its keys should be among {SCALE_KINDS}")
+    written = _producer_scale_dtype(graph, producer)
+    scales = {kind: None if value is None else _fit(value, written) for kind, value in scales.items()}
+    assume(all(keeps_meaning(value, written) for value in scales.values() if value is not None))
+    order = draw(st.sampled_from(orders))
+    layout = CheckpointLayout(
+        graph, producer=producer, seed=draw(st.integers(0, 2**16)), kv_scales=scales,
+        scale_dtype=draw(st.sampled_from(_scale_dtype_names(scales, written))), order=order,
+        order_seed=draw(st.integers(0, 2**16)) if order == "shuffled" else 0)
+    if allow_missing:
+        required = sorted(set(layout._base()) - set(layout.kv_scale_names))
+        layout = replace(layout, missing=tuple(draw(st.lists(st.sampled_from(required), unique=True, max_size=3))))
+    if allow_extra:
+        extra = st.tuples(_extra_names(graph), st.lists(st.integers(1, 4), max_size=2).map(tuple))
+        layout = replace(layout, extra=tuple(draw(st.lists(extra, unique_by=lambda e: e[0], max_size=3))))
+    if allow_sharding:
+        tensors = [t for _, t in layout.tensors()]
+        total = sum(t.numel() * t.element_size() for t in tensors)
+        if len(tensors) > 1:
+            layout = replace(layout, max_shard_size=draw(st.none() | st.integers(1, total - 1)))
+    return layout
+
+
+def _producer_scale_dtype(spec: ModelSpec, producer: str) -> torch.dtype:
+    """The dtype ``producer`` writes ``spec``'s KV-cache scales in (before any ``scale_dtype`` override)."""
+    return torch.float32 if PRODUCERS[producer].scale_dtype == "float32" else torch_dtype(spec.params_dtype)
+
+
+def _fit(value: float, dtype: torch.dtype) -> float:
+    """A finite ``value`` clamped into ``dtype``'s finite range (a positive one to at least its smallest
+    subnormal), so writing it neither overflows nor turns a valid scale into 0."""
+    if not math.isfinite(value):
+        return value
+    info = torch.finfo(dtype)
+    value = min(max(value, -info.max), info.max)
+    return max(value, info.tiny * info.eps) if value > 0 else value
+
+
+def _scale_dtype_names(scales: dict, written: torch.dtype) -> list[str | None]:
+    """``None`` (the producer's dtype) and the override dtypes that keep every written value's meaning."""
+    values = [stored_as(v, written) for v in scales.values() if v is not None]
+    return [None] + [name for name, dtype in SCALE_DTYPE_NAMES.items()
+                     if all(keeps_meaning(v, dtype) for v in values)]
+
+
+def _extra_names(spec: ModelSpec) -> st.SearchStrategy[str]:
+    """Names no parameter takes: new modules under the model, a layer or its container, or below a parameter."""
+    parents = [spec.prefix] + [p for i in range(len(spec.layers))
+                               for p in (spec.layer_prefix(i), f"{spec.layer_prefix(i)}{spec.container}.")]
+    leaves = st.sampled_from(("loadspec_extra.weight", "loadspec_extra_buffer"))
+    below = st.just(f"{spec.prefix}norm.weight.loadspec_extra")
+    return st.tuples(st.sampled_from(parents), leaves).map("".join) | below
