@@ -151,6 +151,12 @@ class Adapter(Protocol):
         """[processing_order] Module names processed by the last load or reload, in order."""
 
 
+def capabilities_table() -> str:
+    """The capabilities as a Markdown table, as the README shows it."""
+    rows = [f"| `{name}` | {meaning} |" for name, meaning in CAPABILITIES.items()]
+    return "\n".join(["| capability | the adapter supports |", "|---|---|", *rows])
+
+
 def required_methods(capabilities: frozenset[str]) -> tuple[str, ...]:
     """Methods an adapter declaring ``capabilities`` must implement."""
     methods = ()

@@ -14,22 +14,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from loadspec.conformance import selection
 from loadspec.conformance.adapter import CAPABILITIES
 from loadspec.conformance.report import RuleReport, TestResult
-from loadspec.conformance.rules import CONTRACT_VERSION, RULES_BY_ID
+from loadspec.conformance.rules import CONTRACT_VERSION, FAMILIES, RULES_BY_ID
 
 PROFILES = {
     "loadspec-ci": 60,  # the default: the whole suite in well under a minute on 2 CPU cores
     "nightly": 400,  # thorough: pass --hypothesis-profile=nightly
 }
+_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.differing_executors,
+          HealthCheck.function_scoped_fixture]
 for _name, _examples in PROFILES.items():
-    settings.register_profile(
-        _name, max_examples=_examples, deadline=None, print_blob=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.differing_executors,
-                               HealthCheck.function_scoped_fixture])
+    settings.register_profile(_name, max_examples=_examples, deadline=None, print_blob=True,
+                              suppress_health_check=_QUIET)
+# For the mutant meta-test: finding a failure is enough, shrinking it is not needed.
+settings.register_profile("loadspec-meta", max_examples=PROFILES["loadspec-ci"], deadline=None, database=None,
+                          phases=[Phase.explicit, Phase.generate], suppress_health_check=_QUIET)
 
 _ADAPTER = pytest.StashKey[object]()
 _SUITE_DIR = Path(__file__).resolve().parent
@@ -40,6 +43,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--impl", metavar="NAME_OR_MODULE", default=None,
                     help=f"implementation under test: a registered name, a module or module:attribute "
                          f"(default: ${selection.ENV_VAR}, else 'reference')")
+    group.addoption("--rule", metavar="ID_OR_FAMILY", action="append", default=[],
+                    help="run only tests citing these rules (e.g. --rule SCALE-3 --rule RELOAD); repeatable")
     group.addoption("--loadspec-report", metavar="DIR", default=None,
                     help="where to write conformance.json/.md (default for suite runs: reports/<impl>; 'none' "
                          "writes nothing)")
@@ -52,6 +57,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "rule(*ids): the contract rule(s) a test checks, e.g. rule('SCALE-3')")
     config.addinivalue_line("markers", "requires(*capabilities): adapter capabilities the test needs")
+    for family, title in FAMILIES.items():
+        config.addinivalue_line("markers", f"{family.lower()}: tests of the {family} rules ({title}); added automatically")
     if not config.getoption("hypothesis_profile", default=None):
         settings.load_profile("loadspec-ci")  # only when the user chose no profile
     try:
@@ -128,6 +135,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     unknown = sorted({(item.nodeid, rid) for item in items for rid in rule_ids(item) if rid not in RULES_BY_ID})
     if unknown:
         raise pytest.UsageError("unknown rule id(s): " + "; ".join(f"{n} cites {r!r}" for n, r in unknown))
+    for item in items:
+        for family in {RULES_BY_ID[rid].family for rid in rule_ids(item)}:
+            item.add_marker(family.lower())
+    _select_rules(config, items)
     adapter = adapter_of(config)
     for item in items:
         needs = [cap for mark in item.iter_markers("requires") for cap in mark.args]
@@ -147,6 +158,24 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
                 warnings.warn(f"{where}: {entry!r} matches no collected test", pytest.PytestWarning)
             for item in matched:
                 item.add_marker(make_mark(where))
+
+
+def _select_rules(config: pytest.Config, items: list[pytest.Item]) -> None:
+    wanted = config.getoption("--rule")
+    if not wanted:
+        return
+    unknown = [w for w in wanted if w not in RULES_BY_ID and w not in FAMILIES]
+    if unknown:
+        raise pytest.UsageError(f"--rule {', '.join(unknown)}: not a rule id or family; families: "
+                                f"{', '.join(FAMILIES)}")
+    keep, drop = [], []
+    for item in items:
+        cited = rule_ids(item)
+        hit = any(rid in wanted or RULES_BY_ID[rid].family in wanted for rid in cited)
+        (keep if hit else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 # ------------------------------------------------------------------- reports

@@ -8,6 +8,7 @@ loadspec.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from importlib.metadata import entry_points
 
@@ -59,11 +60,9 @@ def _import_target(target: str):
 def resolve(name_or_target: str):
     """The adapter for a registered name, ``module`` or ``module:attribute``; a class or factory is called."""
     names = registered()
-    if name_or_target in names:
-        target = names[name_or_target]
-    elif "." in name_or_target or ":" in name_or_target:
-        target = name_or_target
-    else:
+    target = names.get(name_or_target, name_or_target)
+    if name_or_target not in names and not ("." in target or ":" in target) \
+            and importlib.util.find_spec(target) is None:
         raise AdapterSelectionError(f"unknown implementation {name_or_target!r}; registered: "
                                     f"{', '.join(sorted(names))}; or give a module or module:attribute")
     adapter = _import_target(target)

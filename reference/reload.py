@@ -127,6 +127,8 @@ def _set_param(module: torch.nn.Module, name: str, value: torch.Tensor | None) -
 class ReloadSession:
     """One layerwise reload of ``model`` [RELOAD-1..10]; use as a context manager or call ``finish``."""
 
+    layer_class = LayerLoad
+
     def __init__(self, model: torch.nn.Module, *, mapper=None) -> None:
         fmt = getattr(model, FORMAT_ATTR, None)
         if fmt is None:
@@ -147,7 +149,7 @@ class ReloadSession:
         for layer_name, templates in self.format.layers.items():
             module = self._modules[layer_name]
             kernel = {name: param for name, param in module._parameters.items() if param is not None}
-            layer = LayerLoad(layer_name, module, templates, kernel)
+            layer = self.layer_class(layer_name, module, templates, kernel)
             self.layers[layer_name] = layer
             for name in kernel:
                 delattr(module, name)
@@ -175,11 +177,15 @@ class ReloadSession:
             regions = layer.regions.setdefault(name, {})
             regions.update(counter.per_destination)
             layer.loads.append((name, loaded_weight, shard_id))
-            if not is_attention(layer.module) and layer.counted() >= layer.total:
+            if not self.defers(layer.module) and layer.counted() >= layer.total:
                 self._process_layer(layer)  # the last element arrived [ORDER-4]
 
         counting_loader.original_loader = original
         return counting_loader
+
+    def defers(self, module: torch.nn.Module) -> bool:
+        """Whether ``module`` waits for ``finish`` instead of being processed when complete [ORDER-1]."""
+        return is_attention(module)
 
     # ---------------------------------------------------------------- load
     def load(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
@@ -228,18 +234,22 @@ class ReloadSession:
                 _set_param(module, name, param)
             self._replay(layer, fresh)
             process_module(module)
-            for name, kernel in layer.kernel.items():
-                processed = module._parameters[name]
-                if processed.shape != kernel.shape or processed.dtype != kernel.dtype:
-                    raise LoadspecError(
-                        f"{layer.name}.{name}: processing produced {tuple(processed.shape)} {processed.dtype}, "
-                        f"but the kernel tensor is {tuple(kernel.shape)} {kernel.dtype}")
-                kernel.data.copy_(processed.data)
+            self._write_back(layer)
         self._restore_kernel(layer)
         self._place_aliases()
         layer.processed = True
         self._processed_owner.update({id(t): layer.name for t in layer.kernel.values()})
         self.report.processed.append(layer.name)
+
+    def _write_back(self, layer: LayerLoad) -> None:
+        """Copy a processed layer's tensors into its kernel tensors, which stay the same objects [RELOAD-1]."""
+        for name, kernel in layer.kernel.items():
+            processed = layer.module._parameters[name]
+            if processed.shape != kernel.shape or processed.dtype != kernel.dtype:
+                raise LoadspecError(
+                    f"{layer.name}.{name}: processing produced {tuple(processed.shape)} {processed.dtype}, "
+                    f"but the kernel tensor is {tuple(kernel.shape)} {kernel.dtype}")
+            kernel.data.copy_(processed.data)
 
     @torch.no_grad()
     def _finish_attention(self, layer: LayerLoad) -> None:
@@ -275,14 +285,14 @@ class ReloadSession:
             self.report.counts[layer.name] = (layer.counted(), layer.total)
             if layer.processed or is_attention(layer.module):
                 continue
-            self._restore_kernel(layer)
             if layer.loads:
-                partial.extend(layer.missing())  # never written: keeps its values [RELOAD-6]
+                partial.extend(self._handle_partial(layer))
             else:
+                self._restore_kernel(layer)
                 self.report.untouched.append(layer.name)  # [RELOAD-5]
         self._place_aliases()
         for layer in self.layers.values():
-            if is_attention(layer.module):
+            if is_attention(layer.module) and not layer.processed:
                 try:
                     self._finish_attention(layer)
                 except LoadspecError as exc:
@@ -297,6 +307,11 @@ class ReloadSession:
             message = "\n".join(str(f) for f in failures)
             raise type(failures[0])(message)
         return self.report
+
+    def _handle_partial(self, layer: LayerLoad) -> list[str]:
+        """Leave a partial layer as it was and name what it lacks [RELOAD-6]."""
+        self._restore_kernel(layer)
+        return layer.missing()
 
     def abort(self) -> None:
         """Put every unprocessed layer back as it was; nothing delivered since is applied."""

@@ -15,3 +15,6 @@ CUDA = pytest.param("cuda", marks=[
 def device(request) -> str:
     """Each test using it runs on CPU and, where a GPU exists, on CUDA."""
     return request.param
+
+
+pytest_plugins = ["pytester"]

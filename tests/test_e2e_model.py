@@ -368,6 +368,7 @@ def test_fp8_weights_and_calibrated_kv_perplexity(smollm, tok, fp8_state):
 
 
 @pytest.mark.e2e
+@pytest.mark.rule("E2E-3")
 def test_kv_scales_divided_by_16_blow_up(smollm, tok, ckpt, tmp_path):
     """The quantizer's ``scale_multiplier`` shows the check has teeth: saturated K/V ruin the model."""
     quantize_checkpoint(ckpt, tmp_path, producer_id="modelopt", scale_multiplier=1 / 16)

@@ -34,8 +34,8 @@ class ReferenceAdapter:
 
     def __init__(self) -> None:
         self.version = version("loadspec")
-        if not torch.cuda.is_available():
-            self.capabilities = frozenset(CAPABILITIES) - {"cuda"}
+        if not torch.cuda.is_available():  # keeps whatever a subclass declares, minus cuda
+            self.capabilities = frozenset(type(self).capabilities) - {"cuda"}
 
     # ------------------------------------------------------------ primitives
     def new_scale_parameter(self, *, device: str) -> torch.Tensor:

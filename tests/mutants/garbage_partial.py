@@ -1,0 +1,17 @@
+"""RELOAD-6: a partial layer is processed anyway, with uninitialized memory for what is missing (vLLM)."""
+
+from mutants._base import SessionMutant
+
+from loadspec.reference.reload import ReloadSession
+
+
+class GarbagePartialSession(ReloadSession):
+    def _handle_partial(self, layer):
+        self._process_layer(layer)
+        return []
+
+
+class GarbagePartialAdapter(SessionMutant):
+    name = report_id = "mutant-garbage-partial"
+    targets = ("RELOAD-6",)
+    session_class = GarbagePartialSession
