@@ -45,6 +45,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          f"(default: ${selection.ENV_VAR}, else 'reference')")
     group.addoption("--rule", metavar="ID_OR_FAMILY", action="append", default=[],
                     help="run only tests citing these rules (e.g. --rule SCALE-3 --rule RELOAD); repeatable")
+    group.addoption("--checkpoint", metavar="PATH_OR_HUB_ID", default=None,
+                    help="also run the E2E rules on this FP8-KV checkpoint (a directory, or a Hub id resolved from "
+                         "the local cache when offline); default: $LOADSPEC_CHECKPOINT")
     group.addoption("--loadspec-report", metavar="DIR", default=None,
                     help="where to write conformance.json/.md (default for suite runs: reports/<impl>; 'none' "
                          "writes nothing)")

@@ -300,7 +300,7 @@ RULES: tuple[Rule, ...] = (
          f"{_LW} online_process_loader (#40317; P14)"),
     # ------------------------------------------------------------------ E2E
     Rule("E2E-1", MUST,
-         "A model built with dummy weights and then reloaded from an FP8-KV checkpoint of SmolLM2-135M, in any producer's layout, scores perplexity below 10 on 'The capital of France is the city of Paris' with the prefix 'The capital of France is' masked.",
+         "A model built with dummy weights and then reloaded from an FP8-KV checkpoint of SmolLM2-135M, in the layout of any producer whose NAMES rule is a MUST (compressed-tensors, ModelOpt, Quark, AutoFP8, legacy kv_scale, fused qkv), scores perplexity below 10 on 'The capital of France is the city of Paris' with the prefix 'The capital of France is' masked.",
          "tests/model_executor/model_loader/test_reload.py test_kv_scale_reload (#38995)"),
     Rule("E2E-2", MUST,
          "That reloaded model's kernel state is bit-identical to a fresh load of the same checkpoint, so the two perplexities are equal.",
@@ -308,6 +308,10 @@ RULES: tuple[Rule, ...] = (
     Rule("E2E-3", MUST,
          "The KV-cache scales the model ends with are the checkpoint's: reloading a checkpoint whose k/v scales are divided by 16 (K and V saturate at +-448) makes perplexity exceed 1000.",
          f"{_KV} BaseKVCacheMethod.process_weights_after_loading; {_LW} _reload_attention_scales (#38995)"),
+    Rule("E2E-4", SHOULD,
+         "Legacy compressed-tensors checkpoints (self_attn.{q,k,v}_proj.output_scale under a compressed-tensors quantization config) meet E2E-1 and E2E-2 too.",
+         f"{_FP8} Fp8Config.get_cache_scale_mapper (#43167)",
+         "vLLM's compressed-tensors config has no output_scale mapping (NAMES-2), so such a checkpoint does not load."),
 )
 
 RULES_BY_ID = {rule.id: rule for rule in RULES}

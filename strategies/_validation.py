@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 
@@ -27,3 +28,15 @@ def check_choices(name: str, values, allowed) -> tuple:
     if bad:
         raise InvalidArgument(f"{name} contains {bad!r}, but every entry should be one of {tuple(allowed)}")
     return values
+
+
+def check_flag(name: str, value) -> None:
+    """``value`` is a bool."""
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{name}={value!r}, but should be True or False")
+
+
+def check_strategy(name: str, value) -> None:
+    """``value`` is a Hypothesis strategy."""
+    if not isinstance(value, st.SearchStrategy):
+        raise InvalidArgument(f"{name}={value!r}, but should be a strategy")

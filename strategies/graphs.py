@@ -8,7 +8,7 @@ from hypothesis.errors import InvalidArgument
 from loadspec.reference.quant_config import QUANT_METHODS
 from loadspec.reference.spec import (ATTENTION_KINDS, CONTAINERS, KV_CACHE_DTYPES, LINEAR_QUANTS, PARAM_DTYPES,
                                      LayerSpec, ModelSpec)
-from loadspec.strategies._validation import check_bounds, check_choices
+from loadspec.strategies._validation import check_bounds, check_choices, check_flag
 
 __all__ = ["layer_graphs"]
 
@@ -18,11 +18,6 @@ WRAPPERS = ((), ("language_model",), ("outer", "language_model"))
 HEAD_DIMS = (2, 4, 8)
 MAX_HEADS = 4
 
-
-def check_flag(name: str, value) -> None:
-    """``value`` is a bool (shared by the strategy modules of this package)."""
-    if not isinstance(value, bool):
-        raise InvalidArgument(f"{name}={value!r}, but should be True or False")
 
 
 def layer_graphs(*, min_layers: int = 1, max_layers: int | None = 3,

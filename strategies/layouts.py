@@ -27,9 +27,8 @@ from loadspec.reference.model import torch_dtype
 from loadspec.reference.producers import PRODUCERS, SCALE_KINDS, quantization_config
 from loadspec.reference.spec import ModelSpec
 from loadspec.reference.synthetic import kv_scale_tensors, synthetic_checkpoint
-from loadspec.strategies._validation import check_choices
-from loadspec.strategies.graphs import check_flag
-from loadspec.strategies.scales import check_strategy, keeps_meaning, kv_scale_sets, scale_values, stored_as
+from loadspec.strategies._validation import check_choices, check_flag, check_strategy
+from loadspec.strategies.scales import keeps_meaning, kv_scale_sets, scale_values, stored_as
 
 __all__ = ["CheckpointLayout", "checkpoint_layouts", "compatible_producers", "ORDERS"]
 

@@ -11,8 +11,7 @@ from hypothesis.errors import InvalidArgument
 
 from loadspec.reference.producers import SCALE_KINDS
 from loadspec.reference.scales import SENTINEL
-from loadspec.strategies._validation import check_choices
-from loadspec.strategies.graphs import check_flag
+from loadspec.strategies._validation import check_choices, check_flag, check_strategy
 
 __all__ = ["scale_shapes", "scale_dtypes", "scale_values", "scale_tensors", "kv_scale_sets"]
 
@@ -20,12 +19,6 @@ SCALE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 FLOAT32_EDGES = (2.0**-149, float(torch.finfo(torch.float32).tiny), 1.0, FLOAT32_MAX)  # subnormal, normal min, max
 INVALID_SPECIALS = (math.nan, math.inf, -math.inf, 0.0, -0.0)
-
-
-def check_strategy(name: str, value) -> None:
-    """``value`` is a Hypothesis strategy."""
-    if not isinstance(value, st.SearchStrategy):
-        raise InvalidArgument(f"{name}={value!r}, but should be a strategy")
 
 
 def is_valid_scale(value: float) -> bool:

@@ -32,6 +32,7 @@ MUTANTS = {
     "mutants.registration_order:RegistrationOrderAdapter": "test_order.py",
     "mutants.reallocating_reload:ReallocatingAdapter": "test_reload.py",
     "mutants.garbage_partial:GarbagePartialAdapter": "test_reload.py",
+    "mutants.divided_scales:DividedScalesAdapter": "test_e2e.py",
 }
 
 
