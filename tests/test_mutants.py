@@ -38,7 +38,8 @@ MUTANTS = {
 
 def run_suite(impl: str, report_dir: Path, *paths: str) -> dict[str, str]:
     """Run the suite on ``impl``; return each rule's outcome from the report."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")])),
+           "HF_HUB_OFFLINE": "1"}
     command = [str(PYTEST), *(str(ROOT / "conformance" / p) for p in paths), f"--impl={impl}",
                f"--loadspec-report={report_dir}", "--hypothesis-seed=0",
                "--hypothesis-profile=loadspec-meta", "-q", "-p", "no:warnings"]

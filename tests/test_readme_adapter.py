@@ -24,7 +24,8 @@ def example_source() -> str:
 @pytest.mark.slow
 def test_readme_adapter_passes_the_primitive_rules(tmp_path):
     (tmp_path / "myengine_adapter.py").write_text(example_source())
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+           "HF_HUB_OFFLINE": "1"}
     report = tmp_path / "report"
     subprocess.run([str(Path(sys.executable).with_name("pytest")), str(ROOT / "conformance"),
                     "--impl=myengine_adapter", f"--loadspec-report={report}", "-q", "-p", "no:warnings"],

@@ -5,7 +5,8 @@ It is the suite's oracle and a complete example of an adapter.
 
 from __future__ import annotations
 
-from importlib.metadata import version
+import re
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
@@ -24,6 +25,16 @@ from loadspec.reference.scales import SCALE_NAMES, KVCacheScaleParameter
 from loadspec.reference.spec import ModelSpec
 
 
+def loadspec_version() -> str:
+    """The installed distribution's version, or the checkout's ``pyproject.toml`` version (``+source``)."""
+    try:
+        return version("loadspec")
+    except PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        found = re.search(r'^version = "([^"]+)"', pyproject.read_text(), re.M) if pyproject.exists() else None
+        return f"{found.group(1)}+source" if found else "unknown"
+
+
 class ReferenceAdapter:
     """``loadspec.reference`` as an implementation under test."""
 
@@ -33,7 +44,7 @@ class ReferenceAdapter:
     notes = "the reference implementation: the contract in code"
 
     def __init__(self) -> None:
-        self.version = version("loadspec")
+        self.version = loadspec_version()
         if not torch.cuda.is_available():  # keeps whatever a subclass declares, minus cuda
             self.capabilities = frozenset(type(self).capabilities) - {"cuda"}
 
