@@ -33,7 +33,6 @@ importing this module needs only ``torch``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -49,6 +48,7 @@ from pathlib import Path
 
 import torch
 
+from loadspec.reference.cache import cache_root, file_lock
 from loadspec.reference.producers import PRODUCERS
 from loadspec.reference.spec import ModelSpec
 
@@ -336,7 +336,6 @@ def smollm_checkpoint() -> Path:
 
 def cache_dir() -> Path:
     """Where the quantized checkpoints live: ``<loadspec cache>/e2e``."""
-    from loadspec.reference.smollm import cache_root
 
     return cache_root() / CACHE_SUBDIR
 
@@ -395,15 +394,6 @@ def _is_complete(target: Path, key: str) -> bool:
     return marker.get("key") == key and (target / "config.json").is_file() and (target / "model.safetensors").is_file()
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
 
 def quantized_checkpoint(producer_id: str, *, weight_strategy: str = "tensor", scale_multiplier: float = 1.0,
                          source: str | Path | None = None) -> Path:
@@ -430,7 +420,7 @@ def quantized_checkpoint(producer_id: str, *, weight_strategy: str = "tensor", s
     if _is_complete(target, key):
         return target
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / ".lock"):
+    with file_lock(root / ".lock"):
         if _is_complete(target, key):  # another process wrote it meanwhile
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))

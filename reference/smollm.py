@@ -10,7 +10,6 @@ into a user cache dir, once per GGUF content (keyed by its sha256).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import importlib.util
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from loadspec.reference.cache import cache_root, file_lock
 from loadspec.reference.spec import ModelSpec, uniform_layers
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -60,14 +60,6 @@ def gguf_path() -> Path:
     raise FileNotFoundError(f"{GGUF_NAME} not found in {list(spec.submodule_search_locations)}")
 
 
-def cache_root() -> Path:
-    """``$LOADSPEC_CACHE``, else ``$XDG_CACHE_HOME/loadspec``, else ``~/.cache/loadspec``."""
-    if os.environ.get("LOADSPEC_CACHE"):
-        return Path(os.environ["LOADSPEC_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "loadspec"
-    return Path.home() / ".cache" / "loadspec"
-
 
 def checkpoint_dir(*, force: bool = False) -> Path:
     """The converted HF checkpoint dir, converting the GGUF first if the cache is missing or stale."""
@@ -76,7 +68,7 @@ def checkpoint_dir(*, force: bool = False) -> Path:
     if not force and _marker_matches(target, source):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / f".{CACHE_SUBDIR}.lock"):
+    with file_lock(target.parent / f".{CACHE_SUBDIR}.lock"):
         if not force and _marker_matches(target, source):  # another process converted meanwhile
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{CACHE_SUBDIR}.tmp-", dir=target.parent))
@@ -274,15 +266,6 @@ def _marker_matches(target: Path, source: Path) -> bool:
         (target / MARKER).write_text(json.dumps(marker, indent=2))
     return True
 
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 __all__ = ["gguf_path", "cache_root", "checkpoint_dir", "load_tokenizer", "smollm_spec", "gguf_config",
