@@ -37,10 +37,11 @@ MUTANTS = {
 
 
 def run_suite(impl: str, report_dir: Path, *paths: str) -> dict[str, str]:
-    """Run the suite on ``impl``; return each rule's outcome from the report."""
+    """Run the suite (``paths`` under ``conformance/``, default all of it) on ``impl``; return each rule's outcome."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")])),
            "HF_HUB_OFFLINE": "1"}
-    command = [str(PYTEST), *(str(ROOT / "conformance" / p) for p in paths), f"--impl={impl}",
+    suite = [str(ROOT / "conformance" / p) for p in paths] or [str(ROOT / "conformance")]  # never testpaths
+    command = [str(PYTEST), *suite, f"--impl={impl}",
                f"--loadspec-report={report_dir}", "--hypothesis-seed=0",
                "--hypothesis-profile=loadspec-meta", "-q", "-p", "no:warnings"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
