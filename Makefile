@@ -30,7 +30,39 @@ conformance: setup
 	@$(call run_pytest,conformance --impl=$(IMPL))
 
 test: setup
-	@$(call run_pytest,tests)
+	@$(call run_pytest,tests --benchmark-disable)
+
+# Benchmarks (pytest-benchmark): measured for real, saved under reports/benchmarks/.
+bench: setup
+	@mkdir -p reports/benchmarks
+	@$(call run_pytest,tests/test_bench_reload.py tests/test_bench_e2e.py --benchmark-only --benchmark-json=reports/benchmarks/cpu.json)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .hypothesis .benchmarks
+
+# ---------------------------------------------------------------- vLLM (CPU)
+#   make setup-vllm        - build .venv-vllm: vLLM 0.33.0 on CPU + compressed-tensors + loadspec
+#                            (conformance/adapters/vllm_env.sh; a no-op once complete)
+#   make conformance-vllm  - run the conformance suite against vLLM's real loader code and write
+#                            reports/vllm-$(VLLM_VERSION)/conformance.{json,md}
+# vLLM fails some rules (that is what the report is for), so pytest's exit code 1
+# ("tests failed") counts as success here once both report files were written;
+# every other non-zero code (interrupted, internal or usage error, and 5: no tests
+# collected) fails the target.
+VLLM_VENV ?= .venv-vllm
+VLLM_VERSION := 0.33.0
+VLLM_REPORT := reports/vllm-$(VLLM_VERSION)
+
+.PHONY: setup-vllm conformance-vllm
+setup-vllm:
+	bash conformance/adapters/vllm_env.sh $(VLLM_VENV)
+
+conformance-vllm: setup-vllm
+	@rm -f $(VLLM_REPORT)/conformance.json $(VLLM_REPORT)/conformance.md
+	@VLLM_TARGET_DEVICE=cpu $(VLLM_VENV)/bin/pytest conformance --impl=vllm --loadspec-report=$(VLLM_REPORT); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "loadspec: pytest collected no tests (conformance --impl=vllm): failing"; exit 1; fi; \
+	if [ ! -f $(VLLM_REPORT)/conformance.json ] || [ ! -f $(VLLM_REPORT)/conformance.md ]; then \
+		echo "loadspec: no report in $(VLLM_REPORT) (pytest exit $$rc): failing"; exit 1; fi; \
+	if [ $$rc -eq 1 ]; then echo "loadspec: vLLM $(VLLM_VERSION) fails some rules (pytest exit 1, expected):" \
+		"see $(VLLM_REPORT)/conformance.md and $(VLLM_REPORT)/README.md"; exit 0; fi; \
+	exit $$rc

@@ -12,15 +12,26 @@
 #
 # Environment knobs: PYTHON (interpreter that creates the venv, default python3),
 # PIP_FLAGS (extra flags for every pip call, e.g. "--no-cache-dir"),
-# WITH_COMPRESSED_TENSORS=1 (optional step 5, NOT part of the notes' recipe:
-# compressed-tensors==0.17.0 --no-deps + loguru, ~1 s and ~4 MB).  Without it,
-# ModuleNotFoundError("No module named 'compressed_tensors'") is raised by
-# CompressedTensorsConfig, by QuarkConfig (it imports compressed_tensors.quantization),
-# and by Attention(cache_dtype="fp8_e5m2", quant_config=Fp8Config(...)), whose e5m2
-# check imports CompressedTensorsConfig.  Fp8 and ModelOpt need nothing extra.
+# WITH_COMPRESSED_TENSORS (default 1; step 5, not part of the notes' recipe:
+# compressed-tensors==0.17.0 --no-deps + loguru, ~1 s and ~4 MB).  The vLLM
+# adapter needs it: without it, ModuleNotFoundError("No module named
+# 'compressed_tensors'") is raised by CompressedTensorsConfig, by QuarkConfig (it
+# imports compressed_tensors.quantization), and by Attention(cache_dtype="fp8_e5m2",
+# quant_config=Fp8Config(...)), whose e5m2 check imports CompressedTensorsConfig.
+# WITH_COMPRESSED_TENSORS=0 gives the notes' exact recipe (the probe then reports
+# those checks as N/A).
+#
+# Step 6 installs loadspec itself into the venv (pip install --no-deps -e <repo>)
+# plus the test tools it needs there (hypothesis, pytest, pytest-benchmark,
+# safetensors, huggingface_hub; pip leaves satisfied ones alone), so that
+#   .venv-vllm/bin/pytest conformance --impl=vllm      (make conformance-vllm)
+# runs the suite against vLLM.
 #
 # Use afterwards:
-#   VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 .venv-vllm/bin/python conformance/adapters/vllm_probe.py
+#   make conformance-vllm                        (the suite against vLLM; writes reports/vllm-0.33.0/)
+#   VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 .venv-vllm/bin/python -P conformance/adapters/vllm_probe.py
+# (-P keeps conformance/adapters/ off sys.path: its vllm.py, the adapter, would
+# otherwise shadow the vllm package.)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -41,13 +52,16 @@ DEPS=(
 # xgrammar's own dependencies pull triton (~1 GB) which nothing here needs.
 XGRAMMAR_SPEC="xgrammar==0.2.8"
 
-WITH_COMPRESSED_TENSORS="${WITH_COMPRESSED_TENSORS:-0}"
+WITH_COMPRESSED_TENSORS="${WITH_COMPRESSED_TENSORS:-1}"
 CT_SPECS=("compressed-tensors==0.17.0" loguru)   # version pinned by vllm 0.33.0's metadata
 
 RECIPE="$TORCH_SPEC | --no-deps $VLLM_SPEC | ${DEPS[*]} | --no-deps $XGRAMMAR_SPEC"
 if [[ "$WITH_COMPRESSED_TENSORS" == 1 ]]; then
   RECIPE="$RECIPE | --no-deps ${CT_SPECS[*]}"
 fi
+# loadspec (editable, from this checkout) and its test tools.
+TEST_SPECS=("hypothesis>=6.100" "pytest>=8.1" "pytest-benchmark>=4.0" "safetensors>=0.4" "huggingface_hub>=0.23")
+RECIPE="$RECIPE | ${TEST_SPECS[*]} | --no-deps -e $REPO_ROOT"
 MARKER="$VENV/.loadspec-vllm-env-complete"
 
 if [[ -f "$MARKER" ]] && [[ "$(head -n 1 "$MARKER")" == "$RECIPE" ]]; then
@@ -56,7 +70,7 @@ if [[ -f "$MARKER" ]] && [[ "$(head -n 1 "$MARKER")" == "$RECIPE" ]]; then
 fi
 
 start=$(date +%s)
-NSTEPS=4; [[ "$WITH_COMPRESSED_TENSORS" == 1 ]] && NSTEPS=5
+NSTEPS=5; [[ "$WITH_COMPRESSED_TENSORS" == 1 ]] && NSTEPS=6
 step() { echo "vllm_env: [$(( $(date +%s) - start ))s] $*"; }
 
 if [[ ! -x "$VENV/bin/python" ]]; then
@@ -77,16 +91,15 @@ step "3/$NSTEPS ${#DEPS[@]} dependencies"
 # 4. xgrammar without triton.
 step "4/$NSTEPS --no-deps $XGRAMMAR_SPEC"
 "${PIP[@]}" --no-deps "$XGRAMMAR_SPEC"
-# 5. (optional) compressed-tensors, for CompressedTensorsConfig / its KV-cache method.
+# 5. compressed-tensors (default), for CompressedTensorsConfig, QuarkConfig and the e5m2 check.
 if [[ "$WITH_COMPRESSED_TENSORS" == 1 ]]; then
-  step "5/$NSTEPS (optional) --no-deps ${CT_SPECS[*]}"
+  step "5/$NSTEPS --no-deps ${CT_SPECS[*]}"
   "${PIP[@]}" --no-deps "${CT_SPECS[@]}"
 fi
-
-# TODO(loadspec packaging): once loadspec has a pyproject.toml, install it here with
-#   "${PIP[@]}" --no-deps -e "$REPO_ROOT"
-# so that the vLLM adapter can import loadspec from this venv.  Until then the
-# probe is standalone and imports nothing from loadspec.
+# 6. loadspec itself (editable, no deps: torch and friends are already here) and its test tools.
+step "$NSTEPS/$NSTEPS ${TEST_SPECS[*]} + --no-deps -e $REPO_ROOT"
+"${PIP[@]}" "${TEST_SPECS[@]}"
+"${PIP[@]}" --no-deps -e "$REPO_ROOT"
 
 step "smoke test: importing the loader modules"
 VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 "$VENV/bin/python" - <<'EOF'
@@ -99,6 +112,7 @@ for m in ("vllm.model_executor.models.utils",
           "vllm.model_executor.layers.attention"):
     importlib.import_module(m)
 import torch, vllm
+import loadspec.conformance.plugin, loadspec.reference.engine  # noqa: F401  (loadspec is installed)
 print("vllm_env: smoke test ok: vllm", vllm.__version__, "torch", torch.__version__)
 EOF
 
