@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from loadspec.conformance.assertions import tensor_bytes
 from loadspec.reference.kv_cache import CPU_MIRRORS, FLOAT_MIRRORS
 
 
-def _bits(tensor: torch.Tensor) -> torch.Tensor:
-    """The raw bytes of a tensor (NaN equals NaN; FP8 compares exactly)."""
-    return tensor.detach().to("cpu").reshape(-1).contiguous().view(torch.uint8).clone()
+_bits = tensor_bytes  # raw bytes: NaN equals NaN, FP8 compares exactly
 
 
 def snapshot(model: torch.nn.Module) -> dict:

@@ -7,7 +7,6 @@ import re
 import pytest
 import torch
 from hypothesis import given
-from hypothesis import strategies as st
 
 from loadspec.reference.cache_scale_mappers import CACHE_SCALE_MAPPER
 from loadspec.reference.errors import MapperError
