@@ -48,7 +48,7 @@ PRIMITIVE_METHODS = (
 MODEL_METHODS = (
     "build_model", "first_load", "dummy_load", "reload", "export_kernel_state", "kernel_tensors", "host_mirrors",
 )
-SESSION_METHODS = ("open_reload",)
+SESSION_METHODS = ("open_reload", "count_loader_call")
 ORDER_METHODS = ("processing_order",)
 
 
@@ -146,6 +146,9 @@ class Adapter(Protocol):
     # --------------------------------------------------- optional capabilities
     def open_reload(self, model: Any) -> Any:
         """[reload_sessions] An open reload with ``load(weights)`` and ``finish()``."""
+
+    def count_loader_call(self, loader, param: torch.Tensor, loaded_weight: torch.Tensor) -> int:
+        """[reload_sessions] Elements the layerwise reload credits ``param`` with for one ``loader(param, loaded_weight)``."""
 
     def processing_order(self, model: Any) -> list[str]:
         """[processing_order] Module names processed by the last load or reload, in order."""

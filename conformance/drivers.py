@@ -56,7 +56,7 @@ def heavy():
 
 
 def graphs_for(adapter, **overrides):
-    """``layer_graphs()`` limited to what ``adapter`` declares it supports."""
+    """``layer_graphs()`` limited to what ``adapter`` declares, with at least one MUST-covered producer layout."""
     from loadspec.strategies.graphs import layer_graphs
 
     caps = adapter.capabilities
@@ -72,7 +72,7 @@ def graphs_for(adapter, **overrides):
         + (("int8_per_token_head", "fp8_per_token_head") if "per_token_head_kv" in caps else ()),
     )
     options.update(overrides)
-    return layer_graphs(**options)
+    return layer_graphs(**options).filter(must_producers)
 
 
 def built(adapter, spec, weights, *, device: str = "cpu"):
@@ -100,15 +100,57 @@ def close_quietly(session) -> None:
         pass
 
 
-def must_kv_scales():
-    """KV-scale sets whose outcome every MUST rule defines: k always present (v-only is KVPROC-5, a SHOULD)."""
+REDUCED_EXACT_RANGE = (2.0**-14, 2.0**15)  # bf16 values in here are exact in float16 too
+
+
+def exact_in_reduced_precision(value: float) -> float:
+    """``value`` rounded to bfloat16 and clamped into ``REDUCED_EXACT_RANGE``: exact in bf16 and fp16 alike."""
+    from loadspec.strategies.scales import stored_as
+
+    low, high = REDUCED_EXACT_RANGE
+    return min(max(stored_as(value, torch.bfloat16), low), high)
+
+
+def must_kv_scales(params_dtype: str = "float32"):
+    """KV-scale sets whose outcome every MUST rule defines.
+
+    k is always present (v-only is KVPROC-5, a SHOULD); in a bf16/fp16 model every value is
+    exact in the model's dtype, since rounding a float32 scale there is SCALE-2's divergence.
+    """
     from loadspec.strategies.scales import kv_scale_sets, scale_values
 
-    return kv_scale_sets(values=scale_values(allow_sentinel=False)).filter(lambda s: s.get("k") is not None)
+    values = scale_values(allow_sentinel=False)
+    if params_dtype != "float32":
+        values = values.map(exact_in_reduced_precision)
+    return kv_scale_sets(values=values).filter(lambda s: s.get("k") is not None)
+
+
+SELF_ATTN_ONLY_PRODUCERS = ("quark", "fused-qkv")  # NAMES-4 and NAMES-7 name self_attn; mixer is NAMES-14
+
+
+def must_producers(spec) -> tuple[str, ...]:
+    """Producers of ``spec``'s quant method whose names a MUST rule covers in ``spec``'s container."""
+    from loadspec.conformance.rules import MUST, RULES_BY_ID
+    from loadspec.reference.producers import PRODUCERS
+    from loadspec.strategies.layouts import compatible_producers
+
+    return tuple(p for p in compatible_producers(spec) if RULES_BY_ID[PRODUCERS[p].rule].level == MUST
+                 and not (spec.container != "self_attn" and p in SELF_ATTN_ONLY_PRODUCERS))
 
 
 def layouts_for(spec, **options):
-    """``checkpoint_layouts(spec)`` delivering every weight and a k_scale per attention layer (RELOAD-2)."""
+    """``checkpoint_layouts(spec)`` in MUST-covered layouts, every weight and a k_scale per attention layer (RELOAD-2)."""
     from loadspec.strategies.layouts import checkpoint_layouts
 
-    return checkpoint_layouts(spec, kv_scales=must_kv_scales(), **options)
+    options.setdefault("producers", must_producers(spec) or None)
+    return checkpoint_layouts(spec, kv_scales=must_kv_scales(spec.params_dtype), **options)
+
+
+def draw_case(impl, request, data, *roles, **graph_options):
+    """Draw a graph and one MUST layout per role (labelled), and record them as the test's reproducer."""
+    from loadspec.conformance.reproducers import Case, record_case
+
+    spec = data.draw(graphs_for(impl, **graph_options), label="graph")
+    layouts = {role: data.draw(layouts_for(spec), label=f"{role} checkpoint") for role in roles}
+    record_case(request, Case(request.node.nodeid, layouts=layouts))
+    return spec, layouts

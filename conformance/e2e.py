@@ -141,10 +141,11 @@ class _Reader:
 def _check_scheme(path: Path, qconfig: dict, headers: dict) -> None:
     """Raise ``CheckpointError`` unless ``qconfig`` is an FP8 e4m3 weight scheme with per-tensor FP8 KV scales."""
     from loadspec.reference.fp8_quantizer import check_quantization_config
+    from loadspec.reference.model import STATIC_INPUT_METHODS
     from loadspec.reference.quant_config import quant_config_from_dict
 
-    why = "the end-to-end check runs FP8 e4m3 weights (per-tensor or per-channel scales, dynamic activations) " \
-          "with per-tensor FP8 KV-cache scales"
+    why = "the end-to-end check runs FP8 e4m3 weights (per-tensor or per-channel scales, dynamic activations; " \
+          "ModelOpt's static input_scale is loaded and compared, not applied) with per-tensor FP8 KV-cache scales"
     try:
         check_quantization_config(qconfig)
         quant_config_from_dict(qconfig)
@@ -154,7 +155,7 @@ def _check_scheme(path: Path, qconfig: dict, headers: dict) -> None:
         raise CheckpointError(f"{path}: unsupported quantization_config scheme: block-wise FP8 weights "
                               f"(weight_block_size={qconfig['weight_block_size']}); {why}")
     static = sorted(n for n in headers if n.endswith(".input_scale"))
-    if static:
+    if static and qconfig.get("quant_method") not in STATIC_INPUT_METHODS:
         raise CheckpointError(f"{path}: unsupported quantization_config scheme: static activation scales "
                               f"({len(static)} input_scale tensors, e.g. {static[0]}); {why}")
 

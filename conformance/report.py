@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +17,15 @@ from pathlib import Path
 from loadspec.conformance.rules import CONTRACT_VERSION, RULES
 
 OUTCOME_ORDER = ("fail", "xfail", "pass", "skipped", "not run")
+
+
+_ERROR_LINE = re.compile(r"^E\s+((?:\w+\.)*\w*(?:Error|Exception|Warning)\b.*)$", re.MULTILINE)
+
+
+def headline(message: str) -> str:
+    """The line of a failure that says what went wrong: its first ``E   SomeError: ...`` line, else its first line."""
+    found = _ERROR_LINE.search(message)
+    return (found.group(1) if found else message.strip().splitlines()[0] if message.strip() else "").replace("|", "\\|")
 
 
 @dataclass
@@ -55,8 +65,18 @@ class RuleReport:
         self.rules = {r.id: RuleResult(r.id, r.level, r.text, r.vllm_differs) for r in RULES}
 
     def add(self, rule_ids: list[str], result: TestResult) -> None:
+        """Record ``result`` under each cited rule.
+
+        A failure whose assertion message names some of the cited rules (``[KVPROC-9]``)
+        fails those only; the other cited rules record the test as skipped, not reached.
+        """
+        named = [r for r in rule_ids if f"[{r}]" in result.message] if result.outcome == "fail" else []
         for rule_id in rule_ids:
-            self.rules[rule_id].tests.append(result)
+            if named and rule_id not in named:
+                self.rules[rule_id].tests.append(TestResult(
+                    result.nodeid, "skipped", f"not reached: the test failed on {', '.join(named)} first"))
+            else:
+                self.rules[rule_id].tests.append(result)
 
     def summary(self) -> dict[str, int]:
         counts = {outcome: 0 for outcome in OUTCOME_ORDER}
@@ -85,7 +105,7 @@ class RuleReport:
                 lines.append(f"{key.capitalize()}: {', '.join(value) if isinstance(value, list) else value}")
         lines += ["", "| Rule | Level | Outcome | Tests | Detail |", "|---|---|---|---|---|"]
         for rule in self.rules.values():
-            detail = "; ".join(sorted({t.message.splitlines()[0][:160] for t in rule.tests
+            detail = "; ".join(sorted({headline(t.message)[:160] for t in rule.tests
                                        if t.outcome != "pass" and t.message}))
             lines.append(f"| {rule.id} | {rule.level} | {rule.outcome} | {len(rule.tests)} | "
                          f"{detail.replace('|', '/')} |")

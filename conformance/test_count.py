@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal, assert_same_state, fail
-from loadspec.conformance.drivers import layouts_for, built, close_quietly, graphs_for, heavy
-from loadspec.conformance.reproducers import Case, record_case
+from loadspec.conformance.drivers import built, close_quietly, draw_case, heavy
 
 SHAPES = st.lists(st.integers(1, 5), max_size=3).map(tuple)
 
@@ -45,13 +46,36 @@ def test_broadcasting_copy_counts_the_destination(impl):
 
 
 def draw(impl, request, data):
-    spec = data.draw(graphs_for(impl, attention=("mha",)), label="graph")
-    layouts = {role: data.draw(layouts_for(spec), label=f"{role} checkpoint") for role in ("base", "reload")}
-    record_case(request, Case(request.node.nodeid, layouts=layouts))
-    return spec, layouts
+    return draw_case(impl, request, data, "base", "reload", attention=("mha",))
+
+
+def write_times(times: int, region):
+    """A weight loader that copies the loaded weight into ``param[region]`` ``times`` times."""
+    def loader(param, loaded_weight):
+        for _ in range(times):
+            param.data[region].copy_(loaded_weight[region])
+    return loader
 
 
 @pytest.mark.rule("COUNT-3")
+@pytest.mark.requires("reload_sessions")
+@given(shape=SHAPES.filter(lambda s: math.prod(s) > 0), times=st.integers(1, 3))
+def test_a_loader_writing_a_parameter_twice_counts_it_once(impl, shape, times):
+    param = torch.nn.Parameter(torch.zeros(shape), requires_grad=False)
+    counted = impl.count_loader_call(write_times(times, ...), param, torch.ones(shape))
+    assert_equal(f"elements credited to a {shape} parameter its loader wrote {times} time(s)", counted,
+                 param.numel(), "COUNT-3")
+
+
+@pytest.mark.rule("COUNT-6")
+@pytest.mark.requires("reload_sessions")
+def test_a_region_written_twice_is_not_the_whole_parameter(impl):
+    param = torch.nn.Parameter(torch.zeros(4, 3), requires_grad=False)
+    counted = impl.count_loader_call(write_times(2, slice(0, 2)), param, torch.ones(4, 3))
+    assert_equal("elements credited for rows 0-1 of a (4, 3) parameter written twice", counted, 6, "COUNT-6")
+
+
+@pytest.mark.rule("COUNT-6")
 @pytest.mark.requires("model", "reload_sessions", "processing_order")
 @heavy()
 @given(data=st.data())
@@ -68,11 +92,11 @@ def test_a_weight_delivered_twice_counts_once(impl, request, data):
     session.load([(q_name, q)])
     if fused in impl.processing_order(model):
         close_quietly(session)
-        fail(f"{fused} after receiving only its q shard (three times)", "processed", "not processed yet", "COUNT-3")
+        fail(f"{fused} after receiving only its q shard (three times)", "processed", "not processed yet", "COUNT-6")
     session.load([(n, t) for n, t in weights if n != q_name])
     session.finish()
     fresh = built(impl, spec, weights)
-    assert_same_state("kernel state", impl.export_kernel_state(model), impl.export_kernel_state(fresh), "COUNT-3")
+    assert_same_state("kernel state", impl.export_kernel_state(model), impl.export_kernel_state(fresh), "COUNT-6")
 
 
 @pytest.mark.rule("COUNT-4")

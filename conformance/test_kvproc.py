@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal, fail, outputs_as_floats
-from loadspec.conformance.drivers import KINDS, process_scales
+from loadspec.conformance.drivers import KINDS, built, draw_case, heavy, process_scales
 from loadspec.conformance.reproducers import Case, record_case
 from loadspec.strategies.scales import scale_values
 
@@ -192,3 +192,48 @@ def test_device_scales_written_in_place(impl, device):
     impl.process_attention(layer)
     after = {name: t.data_ptr() for name, t in impl.attention_outputs(layer).items()}
     assert_equal("output scale data_ptrs", after, pointers, "KVPROC-13")
+
+
+def model_holding(adapter, spec, weights, start: str):
+    """A model of ``spec`` holding ``weights``: first-loaded, or dummy-loaded and then reloaded."""
+    if start == "first load":
+        return built(adapter, spec, weights)
+    model = adapter.build_model(spec, device="cpu")
+    adapter.dummy_load(model)
+    adapter.reload(model, weights)
+    return model
+
+
+def kv_rule(spec, loaded_scales: dict) -> str:
+    """The rule that decides a drawn model's k/v outputs: KVPROC-9, KVPROC-4 or KVPROC-2."""
+    if not spec.kv_cache_quantized:
+        return "KVPROC-9"
+    return "KVPROC-4" if loaded_scales.get("v") is None else "KVPROC-2"
+
+
+@pytest.mark.rule("KVPROC-2", "KVPROC-4", "KVPROC-6", "KVPROC-9")
+@pytest.mark.requires("model")
+@pytest.mark.parametrize("start", ["first load", "dummy load, reload"])
+@heavy()
+@given(data=st.data())
+def test_every_configs_kv_method_resolves_scales(impl, ref, request, start, data):
+    """Every quantization config's KV-cache method, not only Fp8's, keeps KVPROC-2/4/6/9 in a built model.
+
+    The model is first-loaded, or dummy-loaded and then reloaded (how RL trainers start an engine);
+    q and prob (KVPROC-6) are checked before k and v.
+    """
+    spec, layouts = draw_case(impl, request, data, "base", allow_unquantized=False, params_dtypes=("float32",),
+                              kv_cache_dtypes=("auto", "bfloat16", "fp8", "fp8_e4m3"))
+    got, expected = (adapter.export_kernel_state(model_holding(adapter, spec, layouts["base"].tensors(), start))
+                     for adapter in (impl, ref))
+    loaded_scales = {kind: value for kind, value in layouts["base"].kv_scales.items() if value is not None}
+    kinds = ("prob", "q", "k", "v")
+    if start != "first load" and not spec.kv_cache_quantized:
+        kinds = ("prob", "q")  # KVPROC-9 leaves k and v as the dummy loader wrote them: no rule says what that is
+    for kind in kinds:
+        for index in range(len(spec.layers)):
+            name = f"{spec.attention_prefix(index)}{kind}_scale"
+            rule = kv_rule(spec, loaded_scales) if kind in ("k", "v") else "KVPROC-6"
+            assert_equal(f"{name} under {spec.quant_method} after {start} (kv_cache_dtype={spec.kv_cache_dtype}, "
+                         f"loaded {loaded_scales})",
+                         float(got[name]), float(expected[name]), rule)

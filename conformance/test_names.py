@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal
-from loadspec.conformance.drivers import built, graphs_for, heavy, must_kv_scales
+from loadspec.conformance.drivers import SELF_ATTN_ONLY_PRODUCERS, built, graphs_for, heavy, must_kv_scales
 from loadspec.conformance.reproducers import Case, record_case
 from loadspec.reference.producers import PRODUCERS, SCALE_KINDS
 from loadspec.reference.quant_config import QUANT_METHODS
@@ -18,21 +18,23 @@ STACKED = {".q_proj.": (".qkv_proj.", "q"), ".k_proj.": (".qkv_proj.", "k"), ".v
 MUST_PRODUCERS = [p for p in PRODUCERS.values() if p.rule not in ("NAMES-2", "NAMES-11")]
 
 
-def producer_param(producer, methods=None):
-    return pytest.param(producer.id, methods or (producer.quant_method,), marks=pytest.mark.rule(producer.rule),
-                        id=producer.id)
+def name_case(producer, container, methods=None, *, case_id=None):
+    """One mapping case; under ``mixer`` a self_attn-only producer is NAMES-14's (SHOULD), not its own rule's."""
+    rule = "NAMES-14" if container == "mixer" and producer.id in SELF_ATTN_ONLY_PRODUCERS else producer.rule
+    return pytest.param(producer.id, methods or (producer.quant_method,), container, rule,
+                        marks=pytest.mark.rule(rule), id=f"{case_id or producer.id}-{container}")
 
 
-NAME_CASES = [producer_param(p) for p in PRODUCERS.values() if p.id != "canonical"] + [
-    pytest.param("compressed-tensors-legacy", QUANT_METHODS, marks=pytest.mark.rule("NAMES-2"),
-                 id="legacy-output-scale-every-config")]
+NAME_CASES = [name_case(p, container) for container in ("self_attn", "mixer")
+              for p in PRODUCERS.values() if p.id != "canonical"] + [
+    name_case(PRODUCERS["compressed-tensors-legacy"], container, QUANT_METHODS,
+              case_id="legacy-output-scale-every-config") for container in ("self_attn", "mixer")]
 
 
 @pytest.mark.requires("primitives")
-@pytest.mark.parametrize("producer_id, methods", NAME_CASES)
+@pytest.mark.parametrize("producer_id, methods, container, rule", NAME_CASES)
 @pytest.mark.parametrize("prefix", ["model.", "language_model.model."])
-@pytest.mark.parametrize("container", ["self_attn", "mixer"])
-def test_names_map_to_canonical(impl, producer_id, methods, prefix, container):
+def test_names_map_to_canonical(impl, producer_id, methods, container, rule, prefix):
     producer = PRODUCERS[producer_id]
     base = f"{prefix}layers.3.{container}."
     for method in methods:
@@ -42,7 +44,7 @@ def test_names_map_to_canonical(impl, producer_id, methods, prefix, container):
             if name is None:
                 continue
             target = f"{base}attn.{'k' if producer.fused_kv else kind}_scale"
-            assert_equal(f"{method} mapper({name!r})", impl.map_name(mapper, name), (target, None), producer.rule)
+            assert_equal(f"{method} mapper({name!r})", impl.map_name(mapper, name), (target, None), rule)
 
 
 @pytest.mark.rule("NAMES-12")
@@ -68,7 +70,10 @@ def check_producer_values(impl, ref, request, data, *, producers, rule, kv_scale
     __tracebackhide__ = True
     producer_id = data.draw(st.sampled_from(producers), label="producer")
     producer = PRODUCERS[producer_id]
-    options = dict(params_dtypes=("float32",), allow_unquantized=False, quant_methods=(producer.quant_method,))
+    options = dict(params_dtypes=("float32",), allow_unquantized=False, quant_methods=(producer.quant_method,),
+                   kv_cache_dtypes=("fp8", "fp8_e4m3"))  # quantized: what KVPROC-9 says of auto is not a NAMES matter
+    if producer_id in SELF_ATTN_ONLY_PRODUCERS:
+        options["containers"] = ("self_attn",)
     options.update(graph_options)
     spec = data.draw(graphs_for(impl, **options), label="graph")
     layout = data.draw(checkpoint_layouts(spec, producers=(producer_id,), kv_scales=kv_scales or must_kv_scales()),

@@ -7,8 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal, fail
-from loadspec.conformance.drivers import layouts_for, built, close_quietly, graphs_for, heavy, layer_of
-from loadspec.conformance.reproducers import Case, record_case
+from loadspec.conformance.drivers import built, close_quietly, draw_case, heavy, layer_of
 from loadspec.reference.auto_loader import AutoWeightsLoader
 from loadspec.reference import engine
 
@@ -31,18 +30,11 @@ def assert_attention_last(what: str, order: list[str], spec, rule: str) -> None:
         fail(f"{what} processing order", order, "each layer once", "ORDER-2")
 
 
-def draw(impl, request, data, *roles):
-    spec = data.draw(graphs_for(impl), label="graph")
-    layouts = {role: data.draw(layouts_for(spec), label=f"{role} checkpoint") for role in roles}
-    record_case(request, Case(request.node.nodeid, layouts=layouts))
-    return spec, layouts
-
-
 @pytest.mark.rule("ORDER-1", "ORDER-2")
 @heavy()
 @given(data=st.data())
 def test_reload_processes_attention_last_each_layer_once(impl, request, data):
-    spec, layouts = draw(impl, request, data, "base", "reload")
+    spec, layouts = draw_case(impl, request, data, "base", "reload")
     model = built(impl, spec, layouts["base"].tensors())
     impl.reload(model, layouts["reload"].tensors())
     order = impl.processing_order(model)
@@ -56,7 +48,7 @@ def test_reload_processes_attention_last_each_layer_once(impl, request, data):
 @heavy()
 @given(data=st.data())
 def test_first_load_processes_attention_last(impl, request, data):
-    spec, layouts = draw(impl, request, data, "base")
+    spec, layouts = draw_case(impl, request, data, "base")
     model = built(impl, spec, layouts["base"].tensors())
     assert_attention_last("first load", impl.processing_order(model), spec, "ORDER-3")
 
@@ -66,7 +58,7 @@ def test_first_load_processes_attention_last(impl, request, data):
 @heavy()
 @given(data=st.data())
 def test_layer_processed_when_its_last_element_arrives(impl, request, data):
-    spec, layouts = draw(impl, request, data, "base", "reload")
+    spec, layouts = draw_case(impl, request, data, "base", "reload")
     model = built(impl, spec, layouts["base"].tensors())
     weights = layouts["reload"].tensors()
     reference_model = engine.build(spec)

@@ -17,8 +17,8 @@ class CopyCounter(TorchDispatchMode):
     """Counts elements written by ``copy_`` [COUNT-1], and nothing else [COUNT-2].
 
     A broadcasting ``copy_`` counts the destination's elements [COUNT-5].
-    ``per_destination`` keeps the count for each destination region, so callers
-    can count a region written twice once [COUNT-3].
+    ``per_destination`` maps each destination region to its element count, so a
+    region written twice counts once [COUNT-3, COUNT-6].
     """
 
     def __init__(self) -> None:
@@ -31,14 +31,12 @@ class CopyCounter(TorchDispatchMode):
             destination = args[0]
             numel = destination.numel()
             self.copied += numel
-            key = region_key(destination)
-            self.per_destination[key] = self.per_destination.get(key, 0) + numel
+            self.per_destination[region_key(destination)] = numel  # a region written again adds nothing
         return func(*args, **(kwargs or {}))
 
 
-def count_copied(fn, *args, cap: int | None = None, **kwargs) -> tuple[int, object]:
-    """Run ``fn`` under a ``CopyCounter``; return ``(elements copied, capped at cap, result)`` [COUNT-3]."""
+def credited_elements(fn, *args, cap: int, **kwargs) -> int:
+    """Elements ``fn(*args)`` writes with ``copy_``, each destination region once, capped at ``cap`` [COUNT-3, COUNT-6]."""
     with CopyCounter() as counter:
-        result = fn(*args, **kwargs)
-    copied = counter.copied if cap is None else min(counter.copied, cap)
-    return copied, result
+        fn(*args, **kwargs)
+    return min(sum(counter.per_destination.values()), cap)

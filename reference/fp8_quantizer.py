@@ -17,6 +17,7 @@ import torch
 
 from loadspec.reference.errors import ScaleShapeError, UnsupportedSchemeError
 from loadspec.reference.llama_forward import FP8_MAX, forward_logits, linear_name, spec_from_hf_config
+from loadspec.reference.model import STATIC_INPUT_METHODS
 from loadspec.reference.producers import PRODUCERS, quantization_config
 from loadspec.reference.spec import ModelSpec
 
@@ -88,6 +89,19 @@ def calibrate_kv_scales(state: dict, spec: ModelSpec, tokenizer, *,
     return [(k / FP8_MAX, v / FP8_MAX) for k, v in amax]
 
 
+def calibrate_input_scales(state: dict, spec: ModelSpec, tokenizer, *,
+                           calibration_text: str = DEFAULT_CALIBRATION_TEXT) -> dict[str, float]:
+    """Static activation scales: kernel linear name -> amax of its input over the text, divided by 448."""
+    amax: dict[str, float] = {}
+
+    def observe(name: str, x: torch.Tensor) -> None:
+        amax[name] = max(amax.get(name, 0.0), float(x.abs().amax()))
+
+    forward_logits(state, spec, tokenizer(calibration_text)["input_ids"], kv_cache_dtype="auto",
+                   linear_observer=observe)
+    return {name: value / FP8_MAX for name, value in amax.items()}
+
+
 def kv_scale_tensors(producer_id: str, scales: list[tuple[float, float]], *, model_dtype: torch.dtype,
                      container: str = "self_attn", q_value: float = 1.0,
                      prob_value: float = 1.0) -> dict[str, torch.Tensor]:
@@ -129,13 +143,18 @@ def quantize_checkpoint(src_dir: str | Path, dst_dir: str | Path, *, producer_id
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(src_dir))
-    calibrated = calibrate_kv_scales(kernel_state_from_tensors(hf_state, config, spec, source=str(src_dir)), spec,
-                                     tokenizer, calibration_text=calibration_text)
+    float_state = kernel_state_from_tensors(hf_state, config, spec, source=str(src_dir))
+    calibrated = calibrate_kv_scales(float_state, spec, tokenizer, calibration_text=calibration_text)
     scales = [(k * scale_multiplier, v * scale_multiplier) for k, v in calibrated]
 
     producer = PRODUCERS[producer_id]
     model_dtype = hf_state["model.embed_tokens.weight"].dtype
     per_tensor_shape = (1,) if producer.quant_method == "compressed-tensors" else ()
+    input_scales = (calibrate_input_scales(float_state, spec, tokenizer, calibration_text=calibration_text)
+                    if producer.quant_method in STATIC_INPUT_METHODS else {})
+    input_scale_of = {f"{_hf_proj(i, proj)}.weight": input_scales[linear_name(spec, i, fused)]
+                      for i in range(len(spec.layers)) for fused, projs in FUSED_PROJS.items() for proj in projs
+                      if input_scales}
     out: dict[str, torch.Tensor] = {}
     proj_names = {f"{_hf_proj(i, p)}.weight" for i in range(len(spec.layers)) for p in ATTN_PROJS + MLP_PROJS}
     for name, tensor in hf_state.items():
@@ -147,6 +166,8 @@ def quantize_checkpoint(src_dir: str | Path, dst_dir: str | Path, *, producer_id
         out[name[: -len("weight")] + "weight_scale"] = (
             scale.reshape(per_tensor_shape) if weight_strategy == "tensor" else scale.reshape(-1, 1)
         ).contiguous()
+        if name in input_scale_of:
+            out[name[: -len("weight")] + "input_scale"] = torch.tensor(input_scale_of[name]).reshape(per_tensor_shape)
     out.update(kv_scale_tensors(producer_id, scales, model_dtype=model_dtype))
 
     dst_dir.mkdir(parents=True, exist_ok=True)
@@ -294,6 +315,10 @@ def kernel_state_from_tensors(hf: dict[str, torch.Tensor], config: dict, spec: M
             state[f"{name}.weight"] = weight
             if scale is not None:
                 state[f"{name}.weight_scale"] = scale
+            input_scales = [take(f"{_hf_proj(i, proj)}.input_scale") for proj in projs
+                            if f"{_hf_proj(i, proj)}.input_scale" in hf]
+            if input_scales:  # static activation scales (ModelOpt): the largest shard's
+                state[f"{name}.input_scale"] = max(s.float().reshape(()) for s in input_scales)
         scales = _read_kv_scales(hf, f"model.layers.{i}.self_attn.", used)
         for kind in ("k", "v", "q", "prob"):
             if kind not in scales:
@@ -313,5 +338,5 @@ def kernel_state_from_tensors(hf: dict[str, torch.Tensor], config: dict, spec: M
 
 __all__ = ["quantize_checkpoint", "calibrate_kv_scales", "kernel_state_from_checkpoint", "kernel_state_from_tensors",
            "quantize_weight",
-           "fuse_shards", "kv_scale_tensors", "load_checkpoint", "check_quantization_config",
+           "fuse_shards", "kv_scale_tensors", "calibrate_input_scales", "load_checkpoint", "check_quantization_config",
            "DEFAULT_CALIBRATION_TEXT"]

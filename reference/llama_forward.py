@@ -30,6 +30,7 @@ LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.do
 KV_SCALES = ("k_scale", "v_scale", "q_scale", "prob_scale")
 
 KVObserver = Callable[[int, torch.Tensor, torch.Tensor], None]
+LinearObserver = Callable[[str, torch.Tensor], None]
 
 
 # ------------------------------------------------------------------ names
@@ -196,7 +197,10 @@ def scaled_mm_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor)
     return out[:m].float().reshape(*x.shape[:-1], weight.shape[0])
 
 
-def _linear(x: torch.Tensor, state: dict, name: str, device: torch.device, paths: Counter) -> torch.Tensor:
+def _linear(x: torch.Tensor, state: dict, name: str, device: torch.device, paths: Counter,
+            observer: LinearObserver | None = None) -> torch.Tensor:
+    if observer is not None:
+        observer(name, x)
     weight = state[f"{name}.weight"].to(device)
     scale = state.get(f"{name}.weight_scale")
     scale = None if scale is None else scale.to(device)
@@ -211,12 +215,14 @@ def _linear(x: torch.Tensor, state: dict, name: str, device: torch.device, paths
 @torch.no_grad()
 def forward_logits(state: dict, spec: ModelSpec, input_ids, *, kv_cache_dtype: str | None = None,
                    device: str | torch.device | None = None, kv_observer: KVObserver | None = None,
-                   info: dict | None = None) -> torch.Tensor:
+                   linear_observer: LinearObserver | None = None, info: dict | None = None) -> torch.Tensor:
     """Float32 logits ``[batch, seq, vocab]`` of a causal Llama forward over ``state``.
 
     ``kv_cache_dtype`` defaults to ``spec.kv_cache_dtype``; ``kv_observer(layer, k, v)`` sees
-    post-RoPE K and V before cache quantization; ``info`` (a dict) receives which linear
-    path ran (``scaled_mm``, ``dequant_matmul``, ``float_matmul``) and how often.
+    post-RoPE K and V before cache quantization; ``linear_observer(name, x)`` sees each
+    linear's input; ``info`` (a dict) receives which linear path ran (``scaled_mm``,
+    ``dequant_matmul``, ``float_matmul``) and how often. Activations are quantized
+    dynamically: a static ``input_scale`` in ``state`` is not applied.
     """
     if spec.attention != "mha":
         raise UnsupportedSchemeError(f"attention={spec.attention!r}: the reference forward implements 'mha' only")
@@ -244,7 +250,7 @@ def forward_logits(state: dict, spec: ModelSpec, input_ids, *, kv_cache_dtype: s
                 scales[kind] = state[ap + kind].to(device).float()
 
         h = rms_norm(x, state[f"{lp}input_layernorm.weight"].to(device), spec.rms_norm_eps)
-        qkv = _linear(h, state, linear_name(spec, i, "self_attn.qkv_proj"), device, paths)
+        qkv = _linear(h, state, linear_name(spec, i, "self_attn.qkv_proj"), device, paths, linear_observer)
         q, k, v = qkv.split([spec.q_size, spec.kv_size, spec.kv_size], dim=-1)
         q = q.reshape(batch, seq, spec.num_heads, spec.head_dim).transpose(1, 2)
         k = k.reshape(batch, seq, spec.num_kv_heads, spec.head_dim).transpose(1, 2)
@@ -263,12 +269,13 @@ def forward_logits(state: dict, spec: ModelSpec, input_ids, *, kv_cache_dtype: s
         scores = q @ k.transpose(-1, -2) / math.sqrt(spec.head_dim) + causal
         attn = torch.softmax(scores, dim=-1) @ v
         attn = attn.transpose(1, 2).reshape(batch, seq, spec.q_size)
-        x = x + _linear(attn, state, linear_name(spec, i, "self_attn.o_proj"), device, paths)
+        x = x + _linear(attn, state, linear_name(spec, i, "self_attn.o_proj"), device, paths, linear_observer)
 
         h = rms_norm(x, state[f"{lp}post_attention_layernorm.weight"].to(device), spec.rms_norm_eps)
-        gate, up = _linear(h, state, linear_name(spec, i, "mlp.gate_up_proj"), device, paths).chunk(2, dim=-1)
+        gate_up = _linear(h, state, linear_name(spec, i, "mlp.gate_up_proj"), device, paths, linear_observer)
+        gate, up = gate_up.chunk(2, dim=-1)
         x = x + _linear(torch.nn.functional.silu(gate) * up, state, linear_name(spec, i, "mlp.down_proj"),
-                        device, paths)
+                        device, paths, linear_observer)
 
     x = rms_norm(x, state[f"{spec.prefix}norm.weight"].to(device), spec.rms_norm_eps)
     logits = x @ state[spec.lm_head_name].to(device).float().t()

@@ -28,12 +28,20 @@ def checkpoint_mapper(spec: ModelSpec) -> WeightsMapper:
     return WeightsMapper(stacked=stacked)
 
 
+STATIC_INPUT_METHODS = ("modelopt",)  # ModelOpt FP8 is static W8A8: its checkpoints carry input_scale
+
+
+def linear_options(spec: ModelSpec, *, dtype, device) -> dict:
+    """Keyword arguments of every ``Linear`` in a ``spec`` model (static activation scales for ModelOpt)."""
+    return dict(dtype=dtype, device=device, static_input=spec.quant_method in STATIC_INPUT_METHODS)
+
+
 class AttentionBlock(torch.nn.Module):
     """The attention container (``self_attn`` or ``mixer``): projections plus ``attn``."""
 
     def __init__(self, spec: ModelSpec, layer: LayerSpec, quant_config, *, dtype, device) -> None:
         super().__init__()
-        kw = dict(dtype=dtype, device=device)
+        kw = linear_options(spec, dtype=dtype, device=device)
         kv = dict(kv_cache_dtype=spec.kv_cache_dtype, quant_config=quant_config, device=device)
         hidden, heads, head_dim = spec.hidden_size, spec.num_heads, spec.head_dim
         if spec.attention == "mla":
@@ -41,7 +49,7 @@ class AttentionBlock(torch.nn.Module):
             projections = {
                 "q_proj": Linear(hidden, {0: heads * (head_dim + rope)}, scheme=layer.qkv_quant, **kw),
                 "kv_a_proj_with_mqa": Linear(hidden, {0: rank + rope}, scheme=layer.qkv_quant, **kw),
-                "kv_a_layernorm": RMSNorm(rank, eps=spec.rms_norm_eps, **kw),
+                "kv_a_layernorm": RMSNorm(rank, eps=spec.rms_norm_eps, dtype=dtype, device=device),
                 "kv_b_proj": Linear(rank, {0: heads * 2 * head_dim}, scheme=layer.qkv_quant, **kw),
             }
             attn = MLAAttention(num_heads=heads, head_dim=head_dim, kv_lora_rank=rank,
@@ -65,9 +73,9 @@ class MLP(torch.nn.Module):
     def __init__(self, spec: ModelSpec, layer: LayerSpec, *, dtype, device) -> None:
         super().__init__()
         size = spec.intermediate_size
-        self.gate_up_proj = Linear(spec.hidden_size, {0: size, 1: size}, scheme=layer.gate_up_quant,
-                                   dtype=dtype, device=device)
-        self.down_proj = Linear(size, {0: spec.hidden_size}, scheme=layer.down_quant, dtype=dtype, device=device)
+        kw = linear_options(spec, dtype=dtype, device=device)
+        self.gate_up_proj = Linear(spec.hidden_size, {0: size, 1: size}, scheme=layer.gate_up_quant, **kw)
+        self.down_proj = Linear(size, {0: spec.hidden_size}, scheme=layer.down_quant, **kw)
 
 
 class DecoderLayer(torch.nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from loadspec.reference.layers.linear import FP8_MAX, quantize_fp8
-from loadspec.reference.model import torch_dtype
+from loadspec.reference.model import STATIC_INPUT_METHODS, torch_dtype
 from loadspec.reference.producers import PRODUCERS, SCALE_KINDS
 from loadspec.reference.spec import ModelSpec
 
@@ -77,6 +77,8 @@ def synthetic_checkpoint(spec: ModelSpec, *, producer: str = "canonical", seed: 
             else:
                 for suffix, tensor in fp8_weight(values, scheme, scale_shape=tensor_scale_shape).items():
                     out[f"{name}.{suffix}"] = tensor
+                if spec.quant_method in STATIC_INPUT_METHODS:
+                    out[f"{name}.input_scale"] = (0.01 + rand(1, scale=0.01).abs()).reshape(tensor_scale_shape)
         out.update(kv_scale_tensors(spec, index, producer=producer, kv_scales=kv_scales, scale_dtype=scale_dtype))
     return out
 

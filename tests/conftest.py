@@ -11,6 +11,20 @@ CUDA = pytest.param("cuda", marks=[
 ])
 
 
+@pytest.fixture(scope="module")
+def smollm():
+    """``loadspec.reference.smollm``, skipping when the e2e extra or the embedded GGUF is missing."""
+    pytest.importorskip("gguf", reason="the gguf package (extra 'e2e') is not installed")
+    pytest.importorskip("transformers", reason="transformers (extra 'e2e') is not installed")
+    from loadspec.reference import smollm as module
+
+    try:
+        module.gguf_path()
+    except FileNotFoundError as error:
+        pytest.skip(f"embedded model unavailable: {error}")
+    return module
+
+
 @pytest.fixture(params=["cpu", CUDA])
 def device(request) -> str:
     """Each test using it runs on CPU and, where a GPU exists, on CUDA."""

@@ -19,14 +19,9 @@ pytestmark = [pytest.mark.benchmark, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
-def warm_cache():
+def warm_cache(smollm):
     """Every quantized checkpoint the check reads, written before timing starts."""
-    pytest.importorskip("gguf", reason="the gguf package (extra 'e2e') is not installed")
-    pytest.importorskip("transformers", reason="transformers (extra 'e2e') is not installed")
-    try:
-        e2e.smollm_checkpoint()
-    except FileNotFoundError as exc:
-        pytest.skip(f"embedded model unavailable: {exc}")
+    e2e.smollm_checkpoint()
     for producer, strategy in e2e.CASES:
         e2e.quantized_checkpoint(producer, weight_strategy=strategy)
     producer, strategy = e2e.BROKEN_CASE

@@ -19,6 +19,7 @@ from loadspec.reference.fp8_quantizer import (
     fuse_shards, kernel_state_from_checkpoint, quantize_checkpoint, quantize_weight)
 from loadspec.reference.llama_forward import (
     FP8_MAX, dequantize_weight, dequantized_state, forward_logits, perplexity, scaled_mm_linear, spec_from_hf_config)
+from loadspec.reference.model import STATIC_INPUT_METHODS
 from loadspec.reference.producers import PRODUCERS, quantization_config
 
 TEXT, PREFIX = "The capital of France is the city of Paris", "The capital of France is"
@@ -121,9 +122,17 @@ def test_quantizer_writes_exactly_the_producer_names(tiny, tmp_path, producer_id
     expected = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
     for i in range(layers):
         expected |= {f"model.layers.{i}.input_layernorm.weight", f"model.layers.{i}.post_attention_layernorm.weight"}
-        expected |= {f"model.layers.{i}.{p}.{suffix}" for p in PROJS for suffix in ("weight", "weight_scale")}
+        suffixes = ("weight", "weight_scale") + (("input_scale",) if producer.quant_method in STATIC_INPUT_METHODS else ())
+        expected |= {f"model.layers.{i}.{p}.{suffix}" for p in PROJS for suffix in suffixes}
         expected |= {producer.scale_name(f"model.layers.{i}.self_attn.", kind) for kind in producer.scale_names}
     assert set(written) == expected
+    if producer.quant_method in STATIC_INPUT_METHODS:  # calibrated: q/k/v and gate/up read the same input
+        for i in range(layers):
+            same_input = [[written[f"model.layers.{i}.{p}.input_scale"] for p in group]
+                          for group in (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                                        ("mlp.gate_proj", "mlp.up_proj"))]
+            for scales in same_input:
+                assert all(torch.equal(s, scales[0]) for s in scales) and float(scales[0]) > 0
 
     per_tensor_shape = (1,) if producer.quant_method == "compressed-tensors" else ()
     for i in range(layers):
@@ -246,19 +255,6 @@ def test_cuda_forward_takes_the_scaled_mm_path(tiny, tmp_path, strategy):
 
 
 # ------------------------------------------------------------------ the real model
-@pytest.fixture(scope="module")
-def smollm():
-    pytest.importorskip("gguf", reason="the gguf package (extra 'e2e') is not installed")
-    pytest.importorskip("transformers", reason="transformers (extra 'e2e') is not installed")
-    from loadspec.reference import smollm as module
-
-    try:
-        module.gguf_path()
-    except FileNotFoundError as error:
-        pytest.skip(f"embedded model unavailable: {error}")
-    return module
-
-
 @pytest.fixture(scope="module")
 def ckpt(smollm):
     return smollm.checkpoint_dir()

@@ -15,7 +15,7 @@ from loadspec.conformance.adapter import CAPABILITIES, Weights
 from loadspec.reference import engine
 from loadspec.reference.auto_loader import AutoWeightsLoader
 from loadspec.reference.cache_scale_mappers import cache_scale_mapper
-from loadspec.reference.copy_counter import CopyCounter
+from loadspec.reference.copy_counter import CopyCounter, credited_elements
 from loadspec.reference.kv_cache import CPU_MIRRORS, FLOAT_MIRRORS, OUTPUT_BUFFERS
 from loadspec.reference.layers.attention import Attention, AttentionLayerBase
 from loadspec.reference.loaders import default_weight_loader
@@ -120,6 +120,9 @@ class ReferenceAdapter:
 
     def open_reload(self, model):
         return engine.reload_session(model)
+
+    def count_loader_call(self, loader, param, loaded_weight) -> int:
+        return credited_elements(loader, param, loaded_weight, cap=param.numel())
 
     def export_kernel_state(self, model) -> dict[str, torch.Tensor]:
         return engine.export(model)

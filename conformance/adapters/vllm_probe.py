@@ -3,7 +3,7 @@
 
 Run with the isolated environment built by ``vllm_env.sh``::
 
-    VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 .venv-vllm/bin/python \
+    VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 .venv-vllm/bin/python -P \
         conformance/adapters/vllm_probe.py [--json OUT.json] [--only FAMILY,...]
 
 For each rule ID of ``conformance/rules.py`` it prints sub-checks and a final
@@ -346,35 +346,10 @@ FP8_STANDIN_CALLS = {"static_per_tensor": 0, "deferred": 0}
 
 
 def install_fp8_standin() -> None:
-    """Replace vllm._custom_ops.scaled_fp8_quant by a pure-torch version for the
-    static per-tensor case (the compiled op is missing on CPU); defer otherwise."""
-    import vllm._custom_ops as ops
+    """The adapter's pure-torch stand-in for ``vllm._custom_ops.scaled_fp8_quant``, counting into FP8_STANDIN_CALLS."""
+    from loadspec.conformance.adapters.vllm import install_fp8_standin as install
 
-    if getattr(ops.scaled_fp8_quant, "_loadspec_standin", False):
-        return
-    original = ops.scaled_fp8_quant
-
-    def scaled_fp8_quant(input, scale=None, num_token_padding=None, scale_ub=None,
-                         use_per_token_if_dynamic=False, output=None, group_shape=None):
-        static_per_tensor = (
-            scale is not None and scale.numel() == 1 and num_token_padding is None
-            and group_shape in (None, (-1, -1))
-        )
-        if not static_per_tensor:
-            FP8_STANDIN_CALLS["deferred"] += 1
-            return original(input, scale, num_token_padding, scale_ub,
-                            use_per_token_if_dynamic, output, group_shape)
-        FP8_STANDIN_CALLS["static_per_tensor"] += 1
-        fp8 = torch.float8_e4m3fn
-        lim = torch.finfo(fp8).max
-        q = (input.to(torch.float32) / scale.to(torch.float32).reshape(())).clamp(-lim, lim).to(fp8)
-        if output is not None:
-            output.copy_(q)
-            q = output
-        return q, scale
-
-    scaled_fp8_quant._loadspec_standin = True
-    ops.scaled_fp8_quant = scaled_fp8_quant
+    install(FP8_STANDIN_CALLS)
 
 
 # ---- small helpers -----------------------------------------------------------

@@ -105,34 +105,46 @@ class UnquantizedLinearMethod:
 
 
 class Fp8LinearMethod:
-    """FP8 e4m3 weights with per-tensor (one scale per shard) or per-channel scales."""
+    """FP8 e4m3 weights with per-tensor (one scale per shard) or per-channel scales.
+
+    ``static_input`` adds a static activation scale ``input_scale`` (one per shard, as
+    ModelOpt FP8 checkpoints carry it), processed to the largest shard's.
+    """
 
     preserves_layout = False
 
-    def __init__(self, strategy: str) -> None:
+    def __init__(self, strategy: str, *, static_input: bool = False) -> None:
         if strategy not in ("tensor", "channel"):
             raise ValueError(f"strategy={strategy!r}, but should be 'tensor' or 'channel'")
         self.strategy = strategy
         self.scheme = f"fp8_per_{strategy}"
+        self.static_input = static_input
+
+    @staticmethod
+    def _per_shard_scalars(shards: dict, device) -> torch.nn.Parameter:
+        index = {shard: (i, 1) for i, shard in enumerate(shards)}
+        scale = torch.nn.Parameter(torch.empty(len(shards), dtype=torch.float32, device=device), requires_grad=False)
+        return _attach(scale, ShardLoader(index, per_shard_scalar=True))
 
     def create_weights(self, layer, shards: dict, out_features: int, in_features: int, dtype, device) -> None:
         weight = torch.nn.Parameter(torch.empty(out_features, in_features, dtype=FP8, device=device),
                                     requires_grad=False)
         layer.register_parameter("weight", _attach(weight, ShardLoader(shards)))
         if self.strategy == "tensor":
-            index = {shard: (i, 1) for i, shard in enumerate(shards)}
-            scale = torch.nn.Parameter(torch.empty(len(shards), dtype=torch.float32, device=device),
-                                       requires_grad=False)
-            loader = ShardLoader(index, per_shard_scalar=True)
+            scale = self._per_shard_scalars(shards, device)
         else:
-            scale = torch.nn.Parameter(torch.empty(out_features, dtype=torch.float32, device=device),
-                                       requires_grad=False)
-            loader = ShardLoader(shards)
-        layer.register_parameter("weight_scale", _attach(scale, loader))
+            scale = _attach(torch.nn.Parameter(torch.empty(out_features, dtype=torch.float32, device=device),
+                                               requires_grad=False), ShardLoader(shards))
+        layer.register_parameter("weight_scale", scale)
+        if self.static_input:
+            layer.register_parameter("input_scale", self._per_shard_scalars(shards, device))
         layer.fp8_shards = dict(shards)
 
     def process_weights_after_loading(self, layer) -> None:
-        """Per-tensor: re-quantize every shard to the largest shard scale. Per-channel: store ``weight`` transposed."""
+        """Per-tensor: re-quantize every shard to the largest shard scale. Per-channel: store ``weight`` transposed.
+
+        A static ``input_scale`` becomes the largest shard's, 0-d.
+        """
         weight, scale = layer.weight, layer.weight_scale
         if self.strategy == "tensor":
             max_scale = scale.max()
@@ -146,6 +158,10 @@ class Fp8LinearMethod:
         del layer.weight, layer.weight_scale
         layer.register_parameter("weight", torch.nn.Parameter(new_weight, requires_grad=False))
         layer.register_parameter("weight_scale", torch.nn.Parameter(new_scale.clone(), requires_grad=False))
+        if self.static_input:
+            input_scale = layer.input_scale.max().reshape(())
+            del layer.input_scale
+            layer.register_parameter("input_scale", torch.nn.Parameter(input_scale.clone(), requires_grad=False))
 
     def kernel_weight_out_in(self, layer) -> torch.Tensor:
         """The processed FP8 weight as ``[out, in]``."""
@@ -159,24 +175,27 @@ class Fp8LinearMethod:
         return weight * layer.weight_scale[:, None]
 
     def export(self, layer) -> dict[str, torch.Tensor]:
-        """Kernel state: FP8 ``weight`` ``[out, in]`` and float32 ``weight_scale`` (``()`` or ``(out,)``)."""
-        return {"weight": self.kernel_weight_out_in(layer).detach().contiguous(),
-                "weight_scale": layer.weight_scale.detach()}
+        """Kernel state: FP8 ``weight`` ``[out, in]``, float32 ``weight_scale`` (``()`` or ``(out,)``), ``input_scale`` ``()``."""
+        state = {"weight": self.kernel_weight_out_in(layer).detach().contiguous(),
+                 "weight_scale": layer.weight_scale.detach()}
+        if self.static_input:
+            state["input_scale"] = layer.input_scale.detach()
+        return state
 
 
-def linear_method(scheme: str):
-    """The quant method for ``scheme``: ``none``, ``fp8_per_tensor`` or ``fp8_per_channel``."""
+def linear_method(scheme: str, *, static_input: bool = False):
+    """The quant method for ``scheme``: ``none``, ``fp8_per_tensor`` or ``fp8_per_channel`` (``static_input``: FP8 only)."""
     if scheme == "none":
         return UnquantizedLinearMethod()
     if scheme in ("fp8_per_tensor", "fp8_per_channel"):
-        return Fp8LinearMethod(scheme.rsplit("_", 1)[1])
+        return Fp8LinearMethod(scheme.rsplit("_", 1)[1], static_input=static_input)
     raise ValueError(f"unknown linear quant scheme {scheme!r}")
 
 
 class Linear(torch.nn.Module):
     """A linear layer, optionally fused from several checkpoint projections (``shards``)."""
 
-    def __init__(self, in_features: int, out_sizes: dict, *, scheme: str = "none",
+    def __init__(self, in_features: int, out_sizes: dict, *, scheme: str = "none", static_input: bool = False,
                  dtype=torch.float32, device=None) -> None:
         super().__init__()
         self.in_features = in_features
@@ -185,7 +204,7 @@ class Linear(torch.nn.Module):
             offsets[shard] = (offset, size)
             offset += size
         self.out_features = offset
-        self.quant_method = linear_method(scheme)
+        self.quant_method = linear_method(scheme, static_input=static_input)
         self.quant_method.create_weights(self, offsets, offset, in_features, dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

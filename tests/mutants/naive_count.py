@@ -1,4 +1,4 @@
-"""COUNT-3: every delivery counts again, so a shard delivered twice completes a layer early (prime-rl#2714)."""
+"""COUNT-6: every delivery counts again, so a shard delivered twice completes a layer early (prime-rl#2714)."""
 
 from mutants._base import SessionMutant
 
@@ -18,5 +18,5 @@ class NaiveCountSession(ReloadSession):
 
 class NaiveCountAdapter(SessionMutant):
     name = report_id = "mutant-naive-count"
-    targets = ("COUNT-3",)
+    targets = ("COUNT-6",)
     session_class = NaiveCountSession
