@@ -111,18 +111,19 @@ def exact_in_reduced_precision(value: float) -> float:
     return min(max(stored_as(value, torch.bfloat16), low), high)
 
 
-def must_kv_scales(params_dtype: str = "float32"):
+def must_kv_scales(params_dtype: str = "float32", *, required: tuple[str, ...] = ("k",)):
     """KV-scale sets whose outcome every MUST rule defines.
 
-    k is always present (v-only is KVPROC-5, a SHOULD); in a bf16/fp16 model every value is
-    exact in the model's dtype, since rounding a float32 scale there is SCALE-2's divergence.
+    The ``required`` kinds are always present (k by default: v-only is KVPROC-5, a SHOULD); in a
+    bf16/fp16 model every value is exact in the model's dtype, since rounding a float32 scale
+    there is SCALE-2's divergence.
     """
     from loadspec.strategies.scales import kv_scale_sets, scale_values
 
     values = scale_values(allow_sentinel=False)
     if params_dtype != "float32":
         values = values.map(exact_in_reduced_precision)
-    return kv_scale_sets(values=values).filter(lambda s: s.get("k") is not None)
+    return kv_scale_sets(values=values).filter(lambda s: all(s.get(kind) is not None for kind in required))
 
 
 SELF_ATTN_ONLY_PRODUCERS = ("quark", "fused-qkv")  # NAMES-4 and NAMES-7 name self_attn; mixer is NAMES-14

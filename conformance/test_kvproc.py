@@ -204,36 +204,48 @@ def model_holding(adapter, spec, weights, start: str):
     return model
 
 
-def kv_rule(spec, loaded_scales: dict) -> str:
-    """The rule that decides a drawn model's k/v outputs: KVPROC-9, KVPROC-4 or KVPROC-2."""
+# (what is compared, KV-cache dtypes drawn, how the model gets its weights); k and v after a dummy load with an
+# unquantized cache are whatever the dummy loader wrote (KVPROC-9 leaves them), so that case is not compared.
+CONFIG_CASES = [
+    pytest.param(("k", "v"), ("fp8", "fp8_e4m3"), start, marks=pytest.mark.rule("KVPROC-2", "KVPROC-4"),
+                 id=f"k-v-quantized-{start.replace(' ', '-').replace(',', '')}")
+    for start in ("first load", "dummy load, reload")
+] + [
+    pytest.param(("k", "v"), ("auto", "bfloat16"), "first load", marks=pytest.mark.rule("KVPROC-9"),
+                 id="k-v-unquantized-first-load"),
+] + [
+    pytest.param(("q", "prob"), ("auto", "bfloat16", "fp8", "fp8_e4m3"), start, marks=pytest.mark.rule("KVPROC-6"),
+                 id=f"q-prob-{start.replace(' ', '-').replace(',', '')}")
+    for start in ("first load", "dummy load, reload")
+]
+
+
+def config_rule(kind: str, spec, loaded_scales: dict) -> str:
+    """The rule deciding output ``kind`` of a drawn model: KVPROC-6, KVPROC-9, KVPROC-4 or KVPROC-2."""
+    if kind in ("q", "prob"):
+        return "KVPROC-6"
     if not spec.kv_cache_quantized:
         return "KVPROC-9"
     return "KVPROC-4" if loaded_scales.get("v") is None else "KVPROC-2"
 
 
-@pytest.mark.rule("KVPROC-2", "KVPROC-4", "KVPROC-6", "KVPROC-9")
 @pytest.mark.requires("model")
-@pytest.mark.parametrize("start", ["first load", "dummy load, reload"])
+@pytest.mark.parametrize("kinds, kv_cache_dtypes, start", CONFIG_CASES)
 @heavy()
 @given(data=st.data())
-def test_every_configs_kv_method_resolves_scales(impl, ref, request, start, data):
+def test_every_configs_kv_method_resolves_scales(impl, ref, request, kinds, kv_cache_dtypes, start, data):
     """Every quantization config's KV-cache method, not only Fp8's, keeps KVPROC-2/4/6/9 in a built model.
 
-    The model is first-loaded, or dummy-loaded and then reloaded (how RL trainers start an engine);
-    q and prob (KVPROC-6) are checked before k and v.
+    The model is first-loaded, or dummy-loaded and then reloaded (how RL trainers start an engine).
     """
     spec, layouts = draw_case(impl, request, data, "base", allow_unquantized=False, params_dtypes=("float32",),
-                              kv_cache_dtypes=("auto", "bfloat16", "fp8", "fp8_e4m3"))
+                              kv_cache_dtypes=kv_cache_dtypes)
     got, expected = (adapter.export_kernel_state(model_holding(adapter, spec, layouts["base"].tensors(), start))
                      for adapter in (impl, ref))
     loaded_scales = {kind: value for kind, value in layouts["base"].kv_scales.items() if value is not None}
-    kinds = ("prob", "q", "k", "v")
-    if start != "first load" and not spec.kv_cache_quantized:
-        kinds = ("prob", "q")  # KVPROC-9 leaves k and v as the dummy loader wrote them: no rule says what that is
     for kind in kinds:
         for index in range(len(spec.layers)):
             name = f"{spec.attention_prefix(index)}{kind}_scale"
-            rule = kv_rule(spec, loaded_scales) if kind in ("k", "v") else "KVPROC-6"
             assert_equal(f"{name} under {spec.quant_method} after {start} (kv_cache_dtype={spec.kv_cache_dtype}, "
-                         f"loaded {loaded_scales})",
-                         float(got[name]), float(expected[name]), rule)
+                         f"loaded {loaded_scales})", float(got[name]), float(expected[name]),
+                         config_rule(kind, spec, loaded_scales))

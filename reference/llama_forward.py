@@ -244,7 +244,7 @@ def forward_logits(state: dict, spec: ModelSpec, input_ids, *, kv_cache_dtype: s
     for i in range(len(spec.layers)):
         lp, ap = spec.layer_prefix(i), spec.attention_prefix(i)
         scales = {}
-        for kind in KV_SCALES:
+        for kind in ("k_scale", "v_scale"):  # the scales this forward applies; q and prob are not applied
             if ap + kind in state:
                 check_kv_scale(ap + kind, state[ap + kind])
                 scales[kind] = state[ap + kind].to(device).float()
