@@ -631,7 +631,7 @@ def format_results(results: list[E2EResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m loadspec.conformance.e2e [--impl NAME] [--device cpu|cuda] [--checkpoint DIR_OR_HUB_ID]``."""
+    """``python -m loadspec.conformance.e2e [--impl NAME] [--device cpu|cuda] [--checkpoint DIR_OR_HUB_ID] [--producer ID]``."""
     import argparse
 
     from loadspec.conformance import selection
@@ -641,12 +641,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--checkpoint", default=os.environ.get(CHECKPOINT_ENV) or None,
                         help=f"a user FP8-KV checkpoint instead of the SmolLM2 cases (default: ${CHECKPOINT_ENV})")
+    parser.add_argument("--producer", action="append", choices=sorted({p for p, _ in CASES}),
+                        help="run only this producer's SmolLM2 cases (repeatable; default: every case)")
+    parser.add_argument("--strategy", action="append", choices=sorted({s for _, s in CASES}),
+                        help="run only cases with this weight strategy (repeatable; default: both)")
     args = parser.parse_args(argv)
     adapter = selection.resolve(selection.chosen_name(args.impl))
     if args.checkpoint:
         results = [run_reload(adapter, resolve_checkpoint(args.checkpoint), device=args.device)]
     else:
-        results = run_check(adapter, device=args.device)
+        cases = [(p, s) for p, s in CASES if (not args.producer or p in args.producer)
+                 and (not args.strategy or s in args.strategy)]
+        broken = BROKEN_CASE if not args.producer or BROKEN_CASE[0] in args.producer else None
+        results = run_check(adapter, device=args.device, cases=cases, broken_case=broken)
     print(format_results(results))
     return 0
 
