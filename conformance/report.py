@@ -25,7 +25,7 @@ _ERROR_LINE = re.compile(r"^E\s+((?:\w+\.)*\w*(?:Error|Exception|Warning)\b.*)$"
 def headline(message: str) -> str:
     """The line of a failure that says what went wrong: its first ``E   SomeError: ...`` line, else its first line."""
     found = _ERROR_LINE.search(message)
-    return (found.group(1) if found else message.strip().splitlines()[0] if message.strip() else "").replace("|", "\\|")
+    return found.group(1) if found else message.strip().splitlines()[0] if message.strip() else ""
 
 
 @dataclass
@@ -127,3 +127,31 @@ class RuleReport:
         json_path.write_text(json.dumps(self.as_json(), indent=2) + "\n")
         md_path.write_text(self.as_markdown())
         return json_path, md_path
+
+
+def outcome_changes(before: dict, after: dict) -> list[str]:
+    """Rules whose outcome differs between two ``conformance.json`` documents: ``'ID (LEVEL): old -> new'``."""
+    old = {rule["id"]: rule["outcome"] for rule in before["rules"]}
+    return [f"{rule['id']} ({rule['level']}): {old.get(rule['id'], 'absent')} -> {rule['outcome']}"
+            for rule in after["rules"] if old.get(rule["id"]) != rule["outcome"]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m loadspec.conformance.report diff OLD.json NEW.json [--strict]``: print per-rule outcome changes."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m loadspec.conformance.report")
+    commands = parser.add_subparsers(dest="command", required=True)
+    diff = commands.add_parser("diff", help="per-rule outcome changes between two conformance.json files")
+    diff.add_argument("old", type=Path)
+    diff.add_argument("new", type=Path)
+    diff.add_argument("--strict", action="store_true", help="exit 1 when any outcome changed")
+    args = parser.parse_args(argv)
+    changes = outcome_changes(json.loads(args.old.read_text()), json.loads(args.new.read_text()))
+    print(f"loadspec: {len(changes)} rule outcome(s) differ between {args.old} and {args.new}"
+          + "".join(f"\n  {change}" for change in changes))
+    return 1 if changes and args.strict else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
