@@ -33,7 +33,7 @@ conformance: setup
 test: test-loadspec test-vllm
 
 test-loadspec: setup
-	@$(call run_pytest,tests --benchmark-disable)
+	@$(call run_pytest,tests --benchmark-disable --loadspec-report=none)
 
 # The suite against vLLM in CI: it must run to the end and write its report (exit 0 or 1, see
 # conformance-vllm); how its per-rule outcomes compare with the committed report is printed, not gated.

@@ -243,7 +243,8 @@ class RuleReporter:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         directory = self.directory()
-        if directory is not None:
+        ran_a_rule = any(rule.tests for rule in self.report.rules.values())
+        if directory is not None and ran_a_rule:  # a run of tests/ alone must not overwrite a suite report
             self.written = self.report.write(directory)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
