@@ -129,13 +129,19 @@ def must_kv_scales(params_dtype: str = "float32", *, required: tuple[str, ...] =
 SELF_ATTN_ONLY_PRODUCERS = ("quark", "fused-qkv")  # NAMES-4 and NAMES-7 name self_attn; mixer is NAMES-14
 
 
-def must_producers(spec) -> tuple[str, ...]:
-    """Producers of ``spec``'s quant method whose names a MUST rule covers in ``spec``'s container."""
+def is_must_producer(producer_id: str) -> bool:
+    """Whether the NAMES rule of ``producer_id``'s layout is a MUST."""
     from loadspec.conformance.rules import MUST, RULES_BY_ID
     from loadspec.reference.producers import PRODUCERS
+
+    return RULES_BY_ID[PRODUCERS[producer_id].rule].level == MUST
+
+
+def must_producers(spec) -> tuple[str, ...]:
+    """Producers of ``spec``'s quant method whose names a MUST rule covers in ``spec``'s container."""
     from loadspec.strategies.layouts import compatible_producers
 
-    return tuple(p for p in compatible_producers(spec) if RULES_BY_ID[PRODUCERS[p].rule].level == MUST
+    return tuple(p for p in compatible_producers(spec) if is_must_producer(p)
                  and not (spec.container != "self_attn" and p in SELF_ATTN_ONLY_PRODUCERS))
 
 
@@ -143,7 +149,7 @@ def layouts_for(spec, **options):
     """``checkpoint_layouts(spec)`` in MUST-covered layouts, every weight and a k_scale per attention layer (RELOAD-2)."""
     from loadspec.strategies.layouts import checkpoint_layouts
 
-    options.setdefault("producers", must_producers(spec) or None)
+    options.setdefault("producers", must_producers(spec))  # empty: InvalidArgument, never a SHOULD layout
     return checkpoint_layouts(spec, kv_scales=must_kv_scales(spec.params_dtype), **options)
 
 

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal
-from loadspec.conformance.drivers import SELF_ATTN_ONLY_PRODUCERS, built, graphs_for, heavy, must_kv_scales
+from loadspec.conformance.drivers import (SELF_ATTN_ONLY_PRODUCERS, built, graphs_for, heavy, is_must_producer,
+                                          must_kv_scales)
 from loadspec.conformance.reproducers import Case, record_case
 from loadspec.reference.producers import PRODUCERS, SCALE_KINDS
 from loadspec.reference.quant_config import QUANT_METHODS
@@ -15,7 +16,7 @@ from loadspec.strategies.layouts import checkpoint_layouts
 
 STACKED = {".q_proj.": (".qkv_proj.", "q"), ".k_proj.": (".qkv_proj.", "k"), ".v_proj.": (".qkv_proj.", "v"),
            ".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1)}
-MUST_PRODUCERS = [p for p in PRODUCERS.values() if p.rule not in ("NAMES-2", "NAMES-11")]
+MUST_PRODUCERS = [p for p in PRODUCERS.values() if is_must_producer(p.id)]
 
 
 def name_case(producer, container, methods=None, *, case_id=None):
