@@ -69,18 +69,30 @@ def assert_unchanged(what: str, before: dict, after: dict, rule: str) -> None:
             fail(f"{what} {name}", new, old, rule)
 
 
-def assert_same_state(what: str, got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], rule: str) -> None:
-    """Two exported kernel states are bit-identical."""
-    __tracebackhide__ = True
-    if got.keys() != expected.keys():
-        fail(f"{what} names", sorted(got.keys() ^ expected.keys()), "the same names", rule)
-    for name in expected:
+def state_differences(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, str]:
+    """How kernel state ``got`` differs from ``expected``, by name (empty when bit-identical)."""
+    out = {}
+    for name in sorted(got.keys() | expected.keys()):
+        if name not in got or name not in expected:
+            out[name] = "missing" if name not in got else "unexpected"
+            continue
         a, b = got[name], expected[name]
         if (a.dtype, tuple(a.shape)) != (b.dtype, tuple(b.shape)):
-            fail(f"{what} {name} dtype/shape", (a.dtype, tuple(a.shape)), (b.dtype, tuple(b.shape)), rule)
-        if not torch.equal(tensor_bytes(a), tensor_bytes(b)):
-            diff = (a.float() - b.float()).abs().max().item()
-            fail(f"{what} {name}", f"values differing by up to {diff:g}", "bit-identical values", rule)
+            out[name] = f"dtype/shape {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
+        elif not torch.equal(tensor_bytes(a), tensor_bytes(b)):
+            out[name] = f"values differing by up to {(a.float() - b.float()).abs().max().item():g}"
+    return out
+
+
+def assert_same_state(what: str, got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], rule: str) -> None:
+    """Two exported kernel states are bit-identical (the first difference is named)."""
+    __tracebackhide__ = True
+    differences = state_differences(got, expected)
+    renamed = sorted(name for name, how in differences.items() if how in ("missing", "unexpected"))
+    if renamed:
+        fail(f"{what} names", renamed, "the same names", rule)
+    for name, how in differences.items():
+        fail(f"{what} {name}", how, "bit-identical dtype, shape and values", rule)
 
 
 def outputs_as_floats(outputs: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from loadspec.conformance.assertions import outputs_as_floats
+from loadspec.reference.vocabulary import SCALE_KINDS
 
-KINDS = ("q", "k", "v", "prob")
 
 
 @dataclass
@@ -132,7 +132,7 @@ SELF_ATTN_ONLY_PRODUCERS = ("quark", "fused-qkv")  # NAMES-4 and NAMES-7 name se
 def is_must_producer(producer_id: str) -> bool:
     """Whether the NAMES rule of ``producer_id``'s layout is a MUST."""
     from loadspec.conformance.rules import MUST, RULES_BY_ID
-    from loadspec.reference.producers import PRODUCERS
+    from loadspec.strategies.producers import PRODUCERS
 
     return RULES_BY_ID[PRODUCERS[producer_id].rule].level == MUST
 

@@ -10,8 +10,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal, fail, outputs_as_floats
-from loadspec.conformance.drivers import KINDS, built, draw_case, heavy, process_scales
+from loadspec.conformance.drivers import (
+    built,
+    draw_case,
+    graphs_for,
+    heavy,
+    must_kv_scales,
+    must_producers,
+    process_scales,
+)
 from loadspec.conformance.reproducers import Case, record_case
+from loadspec.reference.vocabulary import SCALE_KINDS
+from loadspec.strategies.layouts import checkpoint_layouts
+from loadspec.strategies.producers import PRODUCERS
 from loadspec.strategies.scales import scale_values
 
 pytestmark = pytest.mark.requires("primitives")
@@ -152,12 +163,12 @@ def test_e5m2_with_loading_method_rejected(impl):
 @given(data=st.data())
 def test_host_mirrors_equal_device_scales(impl, request, data):
     dtype = data.draw(st.sampled_from(QUANTIZED + UNQUANTIZED), label="kv_cache_dtype")
-    values = {kind: data.draw(st.none() | VALID, label=f"{kind}_scale") for kind in KINDS}
+    values = {kind: data.draw(st.none() | VALID, label=f"{kind}_scale") for kind in SCALE_KINDS}
     record_case(request, Case(request.node.nodeid, {"kv_cache_dtype": dtype, **values}))
     got = process_scales(impl, kv_cache_dtype=dtype, values=values)
     if got.error is not None:
         return  # v-only on engines that reject it: KVPROC-5's business, not this rule's
-    for kind in KINDS:
+    for kind in SCALE_KINDS:
         device_value = got.outputs[f"{kind}_scale"]
         for mirror in (f"_{kind}_scale_float", f"_{kind}_scale_cpu"):
             if mirror in got.mirrors:
@@ -249,3 +260,39 @@ def test_every_configs_kv_method_resolves_scales(impl, ref, request, kinds, kv_c
             assert_equal(f"{name} under {spec.quant_method} after {start} (kv_cache_dtype={spec.kv_cache_dtype}, "
                          f"loaded {loaded_scales})", float(got[name]), float(expected[name]),
                          config_rule(kind, spec, loaded_scales))
+
+
+def naming_k_and_v(spec) -> tuple[str, ...]:
+    """MUST producers of ``spec`` that write k and v separately (a fused ``kv_scale`` loads k only: KVPROC-4)."""
+    return tuple(p for p in must_producers(spec) if {"k", "v"} <= set(PRODUCERS[p].scale_names))
+
+
+# (values drawn, rule): scales exact in bf16 are KVPROC-2's; float32 scales bf16 cannot hold are SCALE-2's, whose
+# divergence (a scale parameter created in the default dtype rounds them on load) MUST tests never draw.
+BF16_CASES = [
+    pytest.param("bfloat16", marks=pytest.mark.rule("KVPROC-2"), id="bf16-exact-scales"),
+    pytest.param("float32", marks=pytest.mark.rule("SCALE-2"), id="float32-scales"),
+]
+
+
+@pytest.mark.requires("model", "reduced_precision_params")
+@pytest.mark.parametrize("values_dtype", BF16_CASES)
+@heavy()
+@given(data=st.data())
+def test_both_loaded_in_a_bf16_model(impl, ref, request, values_dtype, data):
+    """KVPROC-2 with the attention layers built as a loader builds them: under the bf16 model's default dtype."""
+    rule = "KVPROC-2" if values_dtype == "bfloat16" else "SCALE-2"
+    spec = data.draw(graphs_for(impl, allow_unquantized=False, params_dtypes=("bfloat16",), attention=("mha",),
+                                kv_cache_dtypes=tuple(QUANTIZED)).filter(naming_k_and_v), label="graph")
+    layout = data.draw(checkpoint_layouts(spec, producers=naming_k_and_v(spec),
+                                          kv_scales=must_kv_scales(values_dtype, required=("k", "v"))),
+                       label="checkpoint")
+    record_case(request, Case(request.node.nodeid, layouts={"base": layout}))
+    got, expected = (adapter.export_kernel_state(built(adapter, spec, layout.tensors())) for adapter in (impl, ref))
+    loaded = {kind: value for kind, value in layout.kv_scales.items() if value is not None}
+    for index in range(len(spec.layers)):
+        for kind in ("k", "v"):
+            name = f"{spec.attention_prefix(index)}{kind}_scale"
+            assert_equal(f"{name} in a bfloat16 model under {spec.quant_method} ({layout.producer} names, "
+                         f"kv_cache_dtype={spec.kv_cache_dtype}, loaded {loaded})", float(got[name]),
+                         float(expected[name]), rule)

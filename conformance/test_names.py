@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from loadspec.reference.vocabulary import QUANT_METHODS, SCALE_KINDS
 from loadspec.conformance.assertions import assert_equal
 from loadspec.conformance.drivers import (SELF_ATTN_ONLY_PRODUCERS, built, graphs_for, heavy, is_must_producer,
                                           must_kv_scales)
 from loadspec.conformance.reproducers import Case, record_case
-from loadspec.reference.producers import PRODUCERS, SCALE_KINDS
-from loadspec.reference.quant_config import QUANT_METHODS
+from loadspec.strategies.producers import PRODUCERS
 from loadspec.strategies.layouts import checkpoint_layouts
 
 STACKED = {".q_proj.": (".qkv_proj.", "q"), ".k_proj.": (".qkv_proj.", "k"), ".v_proj.": (".qkv_proj.", "v"),
@@ -65,6 +65,35 @@ def test_non_scale_names_pass_unchanged(impl, method, suffix):
 def test_values_load_under_any_prefix(impl, ref, request, data):
     check_producer_values(impl, ref, request, data, producers=[p.id for p in MUST_PRODUCERS],
                           rule="NAMES-13", allow_wrappers=True)
+
+
+BASE_PREFIX = "model.layers.0."
+OUT_OF_SCOPE = "NAMES-13 scopes out a name with no prefix at all (the engine's entries match from a leading dot)"
+PREFIXES = [pytest.param(p, id=p) for p in ("language_model.model.layers.3.", "model.decoder.layers.11.",
+                                            "layers.7.", "decoder.")]
+PREFIXES.append(pytest.param("", id="no-prefix", marks=pytest.mark.skip(reason=OUT_OF_SCOPE)))
+CONTAINERS = ["self_attn", pytest.param("mixer", marks=pytest.mark.requires("mixer_container"))]
+
+
+@pytest.mark.rule("NAMES-13")
+@pytest.mark.requires("primitives")
+@pytest.mark.parametrize("container", CONTAINERS)
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_cache_scale_mappers_ignore_the_prefix(impl, prefix, container):
+    """Each MUST producer's names map under ``prefix`` as under ``model.layers.0.`` (one module is the least)."""
+    for producer in MUST_PRODUCERS:
+        if container == "mixer" and producer.id in SELF_ATTN_ONLY_PRODUCERS:
+            continue  # NAMES-14
+        mapper = impl.cache_scale_mapper(producer.quant_method)
+        for kind in SCALE_KINDS:
+            relative = producer.scale_name(f"{container}.", kind)
+            if relative is None:
+                continue
+            at_base = impl.map_name(mapper, BASE_PREFIX + relative)
+            expected = at_base and (prefix + at_base[0].removeprefix(BASE_PREFIX), at_base[1])
+            assert_equal(f"{producer.quant_method} cache-scale mapper({prefix + relative!r}) (maps "
+                         f"{BASE_PREFIX + relative!r} to {at_base!r})", impl.map_name(mapper, prefix + relative),
+                         expected, "NAMES-13")
 
 
 def check_producer_values(impl, ref, request, data, *, producers, rule, kv_scales=None, **graph_options):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from loadspec.conformance.assertions import assert_equal, fail
 from loadspec.conformance.drivers import built, close_quietly, draw_case, heavy, layer_of
 from loadspec.reference.auto_loader import AutoWeightsLoader
-from loadspec.reference import engine
+from loadspec.reference import api
 
 pytestmark = pytest.mark.requires("model", "processing_order")
 
@@ -61,7 +61,7 @@ def test_layer_processed_when_its_last_element_arrives(impl, request, data):
     spec, layouts = draw_case(impl, request, data, "base", "reload")
     model = built(impl, spec, layouts["base"].tensors())
     weights = layouts["reload"].tensors()
-    reference_model = engine.build(spec)
+    reference_model = api.build(spec)
     mapper = AutoWeightsLoader(reference_model).effective_mapper(reference_model.mapper)
     owners = [layer_of(mapper.map_name(name)) for name, _ in weights]
     if spec.tie_embeddings:

@@ -13,9 +13,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
+from loadspec.reference.vocabulary import SCALE_KINDS
 from loadspec.conformance.assertions import assert_equal, assert_same_state, assert_unchanged, fail, snapshot
 from loadspec.conformance.drivers import built, graphs_for, layouts_for, live_pointers
-from loadspec.reference.producers import SCALE_KINDS
 
 pytestmark = pytest.mark.requires("model")
 

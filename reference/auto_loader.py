@@ -16,8 +16,9 @@ import torch
 from loadspec.reference.errors import LoadspecError, UnknownWeightError
 from loadspec.reference.loaders import check_loadable, get_weight_loader
 from loadspec.reference.mapper import EMPTY_MAPPER, WeightsMapper
+from loadspec.reference.vocabulary import SCALE_NAMES
 
-KV_SCALE_NAME = re.compile(r"\.attn\.(q|k|v|prob)_scale$")
+KV_SCALE_NAME = re.compile(rf"\.attn\.({'|'.join(SCALE_NAMES)})$")
 
 
 @dataclass(frozen=True)

@@ -8,18 +8,17 @@ import warnings
 import torch
 
 from loadspec.reference.errors import ScaleValueError
-from loadspec.reference.scales import SCALE_NAMES, SENTINEL, KVCacheScaleParameter
-from loadspec.reference.spec import PER_TOKEN_HEAD_KV_DTYPES, UNQUANTIZED_KV_DTYPES
+from loadspec.reference.scales import KVCacheScaleParameter
+from loadspec.reference.vocabulary import (CPU_MIRRORS, FLOAT_MIRRORS, OUTPUT_BUFFERS, PER_TOKEN_HEAD_KV_DTYPES,
+                                           SCALE_NAMES, SENTINEL, UNQUANTIZED_KV_DTYPES)
 
 
 class MissingKVScalesWarning(UserWarning):
     """Neither k_scale nor v_scale was loaded; 1.0 is used [KVPROC-3]."""
 
 
-OUTPUT_BUFFERS = {"q_scale": "_q_scale", "k_scale": "_k_scale", "v_scale": "_v_scale", "prob_scale": "_prob_scale"}
-FLOAT_MIRRORS = {"q_scale": "_q_scale_float", "k_scale": "_k_scale_float",
-                 "v_scale": "_v_scale_float", "prob_scale": "_prob_scale_float"}
-CPU_MIRRORS = {"k_scale": "_k_scale_cpu", "v_scale": "_v_scale_cpu"}
+__all__ = ["KVCacheMethod", "MissingKVScalesWarning", "set_default_scales", "reset_default_scales", "write_outputs",
+           "output_scales", "OUTPUT_BUFFERS", "FLOAT_MIRRORS", "CPU_MIRRORS"]
 
 
 def set_default_scales(layer: torch.nn.Module, *, device=None) -> None:

@@ -1,4 +1,6 @@
-"""Build a reference model from a ``ModelSpec``, process it after a first load, export its kernel state."""
+"""Build a reference model from a ``ModelSpec``: vLLM-style fused layers in checkpoint format [LOAD-1, RELOAD-1].
+
+Processing after loading and the export live in ``lifecycle``."""
 
 from __future__ import annotations
 
@@ -10,14 +12,7 @@ from loadspec.reference.layers.linear import Linear
 from loadspec.reference.mapper import WeightsMapper
 from loadspec.reference.quant_config import QuantConfig
 from loadspec.reference.spec import LayerSpec, ModelSpec
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype called ``name`` in a spec."""
-    return _DTYPES[name]
-
+from loadspec.reference.vocabulary import STATIC_INPUT_METHODS, torch_dtype
 
 def checkpoint_mapper(spec: ModelSpec) -> WeightsMapper:
     """The model's own mapper: HF projections stacked into fused engine linears (MHA/GQA only)."""
@@ -26,9 +21,6 @@ def checkpoint_mapper(spec: ModelSpec) -> WeightsMapper:
         stacked = {".q_proj.": (".qkv_proj.", "q"), ".k_proj.": (".qkv_proj.", "k"),
                    ".v_proj.": (".qkv_proj.", "v"), **stacked}
     return WeightsMapper(stacked=stacked)
-
-
-STATIC_INPUT_METHODS = ("modelopt",)  # ModelOpt FP8 is static W8A8: its checkpoints carry input_scale
 
 
 def linear_options(spec: ModelSpec, *, dtype, device) -> dict:
@@ -142,53 +134,3 @@ def name_tensors(model: torch.nn.Module) -> None:
 def build_model(spec: ModelSpec, *, device: torch.device | str | None = None) -> ReferenceModel:
     """Build the model of ``spec`` in checkpoint format (uninitialized) on ``device``."""
     return ReferenceModel(spec, device=torch.device(device) if device is not None else None)
-
-
-def is_attention(module: torch.nn.Module) -> bool:
-    """Whether the loader defers ``module`` after every other layer [ORDER-1, ORDER-3]."""
-    return isinstance(module, AttentionLayerBase)
-
-
-def process_module(module: torch.nn.Module) -> None:
-    """Run a module's processing: its quant method, then an attention layer's own hook."""
-    method = getattr(module, "quant_method", None)
-    if method is not None:
-        method.process_weights_after_loading(module)
-    if is_attention(module):
-        module.process_weights_after_loading()
-
-
-def processing_order(model: torch.nn.Module) -> list[str]:
-    """Module names in processing order: non-attention layers, then attention layers [ORDER-1, ORDER-3]."""
-    named = [(name, m) for name, m in model.named_modules() if owns_tensors(m) or is_attention(m)]
-    return [n for n, m in named if not is_attention(m)] + [n for n, m in named if is_attention(m)]
-
-
-def owns_tensors(module: torch.nn.Module) -> bool:
-    """Whether ``module`` registers parameters or buffers of its own."""
-    return bool(module._parameters) or bool(module._buffers)
-
-
-def process_weights_after_loading(model: torch.nn.Module) -> list[str]:
-    """Process every layer after a first load, attention layers last; return the order [ORDER-2, ORDER-3]."""
-    modules = dict(model.named_modules())
-    order = processing_order(model)
-    for name in order:
-        process_module(modules[name])
-    return order
-
-
-def export_kernel_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The processed kernel state in canonical names, as CPU tensors (see ``docs``: canonical export)."""
-    state: dict[str, torch.Tensor] = {}
-    for module_name, module in model.named_modules():
-        exporter = getattr(module, "export", None)
-        if exporter is None and hasattr(module, "quant_method") and hasattr(module.quant_method, "export"):
-            exported = module.quant_method.export(module)
-        elif exporter is not None:
-            exported = exporter()
-        else:
-            continue
-        for name, tensor in exported.items():
-            state[f"{module_name}.{name}"] = tensor.detach().to("cpu", copy=True)
-    return state

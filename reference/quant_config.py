@@ -8,8 +8,7 @@ from loadspec.reference.cache_scale_mappers import cache_scale_mapper
 from loadspec.reference.errors import UnsupportedSchemeError
 from loadspec.reference.kv_cache import KVCacheMethod
 from loadspec.reference.mapper import WeightsMapper
-
-QUANT_METHODS = ("fp8", "compressed-tensors", "modelopt", "quark")
+from loadspec.reference.vocabulary import QUANT_METHODS
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from loadspec.reference.auto_loader import AutoWeightsLoader, write_planned
 from loadspec.reference.copy_counter import CopyCounter
 from loadspec.reference.errors import LoadspecError, PartialLayerError
 from loadspec.reference.loaders import default_weight_loader
-from loadspec.reference.model import is_attention, process_module
-from loadspec.reference.scales import SCALE_NAMES
+from loadspec.reference.lifecycle import is_attention, process_module
+from loadspec.reference.vocabulary import SCALE_NAMES
 
 FORMAT_ATTR = "_loadspec_format"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from loadspec.reference.errors import ScaleShapeError
+from loadspec.reference.vocabulary import SCALE_NAMES, SENTINEL
 
-SENTINEL = -1.0
-SCALE_NAMES = ("q_scale", "k_scale", "v_scale", "prob_scale")
+__all__ = ["KVCacheScaleParameter", "check_scale_shape", "is_scale_parameter", "SCALE_NAMES", "SENTINEL"]
 
 
 class KVCacheScaleParameter(torch.nn.Parameter):

@@ -11,14 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 
-LINEAR_QUANTS = ("none", "fp8_per_tensor", "fp8_per_channel")
-ATTENTION_KINDS = ("mha", "mla")
-QUANTIZED_KV_DTYPES = ("fp8", "fp8_e4m3", "fp8_e5m2")
-PER_TOKEN_HEAD_KV_DTYPES = ("int8_per_token_head", "fp8_per_token_head", "int4_per_token_head")
-UNQUANTIZED_KV_DTYPES = ("auto", "bfloat16")
-KV_CACHE_DTYPES = UNQUANTIZED_KV_DTYPES + QUANTIZED_KV_DTYPES + PER_TOKEN_HEAD_KV_DTYPES
-CONTAINERS = ("self_attn", "mixer")
-PARAM_DTYPES = ("float32", "bfloat16", "float16")
+from loadspec.reference.vocabulary import (ATTENTION_KINDS, CONTAINERS, KV_CACHE_DTYPES, LINEAR_QUANTS, PARAM_DTYPES,
+                                           QUANTIZED_KV_DTYPES, PER_TOKEN_HEAD_KV_DTYPES, UNQUANTIZED_KV_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -141,5 +135,5 @@ def uniform_layers(count: int, **layer_fields) -> tuple[LayerSpec, ...]:
 
 DEFAULT_SPEC = ModelSpec(layers=uniform_layers(2, qkv_quant="fp8_per_tensor", down_quant="fp8_per_channel"))
 
-__all__ = ["LayerSpec", "ModelSpec", "DEFAULT_SPEC", "uniform_layers", "LINEAR_QUANTS", "KV_CACHE_DTYPES",
-           "QUANTIZED_KV_DTYPES", "PER_TOKEN_HEAD_KV_DTYPES", "UNQUANTIZED_KV_DTYPES"]
+__all__ = ["LayerSpec", "ModelSpec", "DEFAULT_SPEC", "uniform_layers", "ATTENTION_KINDS", "CONTAINERS", "KV_CACHE_DTYPES",
+           "LINEAR_QUANTS", "PARAM_DTYPES", "QUANTIZED_KV_DTYPES", "PER_TOKEN_HEAD_KV_DTYPES", "UNQUANTIZED_KV_DTYPES"]

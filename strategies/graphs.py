@@ -5,9 +5,8 @@ from __future__ import annotations
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from loadspec.reference.quant_config import QUANT_METHODS
-from loadspec.reference.spec import (ATTENTION_KINDS, CONTAINERS, KV_CACHE_DTYPES, LINEAR_QUANTS, PARAM_DTYPES,
-                                     LayerSpec, ModelSpec)
+from loadspec.reference.spec import LayerSpec, ModelSpec
+from loadspec.reference.vocabulary import ATTENTION_KINDS, CONTAINERS, KV_CACHE_DTYPES, LINEAR_QUANTS, PARAM_DTYPES, QUANT_METHODS
 from loadspec.strategies._validation import check_bounds, check_choices, check_flag
 
 __all__ = ["layer_graphs"]
@@ -26,7 +25,7 @@ def layer_graphs(*, min_layers: int = 1, max_layers: int | None = 3,
                  allow_unquantized: bool = True, allow_tied: bool = True, allow_wrappers: bool = True,
                  containers=CONTAINERS, params_dtypes=PARAM_DTYPES, max_hidden: int = 32
                  ) -> st.SearchStrategy[ModelSpec]:
-    """Small decoder ``ModelSpec``s that ``loadspec.reference.engine.build`` accepts.
+    """Small decoder ``ModelSpec``s that ``loadspec.reference.api.build`` accepts.
 
     * ``min_layers``/``max_layers`` bound the number of decoder layers (``None``: ``max(min_layers, 3)``).
     * ``attention``, ``linear_quants``, ``kv_cache_dtypes``, ``quant_methods``, ``containers`` and

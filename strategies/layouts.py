@@ -23,10 +23,11 @@ from hypothesis.errors import InvalidArgument
 from safetensors.torch import save_file
 
 from loadspec.reference.checkpoint import INDEX_FILE, SINGLE_FILE
-from loadspec.reference.model import torch_dtype
-from loadspec.reference.producers import PRODUCERS, SCALE_KINDS, quantization_config
+from loadspec.reference.vocabulary import torch_dtype
+from loadspec.reference.vocabulary import SCALE_KINDS
+from loadspec.strategies.producers import PRODUCERS, quantization_config
 from loadspec.reference.spec import ModelSpec
-from loadspec.reference.synthetic import kv_scale_tensors, synthetic_checkpoint
+from loadspec.strategies.synthetic import kv_scale_tensors, synthetic_checkpoint
 from loadspec.strategies._validation import check_choices, check_flag, check_strategy
 from loadspec.strategies.scales import keeps_meaning, kv_scale_sets, scale_values, stored_as
 

@@ -9,8 +9,7 @@ from hypothesis import assume
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from loadspec.reference.producers import SCALE_KINDS
-from loadspec.reference.scales import SENTINEL
+from loadspec.reference.vocabulary import SCALE_KINDS, SENTINEL
 from loadspec.strategies._validation import check_choices, check_flag, check_strategy
 
 __all__ = ["scale_shapes", "scale_dtypes", "scale_values", "scale_tensors", "kv_scale_sets"]

@@ -13,10 +13,10 @@ CUDA = pytest.param("cuda", marks=[
 
 @pytest.fixture(scope="module")
 def smollm():
-    """``loadspec.reference.smollm``, skipping when the e2e extra or the embedded GGUF is missing."""
+    """``loadspec.conformance.e2e.smollm``, skipping when the e2e extra or the embedded GGUF is missing."""
     pytest.importorskip("gguf", reason="the gguf package (extra 'e2e') is not installed")
     pytest.importorskip("transformers", reason="transformers (extra 'e2e') is not installed")
-    from loadspec.reference import smollm as module
+    from loadspec.conformance.e2e import smollm as module
 
     try:
         module.gguf_path()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS
 from loadspec.conformance.assertions import tensor_bytes
-from loadspec.reference.kv_cache import CPU_MIRRORS, FLOAT_MIRRORS
 
 
 _bits = tensor_bytes  # raw bytes: NaN equals NaN, FP8 compares exactly

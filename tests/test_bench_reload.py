@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loadspec.reference import engine
+from loadspec.reference import api
 from loadspec.reference.spec import LayerSpec, ModelSpec
-from loadspec.reference.synthetic import synthetic_checkpoint
+from loadspec.strategies.synthetic import synthetic_checkpoint
 
 SPEC = ModelSpec(layers=tuple(LayerSpec() for _ in range(4)), vocab_size=512, hidden_size=256, num_heads=8,
                  num_kv_heads=2, head_dim=32, intermediate_size=512, params_dtype="bfloat16",
@@ -30,9 +30,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def loaded():
-    model = engine.build(SPEC)
+    model = api.build(SPEC)
     weights = list(synthetic_checkpoint(SPEC, producer="compressed-tensors").items())
-    engine.first_load(model, weights)
+    api.first_load(model, weights)
     return model, weights
 
 
@@ -40,7 +40,7 @@ def copy_loop_targets(model, weights):
     """(kernel tensor, checkpoint tensor) pairs a hand-written loader would copy into, shards narrowed."""
     from loadspec.reference.auto_loader import AutoWeightsLoader
 
-    session = engine.reload_session(model)  # checkpoint-format names resolve only inside a reload
+    session = api.reload_session(model)  # checkpoint-format names resolve only inside a reload
     try:
         planned = AutoWeightsLoader(model).plan(weights, mapper=model.mapper)
         targets = []
@@ -77,4 +77,4 @@ def test_bench_copy_loop(benchmark, loaded):
 def test_bench_reference_reload(benchmark, loaded):
     model, weights = loaded
     benchmark.extra_info["tensors"] = len(weights)
-    benchmark(engine.reload, model, weights)
+    benchmark(api.reload, model, weights)

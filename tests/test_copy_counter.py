@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loadspec.reference import engine
+from loadspec.reference import api
 from loadspec.reference.copy_counter import CopyCounter
 from loadspec.reference.spec import DEFAULT_SPEC
-from loadspec.reference.synthetic import synthetic_checkpoint
+from loadspec.strategies.synthetic import synthetic_checkpoint
 
 
 @pytest.mark.rule("COUNT-1")
@@ -32,11 +32,11 @@ def test_other_writes_are_not_counted():
 
 @pytest.mark.rule("COUNT-3")
 def test_a_region_written_twice_counts_once():
-    model = engine.build(DEFAULT_SPEC)
-    engine.first_load(model, synthetic_checkpoint(DEFAULT_SPEC).items())
+    model = api.build(DEFAULT_SPEC)
+    api.first_load(model, synthetic_checkpoint(DEFAULT_SPEC).items())
     checkpoint = synthetic_checkpoint(DEFAULT_SPEC, seed=3)
     name = "model.layers.0.self_attn.q_proj.weight"
-    session = engine.reload_session(model)
+    session = api.reload_session(model)
     session.load([(name, checkpoint[name])])
     session.load([(name, checkpoint[name])])
     layer = session.layers["model.layers.0.self_attn.qkv_proj"]
@@ -49,11 +49,11 @@ def test_a_region_written_twice_counts_once():
 @pytest.mark.parametrize("attention", ["mha", "mla"])
 def test_full_load_counts_each_layers_elements(attention):
     spec = DEFAULT_SPEC.with_(attention=attention, tie_embeddings=True)
-    model = engine.build(spec)
-    engine.first_load(model, synthetic_checkpoint(spec).items())
+    model = api.build(spec)
+    api.first_load(model, synthetic_checkpoint(spec).items())
     checkpoint = synthetic_checkpoint(spec, seed=5, kv_scales={"k": 0.5, "v": 0.5, "q": 1.0, "prob": 1.0},
                                       producer="canonical")
-    report = engine.reload(model, checkpoint.items())
+    report = api.reload(model, checkpoint.items())
     for layer, (counted, total) in report.counts.items():
         assert counted == total, f"{layer} counted={counted}, but should be {total} [COUNT-4]"
 

@@ -11,12 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from model_state import assert_unchanged, snapshot
 
+from loadspec.reference.vocabulary import PER_TOKEN_HEAD_KV_DTYPES, SCALE_NAMES, SENTINEL
 from loadspec.reference.errors import ScaleValueError
 from loadspec.reference.kv_cache import MissingKVScalesWarning, output_scales
 from loadspec.reference.layers.attention import Attention
 from loadspec.reference.quant_config import QuantConfig
-from loadspec.reference.scales import SCALE_NAMES, SENTINEL, KVCacheScaleParameter
-from loadspec.reference.spec import PER_TOKEN_HEAD_KV_DTYPES
+from loadspec.reference.scales import KVCacheScaleParameter
 
 QUANTIZED = ["fp8", "fp8_e4m3", "fp8_e5m2"]
 

@@ -6,20 +6,20 @@ import pytest
 import torch
 from model_state import assert_unchanged, snapshot
 
-from loadspec.reference import engine
+from loadspec.reference import api
 from loadspec.reference.auto_loader import AutoWeightsLoader
 from loadspec.reference.copy_counter import CopyCounter
 from loadspec.reference.kv_cache import MissingKVScalesWarning
 from loadspec.reference.errors import LoadspecError, MissingWeightsError, ShapeMismatchError, UnknownWeightError
 from loadspec.reference.loaders import default_weight_loader
 from loadspec.reference.spec import DEFAULT_SPEC, uniform_layers
-from loadspec.reference.synthetic import synthetic_checkpoint
+from loadspec.strategies.synthetic import synthetic_checkpoint
 
 
 @pytest.fixture
 def loaded_model():
-    model = engine.build(DEFAULT_SPEC)
-    engine.first_load(model, synthetic_checkpoint(DEFAULT_SPEC).items())
+    model = api.build(DEFAULT_SPEC)
+    api.first_load(model, synthetic_checkpoint(DEFAULT_SPEC).items())
     return model
 
 
@@ -44,9 +44,9 @@ def test_shape_mismatch_names_both_shapes_and_writes_nothing():
 
 @pytest.mark.rule("LOAD-3")
 def test_returns_the_mapped_names_loaded():
-    model = engine.build(DEFAULT_SPEC)
+    model = api.build(DEFAULT_SPEC)
     checkpoint = synthetic_checkpoint(DEFAULT_SPEC, producer="modelopt")
-    loaded = engine.first_load(model, checkpoint.items())
+    loaded = api.first_load(model, checkpoint.items())
     expected = {AutoWeightsLoader(model).effective_mapper(model.mapper).map_name(n) for n in checkpoint}
     assert loaded == expected
     assert "model.layers.0.self_attn.attn.k_scale" in loaded and "model.layers.0.self_attn.qkv_proj.weight" in loaded
@@ -78,7 +78,7 @@ def test_rejection_names_weight_and_leaves_model_unchanged(loaded_model, case, p
     weights = [(name, tensor), *weights] if position == "first" else [*weights, (name, tensor)]
     before = snapshot(loaded_model)
     with pytest.raises(error) as info:
-        engine.reload(loaded_model, weights)
+        api.reload(loaded_model, weights)
     assert isinstance(info.value, ValueError)
     for needle in needles:
         assert needle in str(info.value), f"message={str(info.value)!r}, but should mention {needle!r}"
@@ -87,17 +87,17 @@ def test_rejection_names_weight_and_leaves_model_unchanged(loaded_model, case, p
 
 @pytest.mark.rule("LOAD-6")
 def test_first_load_rejection_writes_nothing():
-    model = engine.build(DEFAULT_SPEC)
+    model = api.build(DEFAULT_SPEC)
     before = snapshot(model)
     weights = [*synthetic_checkpoint(DEFAULT_SPEC).items(), ("model.nope.weight", torch.zeros(1))]
     with pytest.raises(UnknownWeightError):
-        engine.first_load(model, weights)
+        api.first_load(model, weights)
     assert_unchanged(before, snapshot(model))
 
 
 @pytest.mark.rule("LOAD-5")
 def test_skip_rules_see_mapped_names():
-    model = engine.build(DEFAULT_SPEC)
+    model = api.build(DEFAULT_SPEC)
     checkpoint = synthetic_checkpoint(DEFAULT_SPEC)
     loader = AutoWeightsLoader(model, skip_substrs=[".qkv_proj."])
     loaded = loader.load_weights(checkpoint.items(), mapper=model.mapper)
@@ -112,17 +112,17 @@ def test_skip_rules_see_mapped_names():
 def test_first_load_requires_every_parameter_but_optional_scales():
     checkpoint = synthetic_checkpoint(DEFAULT_SPEC)
     missing = {k: v for k, v in checkpoint.items() if k != "model.layers.1.self_attn.v_proj.weight"}
-    model = engine.build(DEFAULT_SPEC)
+    model = api.build(DEFAULT_SPEC)
     with pytest.raises(MissingWeightsError, match="model.layers.1.self_attn.qkv_proj.weight"):
-        engine.first_load(model, missing.items())
+        api.first_load(model, missing.items())
     no_scales = {k: v for k, v in checkpoint.items() if not k.endswith(("k_scale", "v_scale"))}
     with pytest.warns(MissingKVScalesWarning):
-        engine.first_load(engine.build(DEFAULT_SPEC), no_scales.items())
+        api.first_load(api.build(DEFAULT_SPEC), no_scales.items())
 
 
 @pytest.mark.rule("LOAD-8")
 def test_scales_are_never_dropped_silently():
-    unquantized = engine.build(DEFAULT_SPEC.with_(quant_method=None, layers=uniform_layers(1)))
+    unquantized = api.build(DEFAULT_SPEC.with_(quant_method=None, layers=uniform_layers(1)))
     loader = AutoWeightsLoader(unquantized, ignore_unexpected_suffixes=[".k_scale", ".v_scale"])
     with pytest.raises(UnknownWeightError, match="k_scale"):
         loader.plan([("model.layers.0.self_attn.attn.k_scale", torch.tensor(0.5))])

@@ -6,15 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadspec.reference import engine
+from loadspec.reference.vocabulary import QUANT_METHODS
+from loadspec.reference import api
 from loadspec.reference.auto_loader import AutoWeightsLoader
 from loadspec.reference.cache_scale_mappers import CACHE_SCALE_MAPPER
 from loadspec.reference.kv_cache import output_scales
 from loadspec.reference.mapper import WeightsMapper
-from loadspec.reference.producers import PRODUCERS
-from loadspec.reference.quant_config import QUANT_METHODS
+from loadspec.strategies.producers import PRODUCERS
 from loadspec.reference.spec import DEFAULT_SPEC, uniform_layers
-from loadspec.reference.synthetic import synthetic_checkpoint
+from loadspec.strategies.synthetic import synthetic_checkpoint
 from loadspec.strategies.mappers import weight_names
 
 VALUES = {"k": 0.5, "v": 0.25, "q": 0.125, "prob": 0.0625}
@@ -28,8 +28,8 @@ def expected_outputs(producer_id: str) -> dict[str, float]:
 
 
 def load_scales(spec, producer_id: str) -> list[dict[str, float]]:
-    model = engine.build(spec)
-    engine.first_load(model, synthetic_checkpoint(spec, producer=producer_id, kv_scales=VALUES).items())
+    model = api.build(spec)
+    api.first_load(model, synthetic_checkpoint(spec, producer=producer_id, kv_scales=VALUES).items())
     return [output_scales(dict(model.named_modules())[spec.attention_prefix(i)[:-1]])
             for i in range(len(spec.layers))]
 
@@ -69,7 +69,7 @@ def test_nemotron_mixer_names():
 @pytest.mark.rule("NAMES-7")
 def test_fused_names_survive_the_models_stacked_mapper():
     spec = DEFAULT_SPEC
-    mapper = AutoWeightsLoader(engine.build(spec)).effective_mapper(engine.build(spec).mapper)
+    mapper = AutoWeightsLoader(api.build(spec)).effective_mapper(api.build(spec).mapper)
     assert mapper.map_name_with_shard("model.layers.0.self_attn.k_proj.k_scale") == (
         "model.layers.0.self_attn.attn.k_scale", None)
     assert mapper.map_name_with_shard("model.layers.0.self_attn.k_proj.output_scale") == (
@@ -80,12 +80,12 @@ def test_fused_names_survive_the_models_stacked_mapper():
 
 @pytest.mark.rule("NAMES-10")
 def test_cache_scale_mapper_merged_to_the_right():
-    model = engine.build(DEFAULT_SPEC)
+    model = api.build(DEFAULT_SPEC)
     clash = r"\.(self_attn|mixer)\.(q|k|v|prob)_scale$"
     model_mapper = WeightsMapper(regex={clash: r".\1.wrong.\2_scale"})
     merged = AutoWeightsLoader(model).effective_mapper(model_mapper)
     assert merged.map_name("m.self_attn.k_scale") == "m.self_attn.attn.k_scale"
-    unquantized = engine.build(DEFAULT_SPEC.with_(quant_method=None, layers=uniform_layers(1)))
+    unquantized = api.build(DEFAULT_SPEC.with_(quant_method=None, layers=uniform_layers(1)))
     assert AutoWeightsLoader(unquantized).effective_mapper(None).map_name("m.self_attn.k_scale") == "m.self_attn.k_scale"
 
 

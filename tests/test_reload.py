@@ -8,11 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from model_state import assert_same_kernel_state, assert_unchanged, snapshot
 
-from loadspec.reference import engine
+from loadspec.reference import api
 from loadspec.reference.auto_loader import AutoWeightsLoader
 from loadspec.reference.errors import LoadspecError, PartialLayerError
 from loadspec.reference.kv_cache import output_scales
-from loadspec.reference.model import is_attention
+from loadspec.reference.lifecycle import is_attention
 from loadspec.reference.spec import DEFAULT_SPEC, LayerSpec
 
 SPECS = {
@@ -27,14 +27,14 @@ SPEC_PARAMS = [pytest.param(spec, id=name) for name, spec in SPECS.items()]
 
 
 def loaded(spec, *, seed=0, device="cpu", **kw):
-    from loadspec.reference.synthetic import synthetic_checkpoint
-    model = engine.build(spec, device=device)
-    engine.first_load(model, synthetic_checkpoint(spec, seed=seed, **kw).items())
+    from loadspec.strategies.synthetic import synthetic_checkpoint
+    model = api.build(spec, device=device)
+    api.first_load(model, synthetic_checkpoint(spec, seed=seed, **kw).items())
     return model
 
 
 def checkpoint(spec, **kw):
-    from loadspec.reference.synthetic import synthetic_checkpoint
+    from loadspec.strategies.synthetic import synthetic_checkpoint
     return synthetic_checkpoint(spec, **kw)
 
 
@@ -48,7 +48,7 @@ def test_attention_processed_last_and_each_layer_once(spec):
     model = loaded(spec)
     modules = dict(model.named_modules())
     first_order = model.loadspec_order
-    report = engine.reload(model, checkpoint(spec, seed=1).items())
+    report = api.reload(model, checkpoint(spec, seed=1).items())
     for order in (first_order, report.processed):
         kinds = [is_attention(modules[name]) for name in order]
         assert kinds == sorted(kinds), f"processing order={order}, but attention should come last [ORDER-1]"
@@ -66,7 +66,7 @@ def test_layer_processed_when_its_last_element_arrives(spec):
     for name, _ in weights:
         layer = mapper.map_name(name).rsplit(".", 1)[0]
         remaining[layer] = remaining.get(layer, 0) + 1
-    session = engine.reload_session(model)
+    session = api.reload_session(model)
     modules = dict(model.named_modules())
     for name, tensor in weights:
         layer = mapper.map_name(name).rsplit(".", 1)[0]
@@ -85,19 +85,19 @@ def test_reload_keeps_storage_and_equals_fresh_load(spec, device):
     model = loaded(spec, device=device)
     before = snapshot(model)
     new = checkpoint(spec, seed=9, producer="quark", kv_scales={"k": 2.0, "v": 4.0, "q": 0.5, "prob": 0.25})
-    engine.reload(model, new.items())
+    api.reload(model, new.items())
     after = snapshot(model)
     identities = {k: v[:2] for k, v in before.items() if isinstance(v, tuple)}
     assert identities == {k: v[:2] for k, v in after.items() if isinstance(v, tuple)}, "storage changed [RELOAD-1]"
-    fresh = engine.build(spec, device=device)
-    engine.first_load(fresh, new.items())
-    assert_same_kernel_state(engine.export(model), engine.export(fresh))
+    fresh = api.build(spec, device=device)
+    api.first_load(fresh, new.items())
+    assert_same_kernel_state(api.export(model), api.export(fresh))
 
 
 @pytest.mark.rule("RELOAD-3")
 def test_partial_scale_reload_takes_fresh_defaults():
     model = loaded(DEFAULT_SPEC, kv_scales={"k": 0.5, "v": 0.25, "q": 0.125, "prob": 0.0625}, producer="canonical")
-    engine.reload(model, [("model.layers.0.self_attn.k_scale", torch.tensor(2.0))])
+    api.reload(model, [("model.layers.0.self_attn.k_scale", torch.tensor(2.0))])
     first, second = (output_scales(a) for a in attention_layers(model))
     assert first == {"q_scale": 1.0, "k_scale": 2.0, "v_scale": 2.0, "prob_scale": 1.0}
     assert second == {"q_scale": 0.125, "k_scale": 0.5, "v_scale": 0.25, "prob_scale": 0.0625}  # [RELOAD-4]
@@ -109,7 +109,7 @@ def test_layers_receiving_nothing_keep_everything():
     attention = attention_layers(model)
     before = snapshot(model)
     weights = {k: v for k, v in checkpoint(DEFAULT_SPEC).items() if "layers.0.mlp" in k}
-    report = engine.reload(model, weights.items())
+    report = api.reload(model, weights.items())
     assert report.processed == ["model.layers.0.mlp.gate_up_proj", "model.layers.0.mlp.down_proj"] + [
         n for n, m in model.named_modules() if is_attention(m)]
     assert "model.layers.1.mlp.down_proj" in report.untouched
@@ -124,7 +124,7 @@ def test_partial_layer_rejected_listing_missing_and_kept():
     new = checkpoint(DEFAULT_SPEC, seed=4)
     partial = [(k, v) for k, v in new.items() if "layers.1.self_attn.v_proj" not in k]
     with pytest.raises(PartialLayerError) as info:
-        engine.reload(model, partial)
+        api.reload(model, partial)
     message = str(info.value)
     assert "model.layers.1.self_attn.qkv_proj.weight" in message and "weight_scale" in message
     after = snapshot(model)
@@ -139,10 +139,10 @@ def test_partial_layer_rejected_listing_missing_and_kept():
 def test_reloading_twice_is_bit_identical(spec):
     model = loaded(spec)
     new = checkpoint(spec, seed=11)
-    engine.reload(model, new.items())
-    once = engine.export(model)
-    engine.reload(model, new.items())
-    assert_same_kernel_state(engine.export(model), once)
+    api.reload(model, new.items())
+    once = api.export(model)
+    api.reload(model, new.items())
+    assert_same_kernel_state(api.export(model), once)
 
 
 @pytest.mark.rule("RELOAD-8")
@@ -150,7 +150,7 @@ def test_tied_weights_stay_tied():
     spec = DEFAULT_SPEC.with_(tie_embeddings=True)
     model = loaded(spec)
     new = checkpoint(spec, seed=13)
-    engine.reload(model, new.items())
+    api.reload(model, new.items())
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert torch.equal(model.lm_head.weight, new["model.embed_tokens.weight"])
 
@@ -159,7 +159,7 @@ def test_tied_weights_stay_tied():
 def test_delivery_after_processing_rejected():
     model = loaded(DEFAULT_SPEC)
     new = checkpoint(DEFAULT_SPEC, seed=6)
-    session = engine.reload_session(model)
+    session = api.reload_session(model)
     name = "model.layers.0.mlp.down_proj.weight"
     session.load([(name, new[name]), ("model.layers.0.mlp.down_proj.weight_scale", new[
         "model.layers.0.mlp.down_proj.weight_scale"])])
@@ -177,10 +177,10 @@ def test_order_and_grouping_do_not_matter(data):
     shuffled = data.draw(st.permutations(new), label="delivery order")
     cuts = sorted(data.draw(st.lists(st.integers(0, len(new)), max_size=6), label="bucket boundaries"))
     model = loaded(spec)
-    session = engine.reload_session(model)
+    session = api.reload_session(model)
     for start, stop in zip([0, *cuts], [*cuts, len(new)]):
         session.load(shuffled[start:stop])
     session.finish()
-    fresh = engine.build(spec)
-    engine.first_load(fresh, new)
-    assert_same_kernel_state(engine.export(model), engine.export(fresh))
+    fresh = api.build(spec)
+    api.first_load(fresh, new)
+    assert_same_kernel_state(api.export(model), api.export(fresh))

@@ -7,9 +7,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from loadspec.reference.vocabulary import SENTINEL
 from loadspec.reference.copy_counter import CopyCounter
 from loadspec.reference.errors import ScaleShapeError
-from loadspec.reference.scales import SENTINEL, KVCacheScaleParameter
+from loadspec.reference.scales import KVCacheScaleParameter
 
 ONE_ELEMENT_SHAPES = [(), (1,), (1, 1), (1, 1, 1)]
 BAD_SHAPES = [(0,), (2,), (3, 1, 1), (1, 2)]

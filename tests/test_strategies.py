@@ -14,14 +14,14 @@ from hypothesis import strategies as st
 from model_state import assert_same_kernel_state
 from safetensors import safe_open
 
-from loadspec.reference import engine
+from loadspec.reference.vocabulary import ATTENTION_KINDS, CONTAINERS, KV_CACHE_DTYPES, PARAM_DTYPES, QUANT_METHODS, SENTINEL
+from loadspec.reference import api
 from loadspec.reference.auto_loader import AutoWeightsLoader
 from loadspec.reference.checkpoint import INDEX_FILE, iter_checkpoint, read_config, shard_files
 from loadspec.reference.errors import MissingWeightsError, ScaleShapeError, UnknownWeightError
-from loadspec.reference.producers import PRODUCERS, SCALE_KINDS
-from loadspec.reference.quant_config import QUANT_METHODS
-from loadspec.reference.scales import SENTINEL, check_scale_shape
-from loadspec.reference.spec import ATTENTION_KINDS, CONTAINERS, KV_CACHE_DTYPES, PARAM_DTYPES, ModelSpec
+from loadspec.strategies.producers import PRODUCERS
+from loadspec.reference.scales import check_scale_shape
+from loadspec.reference.spec import ModelSpec
 from loadspec.strategies import (CheckpointLayout, checkpoint_layouts, kv_scale_sets, layer_graphs, scale_dtypes,
                                  scale_shapes, scale_tensors, scale_values)
 from loadspec.strategies.layouts import ORDERS
@@ -44,7 +44,7 @@ def is_valid_float32_scale(value: float) -> bool:
 # --------------------------------------------------------------- layer_graphs
 @given(spec=layer_graphs())
 def test_every_graph_builds(spec):
-    model = engine.build(spec)
+    model = api.build(spec)
     assert sum(1 for name, _ in model.named_modules() if name.endswith(".attn")) == len(spec.layers)
     if spec.quant_method is None:
         assert all(q == "none" for layer in spec.layers for q in layer.linear_quants().values())
@@ -55,11 +55,11 @@ def test_every_graph_builds(spec):
 @pytest.mark.rule("KVPROC-10")
 @given(spec=layer_graphs(kv_cache_dtypes=("fp8_e5m2", "fp8_e4m3")))
 def test_e5m2_graphs_have_no_quant_method_and_build(spec):
-    engine.build(spec)
+    api.build(spec)
     if spec.kv_cache_dtype == "fp8_e5m2":
         assert spec.quant_method is None, f"quant_method={spec.quant_method!r} with fp8_e5m2 raises at build"
         with pytest.raises(ValueError, match="fp8_e5m2"):
-            engine.build(spec.with_(quant_method="fp8"))
+            api.build(spec.with_(quant_method="fp8"))
 
 
 @given(data=st.data())
@@ -88,7 +88,7 @@ def test_graphs_respect_their_arguments(data):
     assert spec.hidden_size <= kw["max_hidden"]
     assert kw["allow_tied"] or not spec.tie_embeddings
     assert kw["allow_wrappers"] or spec.wrapper == ()
-    engine.build(spec)
+    api.build(spec)
 
 
 @given(spec=layer_graphs())
@@ -102,10 +102,10 @@ def test_spec_json_round_trip(spec):
 def test_graph_first_loads_its_own_layouts(data):
     spec = data.draw(layer_graphs(), label="spec")
     layout = data.draw(checkpoint_layouts(spec), label="layout")
-    model = engine.build(spec)
+    model = api.build(spec)
     mapper = AutoWeightsLoader(model).effective_mapper(model.mapper)
     tensors = layout.tensors()
-    loaded = engine.first_load(model, tensors)
+    loaded = api.first_load(model, tensors)
     assert loaded == {mapper.map_name(name) for name, _ in tensors}
     names = [name for name, _ in tensors]
     assert len(names) == len(set(names)), "a layout repeats a name"
@@ -119,12 +119,12 @@ def test_reload_of_another_layout_equals_its_fresh_load(data):
     second = data.draw(checkpoint_layouts(spec), label="second")
     # An attention layer that gets no scale in a reload keeps the old ones [RELOAD-4].
     assume(second.kv_scale_names or not first.kv_scale_names)
-    model = engine.build(spec)
-    engine.first_load(model, first.tensors())
-    engine.reload(model, second.tensors())
-    fresh = engine.build(spec)
-    engine.first_load(fresh, second.tensors())
-    assert_same_kernel_state(engine.export(model), engine.export(fresh))
+    model = api.build(spec)
+    api.first_load(model, first.tensors())
+    api.reload(model, second.tensors())
+    fresh = api.build(spec)
+    api.first_load(fresh, second.tensors())
+    assert_same_kernel_state(api.export(model), api.export(fresh))
 
 
 @pytest.mark.rule("LOAD-4", "LOAD-7", "LOAD-10")
@@ -136,7 +136,7 @@ def test_missing_or_extra_tensors_make_the_first_load_fail(data):
     assert not set(layout.missing) & set(layout.kv_scale_names), "only required tensors are left out"
     error = UnknownWeightError if layout.extra else MissingWeightsError
     with pytest.raises(error):
-        engine.first_load(engine.build(spec), layout.tensors())
+        api.first_load(api.build(spec), layout.tensors())
 
 
 @given(data=st.data())
@@ -227,11 +227,11 @@ def test_sharded_layout_has_several_files_and_a_consistent_index(data, tmp_path_
         size = sum(t.numel() * t.element_size() for n, t in layout.tensors() if n in in_file)
         assert size <= layout.max_shard_size or len(in_file) == 1, f"{path.name} is {size} bytes"
     assert sorted(p.name for p in shard_files(directory)) == files
-    model = engine.build(spec)
-    engine.first_load(model, directory)  # the engine reads the sharded directory
-    fresh = engine.build(spec)
-    engine.first_load(fresh, layout.tensors())
-    assert_same_kernel_state(engine.export(model), engine.export(fresh))
+    model = api.build(spec)
+    api.first_load(model, directory)  # the engine reads the sharded directory
+    fresh = api.build(spec)
+    api.first_load(fresh, layout.tensors())
+    assert_same_kernel_state(api.export(model), api.export(fresh))
 
 
 # -------------------------------------------------------------------- scales

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import torch
 
+from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS, OUTPUT_BUFFERS, SCALE_NAMES
 from loadspec.conformance.adapter import CAPABILITIES, Weights
-from loadspec.reference import engine
+from loadspec.reference import api
 from loadspec.reference.auto_loader import AutoWeightsLoader
 from loadspec.reference.cache_scale_mappers import cache_scale_mapper
 from loadspec.reference.copy_counter import CopyCounter, credited_elements
-from loadspec.reference.kv_cache import CPU_MIRRORS, FLOAT_MIRRORS, OUTPUT_BUFFERS
 from loadspec.reference.layers.attention import Attention, AttentionLayerBase
 from loadspec.reference.loaders import default_weight_loader
 from loadspec.reference.mapper import WeightsMapper
 from loadspec.reference.quant_config import QuantConfig
-from loadspec.reference.scales import SCALE_NAMES, KVCacheScaleParameter
+from loadspec.reference.scales import KVCacheScaleParameter
 from loadspec.reference.spec import ModelSpec
 
 
@@ -107,25 +107,25 @@ class ReferenceAdapter:
 
     # ----------------------------------------------------------------- model
     def build_model(self, spec: ModelSpec, *, device: str):
-        return engine.build(spec, device=device)
+        return api.build(spec, device=device)
 
     def first_load(self, model, weights: Weights | Path) -> set[str]:
-        return engine.first_load(model, weights)
+        return api.first_load(model, weights)
 
     def dummy_load(self, model) -> None:
-        engine.dummy_load(model)
+        api.dummy_load(model)
 
     def reload(self, model, weights: Weights | Path) -> None:
-        engine.reload(model, weights)
+        api.reload(model, weights)
 
     def open_reload(self, model):
-        return engine.reload_session(model)
+        return api.reload_session(model)
 
     def count_loader_call(self, loader, param, loaded_weight) -> int:
         return credited_elements(loader, param, loaded_weight, cap=param.numel())
 
     def export_kernel_state(self, model) -> dict[str, torch.Tensor]:
-        return engine.export(model)
+        return api.export(model)
 
     def kernel_tensors(self, model) -> dict[str, torch.Tensor]:
         tensors = {}

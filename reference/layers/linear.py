@@ -11,14 +11,12 @@ import torch
 
 from loadspec.reference.errors import ShapeMismatchError
 from loadspec.reference.loaders import check_default
-
-FP8 = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8).max
+from loadspec.reference.vocabulary import FP8_DTYPE, FP8_MAX
 
 
 def quantize_fp8(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``values / scale`` clamped to the e4m3 range and cast to float8_e4m3fn."""
-    return (values.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return (values.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
 
 
 class ShardLoader:
@@ -127,7 +125,7 @@ class Fp8LinearMethod:
         return _attach(scale, ShardLoader(index, per_shard_scalar=True))
 
     def create_weights(self, layer, shards: dict, out_features: int, in_features: int, dtype, device) -> None:
-        weight = torch.nn.Parameter(torch.empty(out_features, in_features, dtype=FP8, device=device),
+        weight = torch.nn.Parameter(torch.empty(out_features, in_features, dtype=FP8_DTYPE, device=device),
                                     requires_grad=False)
         layer.register_parameter("weight", _attach(weight, ShardLoader(shards)))
         if self.strategy == "tensor":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from loadspec.conformance.adapters.reference import ReferenceAdapter
-from loadspec.reference.engine import weights_of
+from loadspec.reference.api import weights_of
 from loadspec.reference.reload import ReloadSession
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from loadspec.conformance.adapters.reference import ReferenceAdapter
 from loadspec.reference.cache_scale_mappers import cache_scale_mapper
-from loadspec.reference.engine import weights_of
+from loadspec.reference.api import weights_of
 from loadspec.reference.reload import ReloadSession
 
 DIVISOR = 16

@@ -3,8 +3,8 @@
 from mutants._base import SessionMutant
 
 from loadspec.reference.auto_loader import AutoWeightsLoader, write_planned
-from loadspec.reference.engine import weights_of
-from loadspec.reference.model import owns_tensors, process_module
+from loadspec.reference.api import weights_of
+from loadspec.reference.lifecycle import owns_tensors, process_module
 from loadspec.reference.reload import ReloadSession
 
 

@@ -24,10 +24,12 @@ import torch
 
 from loadspec.reference.errors import ScaleShapeError, ScaleValueError, UnsupportedSchemeError
 from loadspec.reference.spec import ModelSpec, uniform_layers
+from loadspec.reference.vocabulary import FP8_DTYPE, FP8_MAX, SCALE_NAMES
 
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
-LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
-KV_SCALES = ("k_scale", "v_scale", "q_scale", "prob_scale")
+FUSED_PROJS = {"self_attn.qkv_proj": ("q_proj", "k_proj", "v_proj"), "self_attn.o_proj": ("o_proj",),
+               "mlp.gate_up_proj": ("gate_proj", "up_proj"), "mlp.down_proj": ("down_proj",)}
+"""Kernel linear (relative to the decoder layer) -> the HF projections fused into it, in row order."""
+LINEARS = tuple(FUSED_PROJS)
 
 KVObserver = Callable[[int, torch.Tensor, torch.Tensor], None]
 LinearObserver = Callable[[str, torch.Tensor], None]
@@ -49,7 +51,7 @@ def kernel_state_names(spec: ModelSpec) -> list[str]:
         names += [f"{spec.layer_prefix(i)}input_layernorm.weight",
                   f"{spec.layer_prefix(i)}post_attention_layernorm.weight"]
         names += [f"{linear_name(spec, i, linear)}.weight" for linear in LINEARS]
-        names += [spec.attention_prefix(i) + kind for kind in KV_SCALES]
+        names += [spec.attention_prefix(i) + kind for kind in SCALE_NAMES]
     return names
 
 
@@ -127,7 +129,7 @@ def fake_quantize_kv(x: torch.Tensor, scale: torch.Tensor, kv_cache_dtype: str) 
     if kv_cache_dtype == "bfloat16":
         return x.to(torch.bfloat16).float()
     if kv_cache_dtype in ("fp8", "fp8_e4m3"):
-        stored = (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        stored = (x / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
         return stored.float() * scale
     raise UnsupportedSchemeError(f"kv_cache_dtype={kv_cache_dtype!r} is not emulated by the reference forward")
 
@@ -143,7 +145,7 @@ def check_kv_scale(name: str, scale: torch.Tensor) -> None:
 
 def dequantize_weight(weight: torch.Tensor, scale: torch.Tensor | None, *, name: str = "weight") -> torch.Tensor:
     """Float32 value of a linear weight: ``weight.float() * scale`` (per-tensor or per-output-row)."""
-    if weight.dtype != torch.float8_e4m3fn:
+    if weight.dtype != FP8_DTYPE:
         return weight.float()
     if scale is None:
         raise ValueError(f"{name}: float8_e4m3fn weight without a weight_scale")
@@ -162,7 +164,7 @@ def dequantized_state(state: dict) -> dict:
     for name, tensor in state.items():
         if name.endswith(".weight_scale") and name[: -len("_scale")] in state:
             continue
-        if tensor.dtype == torch.float8_e4m3fn:
+        if tensor.dtype == FP8_DTYPE:
             tensor = dequantize_weight(tensor, state.get(name + "_scale"), name=name)
         out[name] = tensor
     return out
@@ -170,7 +172,7 @@ def dequantized_state(state: dict) -> dict:
 
 def _scaled_mm_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
     out_features, in_features = weight.shape
-    return x.is_cuda and weight.dtype == torch.float8_e4m3fn and in_features % 16 == 0 and out_features % 16 == 0
+    return x.is_cuda and weight.dtype == FP8_DTYPE and in_features % 16 == 0 and out_features % 16 == 0
 
 
 def scaled_mm_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -183,7 +185,7 @@ def scaled_mm_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor)
         a_scale = (rows.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=1e-12)
     else:
         a_scale = (rows.abs().amax() / FP8_MAX).clamp(min=1e-12)
-    a = (rows / a_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    a = (rows / a_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     if pad:
         a = torch.cat([a, a.new_zeros(pad, a.shape[1])])
         if per_channel:
@@ -204,10 +206,10 @@ def _linear(x: torch.Tensor, state: dict, name: str, device: torch.device, paths
     weight = state[f"{name}.weight"].to(device)
     scale = state.get(f"{name}.weight_scale")
     scale = None if scale is None else scale.to(device)
-    if weight.dtype == torch.float8_e4m3fn and scale is not None and _scaled_mm_fits(x, weight):
+    if weight.dtype == FP8_DTYPE and scale is not None and _scaled_mm_fits(x, weight):
         paths["scaled_mm"] += 1
         return scaled_mm_linear(x, weight, scale)
-    paths["dequant_matmul" if weight.dtype == torch.float8_e4m3fn else "float_matmul"] += 1
+    paths["dequant_matmul" if weight.dtype == FP8_DTYPE else "float_matmul"] += 1
     return x.float() @ dequantize_weight(weight, scale, name=f"{name}.weight").t()
 
 
@@ -228,7 +230,7 @@ def forward_logits(state: dict, spec: ModelSpec, input_ids, *, kv_cache_dtype: s
         raise UnsupportedSchemeError(f"attention={spec.attention!r}: the reference forward implements 'mha' only")
     kv_cache_dtype = spec.kv_cache_dtype if kv_cache_dtype is None else kv_cache_dtype
     device = torch.device(device) if device is not None else state[f"{spec.prefix}embed_tokens.weight"].device
-    missing = [n for n in kernel_state_names(spec) if n not in state and not n.endswith(KV_SCALES)]
+    missing = [n for n in kernel_state_names(spec) if n not in state and not n.endswith(SCALE_NAMES)]
     if missing:
         raise KeyError(f"kernel state lacks {len(missing)} tensors, e.g. {missing[:4]}")
     ids = torch.as_tensor(input_ids, dtype=torch.long, device=device)
@@ -309,4 +311,4 @@ def perplexity(state: dict, spec: ModelSpec, tokenizer, text: str, prefix: str =
 
 __all__ = ["forward_logits", "perplexity", "continuation_ids", "spec_from_hf_config", "kernel_state_names",
            "linear_name", "fake_quantize_kv", "dequantize_weight", "dequantized_state", "scaled_mm_linear",
-           "check_kv_scale", "rms_norm", "rope_cos_sin", "apply_rope", "FP8_MAX"]
+           "check_kv_scale", "rms_norm", "rope_cos_sin", "apply_rope", "FUSED_PROJS", "LINEARS"]

@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from loadspec.reference.cache import cache_root, file_lock
+from loadspec.conformance.e2e.cache import cache_root, cached_directory, file_sha256
 from loadspec.reference.spec import ModelSpec, uniform_layers
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -60,32 +56,11 @@ def gguf_path() -> Path:
     raise FileNotFoundError(f"{GGUF_NAME} not found in {list(spec.submodule_search_locations)}")
 
 
-
 def checkpoint_dir(*, force: bool = False) -> Path:
     """The converted HF checkpoint dir, converting the GGUF first if the cache is missing or stale."""
     source = gguf_path()
-    target = cache_root() / CACHE_SUBDIR
-    if not force and _marker_matches(target, source):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(target.parent / f".{CACHE_SUBDIR}.lock"):
-        if not force and _marker_matches(target, source):  # another process converted meanwhile
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{CACHE_SUBDIR}.tmp-", dir=target.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
-        try:
-            convert_gguf(source, tmp)
-            if target.exists():
-                stale = Path(tempfile.mkdtemp(prefix=f".{CACHE_SUBDIR}.old-", dir=target.parent))
-                os.rename(target, stale / "dir")
-                shutil.rmtree(stale, ignore_errors=True)
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return target
+    return cached_directory(cache_root() / CACHE_SUBDIR, is_complete=lambda target: _marker_matches(target, source),
+                            write=lambda tmp: convert_gguf(source, tmp), force=force)
 
 
 def load_tokenizer():
@@ -232,20 +207,12 @@ def convert_gguf(source: Path, dst: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
     tokenizer.save_pretrained(str(dst))
     stat = source.stat()
-    marker = {"gguf": str(source), "sha256": _sha256(source), "size": stat.st_size,
+    marker = {"gguf": str(source), "sha256": file_sha256(source), "size": stat.st_size,
               "mtime_ns": stat.st_mtime_ns, "converter_version": CONVERTER_VERSION}
     (dst / MARKER).write_text(json.dumps(marker, indent=2))
 
 
 # ------------------------------------------------------------------ helpers
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _marker_matches(target: Path, source: Path) -> bool:
     """Whether ``target`` holds a complete conversion of ``source``'s current content."""
     try:
@@ -259,7 +226,7 @@ def _marker_matches(target: Path, source: Path) -> bool:
     stat = source.stat()
     if marker.get("size") == stat.st_size and marker.get("mtime_ns") == stat.st_mtime_ns:
         return True  # unchanged file: skip re-hashing 98 MB
-    if marker.get("sha256") != _sha256(source):
+    if marker.get("sha256") != file_sha256(source):
         return False
     marker.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)  # same content, touched file
     with contextlib.suppress(OSError):
@@ -267,6 +234,5 @@ def _marker_matches(target: Path, source: Path) -> bool:
     return True
 
 
-
-__all__ = ["gguf_path", "cache_root", "checkpoint_dir", "load_tokenizer", "smollm_spec", "gguf_config",
+__all__ = ["gguf_path", "checkpoint_dir", "load_tokenizer", "smollm_spec", "gguf_config",
            "gguf_state_dict", "unpermute_qk", "convert_gguf"]

@@ -1,13 +1,15 @@
-"""Synthetic checkpoints for a ``ModelSpec``: HF (unfused) names, random values, a producer's scale layout."""
+"""Synthetic checkpoints for a ``ModelSpec``: HF (unfused) names, random values, a producer's scale layout.
+
+Quantized with ``producers.quantize_weight``, never with the reference loader's own code.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from loadspec.reference.layers.linear import FP8_MAX, quantize_fp8
-from loadspec.reference.model import STATIC_INPUT_METHODS, torch_dtype
-from loadspec.reference.producers import PRODUCERS, SCALE_KINDS
 from loadspec.reference.spec import ModelSpec
+from loadspec.reference.vocabulary import SCALE_KINDS, STATIC_INPUT_METHODS, torch_dtype
+from loadspec.strategies.producers import PRODUCERS, quantize_weight
 
 KVValues = dict  # kind ("q", "k", "v", "prob") -> float, or None to omit
 
@@ -34,12 +36,12 @@ def hf_linears(spec: ModelSpec, index: int) -> dict[str, tuple[int, int, str]]:
 
 
 def fp8_weight(values: torch.Tensor, scheme: str, *, scale_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """``weight`` (e4m3) and ``weight_scale`` for float ``values`` under ``scheme`` (amax / 448)."""
-    if scheme == "fp8_per_tensor":
-        scale = (values.abs().max() / FP8_MAX).clamp(min=1e-12).float()
-        return {"weight": quantize_fp8(values, scale), "weight_scale": scale.reshape(scale_shape)}
-    scale = (values.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=1e-12).float()
-    return {"weight": quantize_fp8(values, scale), "weight_scale": scale}
+    """``weight`` (e4m3) and ``weight_scale`` for float ``values`` under ``scheme`` (amax / 448).
+
+    Per-tensor scales take the producer's ``scale_shape``; per-channel ones are ``(out, 1)``.
+    """
+    weight, scale = quantize_weight(values, strategy="tensor" if scheme == "fp8_per_tensor" else "channel")
+    return {"weight": weight, "weight_scale": scale.reshape(scale_shape) if scheme == "fp8_per_tensor" else scale}
 
 
 def synthetic_checkpoint(spec: ModelSpec, *, producer: str = "canonical", seed: int = 0,

@@ -1,7 +1,7 @@
-"""The reference engine's entry points: build, first load, dummy load, reload, export.
+"""The reference loader's entry points: build, first load, dummy load, reload, export.
 
-This is the surface the reference adapter (``loadspec.conformance.adapters.reference``)
-and the tests call.
+Re-exported by ``loadspec.reference``; the reference adapter
+(``loadspec.conformance.adapters.reference``) calls nothing else of the model tier.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 from loadspec.reference.auto_loader import AutoWeightsLoader, write_planned
 from loadspec.reference.checkpoint import iter_checkpoint
 from loadspec.reference.errors import MissingWeightsError
-from loadspec.reference.model import (ReferenceModel, build_model, export_kernel_state,
-                                      process_weights_after_loading)
+from loadspec.reference.lifecycle import export_kernel_state, process_weights_after_loading
+from loadspec.reference.model import ReferenceModel, build_model
 from loadspec.reference.reload import ReloadReport, ReloadSession, record_model_format, reload_weights
 from loadspec.reference.scales import is_scale_parameter
 from loadspec.reference.spec import ModelSpec

@@ -2,8 +2,10 @@
 
 Facts from ``shared/notes/field-bugs.md`` section 2 and ``vllm-loader.md`` section 5.
 Names are relative to the attention container (``...self_attn.`` or ``...mixer.``).
-This table drives the ``NAMES`` rules, ``strategies.checkpoint_layouts`` and the
-FP8 checkpoint quantizer.
+This is the one producer table: it drives the ``NAMES`` rules, ``checkpoint_layouts``,
+the synthetic checkpoints and the E2E quantizer. The producer-side FP8 quantization
+(``quantize_weight``) lives here too, written independently of the reference loader's
+processing so that a bug in one cannot cancel out in the other.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-SCALE_KINDS = ("q", "k", "v", "prob")
+from loadspec.reference.vocabulary import FP8_DTYPE, FP8_MAX, SCALE_KINDS
+
+WEIGHT_STRATEGIES = ("tensor", "channel")
+"""How a producer scales FP8 weights: one scale per tensor, or one per output row."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,20 @@ PRODUCERS: dict[str, Producer] = {
     )
 }
 
+def quantize_weight(values: torch.Tensor, *, strategy: str = "tensor") -> tuple[torch.Tensor, torch.Tensor]:
+    """FP8 e4m3 weight and float32 dequant scale as producers write them: ``amax / 448``.
+
+    The scale has shape ``()`` for ``strategy="tensor"`` and ``(out, 1)`` for ``"channel"``;
+    ``weight.float() * scale`` approximates ``values``.
+    """
+    if strategy not in WEIGHT_STRATEGIES:
+        raise ValueError(f"weight strategy={strategy!r}, but should be one of {WEIGHT_STRATEGIES}")
+    w = values.float()
+    amax = w.abs().amax() if strategy == "tensor" else w.abs().amax(dim=1, keepdim=True)
+    scale = (amax / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+    return (w / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale.float()
+
+
 _KV_SCHEME = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False, "symmetric": True}
 
 
@@ -98,4 +117,4 @@ def quantization_config(producer_id: str, *, weight_strategy: str = "tensor", ig
             "weight_strategy": weight_strategy, "ignored_layers": list(ignored)}
 
 
-__all__ = ["Producer", "PRODUCERS", "SCALE_KINDS", "quantization_config"]
+__all__ = ["Producer", "PRODUCERS", "WEIGHT_STRATEGIES", "quantization_config", "quantize_weight"]

@@ -1,0 +1,268 @@
+"""Checkpoint directories for the E2E check: where they come from and whether the check can score them [E2E-1, E2E-2].
+
+``inspect_checkpoint`` reads ``config.json``, the safetensors headers and the KV-cache scale
+tensors only (never whole weights) and raises ``CheckpointError`` (a ``ValueError``) for what
+the check cannot score: no ``config.json``, an unsupported ``quantization_config`` scheme, no
+KV-cache scales (an engine would use 1.0), KV-cache scales with more than one element, or
+non-positive ones. KV-cache scale names are resolved with the reference's cache-scale mapper,
+the same resolver the loader uses [NAMES-1..13].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from loadspec.conformance.e2e.forward import spec_from_hf_config
+from loadspec.conformance.e2e.smollm import smollm_spec
+from loadspec.reference.cache_scale_mappers import cache_scale_mapper
+from loadspec.reference.checkpoint import shard_files
+from loadspec.reference.errors import UnsupportedSchemeError
+from loadspec.reference.quant_config import quant_config_from_dict
+from loadspec.reference.spec import ModelSpec
+from loadspec.reference.vocabulary import QUANT_METHODS, STATIC_INPUT_METHODS
+from loadspec.strategies.producers import WEIGHT_STRATEGIES
+
+KV_CACHE_DTYPE = "fp8_e4m3"
+CHECKPOINT_ENV = "LOADSPEC_CHECKPOINT"  # a user checkpoint: a local directory or a Hub id (org/name[@revision])
+HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+(@[\w./-]+)?")
+_LAYER_KV_SCALE = re.compile(r"^model\.layers\.(\d+)\.self_attn\.attn\.([kv])_scale$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint the end-to-end check cannot score; the message says which one and why."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What ``inspect_checkpoint`` read from a checkpoint directory (headers and KV scales only)."""
+
+    path: Path
+    config: dict
+    quant_method: str
+    linear_quant: str  # "fp8_per_tensor" or "fp8_per_channel"
+    kv_scales: tuple[tuple[float, float], ...]  # per layer (k, v) an engine must end with (v follows k, k follows v)
+    scale_names: tuple[str, ...]  # the checkpoint's KV-cache scale tensors
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.kv_scales)
+
+
+def _headers(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``name -> (shape, file)`` of every tensor of the checkpoint, read from the safetensors headers only."""
+    try:
+        files = shard_files(path)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    headers = {}
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            for name in handle.keys():
+                headers[name] = (tuple(handle.get_slice(name).get_shape()), str(file))
+    return headers
+
+
+class _Reader:
+    """Reads single tensors from safetensors files, opening each file once."""
+
+    def __init__(self, stack: contextlib.ExitStack) -> None:
+        self.stack, self.handles = stack, {}
+
+    def __call__(self, file: str, name: str) -> torch.Tensor:
+        if file not in self.handles:
+            self.handles[file] = self.stack.enter_context(safe_open(file, framework="pt", device="cpu"))
+        return self.handles[file].get_tensor(name)
+
+
+def _check_scheme(path: Path, qconfig: dict, headers: dict) -> None:
+    """Raise ``CheckpointError`` unless ``qconfig`` is an FP8 e4m3 weight scheme with per-tensor FP8 KV scales."""
+    why = "the end-to-end check runs FP8 e4m3 weights (per-tensor or per-channel scales, dynamic activations; " \
+          "ModelOpt's static input_scale is loaded and compared, not applied) with per-tensor FP8 KV-cache scales"
+    try:
+        check_quantization_config(qconfig)
+        quant_config_from_dict(qconfig)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: unsupported quantization_config scheme: {exc}; {why}") from None
+    if qconfig.get("weight_block_size"):
+        raise CheckpointError(f"{path}: unsupported quantization_config scheme: block-wise FP8 weights "
+                              f"(weight_block_size={qconfig['weight_block_size']}); {why}")
+    static = sorted(n for n in headers if n.endswith(".input_scale"))
+    if static and qconfig.get("quant_method") not in STATIC_INPUT_METHODS:
+        raise CheckpointError(f"{path}: unsupported quantization_config scheme: static activation scales "
+                              f"({len(static)} input_scale tensors, e.g. {static[0]}); {why}")
+
+
+def check_quantization_config(qconfig: dict | None) -> None:
+    """Raise ``UnsupportedSchemeError`` unless ``qconfig`` is absent or an FP8 e4m3 scheme read here."""
+    if not qconfig:
+        return
+    method = qconfig.get("quant_method")
+    if method not in QUANT_METHODS:
+        raise UnsupportedSchemeError(f"quantization_config quant_method={method!r} is not supported; "
+                                     f"supported: {QUANT_METHODS}")
+    if method == "compressed-tensors":
+        for group, scheme in (qconfig.get("config_groups") or {}).items():
+            weights = scheme.get("weights") or {}
+            if weights.get("type") != "float" or weights.get("num_bits") != 8:
+                raise UnsupportedSchemeError(f"compressed-tensors group {group!r} weights "
+                                             f"{weights.get('type')}/{weights.get('num_bits')} bits: only float/8")
+            if weights.get("strategy") not in WEIGHT_STRATEGIES:
+                raise UnsupportedSchemeError(f"compressed-tensors weight strategy {weights.get('strategy')!r}")
+    elif method == "modelopt" and qconfig.get("quant_algo") != "FP8":
+        raise UnsupportedSchemeError(f"modelopt quant_algo={qconfig.get('quant_algo')!r}: only 'FP8'")
+    elif method == "quark":
+        weight = (qconfig.get("global_quant_config") or {}).get("weight") or {}
+        if weight.get("dtype") != "fp8_e4m3":
+            raise UnsupportedSchemeError(f"quark weight dtype={weight.get('dtype')!r}: only 'fp8_e4m3'")
+
+
+def _kv_scales(path: Path, headers: dict, read, layers: int) -> tuple[list[tuple[float, float]], list[str], list[int]]:
+    """Per layer ``(k, v)`` (v follows k, k follows v [KVPROC-4]), the scale names found, the layers without any."""
+    mapper = cache_scale_mapper()
+    found: dict[tuple[int, str], dict[str, float]] = {}
+    for name in sorted(headers):
+        mapped = mapper.map_name(name)
+        match = _LAYER_KV_SCALE.match(mapped or "")
+        if match is None:
+            continue
+        shape, file = headers[name]
+        if math.prod(shape) != 1:
+            raise CheckpointError(
+                f"{path}: KV-cache scale {name} has shape {shape}, but should have exactly one element: "
+                f"only per-tensor KV-cache scales are supported (not per-head or per-channel)")
+        value = float(read(file, name).float().reshape(()))
+        if not math.isfinite(value) or value <= 0:
+            raise CheckpointError(f"{path}: KV-cache scale {name}={value!r}, but should be finite and > 0")
+        found.setdefault((int(match.group(1)), match.group(2)), {})[name] = value
+    scales, missing = [], []
+    for index in range(layers):
+        values = {}
+        for kind in ("k", "v"):
+            seen = found.get((index, kind), {})
+            if len(set(seen.values())) > 1:
+                raise CheckpointError(f"{path}: conflicting {kind} scales for layer {index}: {seen}")
+            if seen:
+                values[kind] = next(iter(seen.values()))
+        if not values:
+            missing.append(index)
+        k = values.get("k", values.get("v", 1.0))
+        scales.append((k, values.get("v", k)))
+    return scales, [name for seen in found.values() for name in seen], missing
+
+
+def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Validate an FP8-KV checkpoint directory without loading its weights; raise ``CheckpointError`` if unusable.
+
+    The KV-cache scales may be in any producer's layout (``strategies.producers``); each
+    layer needs a k or a v scale (the other follows it), each with exactly one element,
+    finite and positive.
+    """
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path}: no config.json: not a Hugging Face checkpoint directory")
+    config = json.loads(config_file.read_text())
+    headers = _headers(path)
+    qconfig = config.get("quantization_config") or None
+    if qconfig is not None:
+        _check_scheme(path, qconfig, headers)
+    try:
+        spec = spec_from_hf_config(config, kv_cache_dtype=KV_CACHE_DTYPE,
+                                   quant_method=qconfig.get("quant_method") if qconfig else None)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: config.json lacks {exc.args[0]!r}") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: unsupported model: {exc}") from None
+
+    layers = len(spec.layers)
+    with contextlib.ExitStack() as stack:
+        kv_scales, found_names, missing = _kv_scales(path, headers, _Reader(stack), layers)
+    if missing:
+        prefix = f"model.layers.{missing[0]}.self_attn."
+        raise CheckpointError(
+            f"{path}: no KV-cache scales in {len(missing)} of {layers} layers (e.g. {prefix}*: no name the "
+            f"cache-scale mapper maps to {prefix}attn.k_scale or v_scale); with kv_cache_dtype={KV_CACHE_DTYPE!r} "
+            f"an engine would use 1.0 for their k and v scales, so this is not a calibrated FP8-KV checkpoint")
+    if qconfig is None:
+        raise CheckpointError(f"{path}: KV-cache scales (e.g. {found_names[0]}) but no quantization_config in "
+                              f"config.json: an engine would not load them")
+    return CheckpointInfo(path=path, config=config, quant_method=qconfig["quant_method"],
+                          linear_quant=spec.layers[0].qkv_quant, kv_scales=tuple(kv_scales),
+                          scale_names=tuple(found_names))
+
+
+def spec_for(info: CheckpointInfo) -> ModelSpec:
+    """The ``ModelSpec`` of a checkpoint from its ``config.json``: FP8 linears, FP8 KV cache, its quant_method."""
+    return spec_from_hf_config(info.config, linear_quant=info.linear_quant, kv_cache_dtype=KV_CACHE_DTYPE,
+                               quant_method=info.quant_method)
+
+
+def smollm_spec_for(info: CheckpointInfo) -> ModelSpec:
+    """The ``ModelSpec`` of a quantized SmolLM2 checkpoint: ``smollm_spec`` with its quant scheme and method."""
+    return smollm_spec(linear_quant=info.linear_quant, kv_cache_dtype=KV_CACHE_DTYPE, quant_method=info.quant_method)
+
+
+def required_capabilities(spec: ModelSpec, device: str = "cpu") -> tuple[str, ...]:
+    """Adapter capabilities a run of ``spec`` on ``device`` needs."""
+    needs = {"model"}
+    needs.update(q for layer in spec.layers for q in layer.linear_quants().values() if q != "none")
+    if spec.tie_embeddings:
+        needs.add("tied_embeddings")
+    if str(device).startswith("cuda"):
+        needs.add("cuda")
+    return tuple(sorted(needs))
+
+
+def resolve_checkpoint(value: str) -> Path:
+    """A local checkpoint directory, or a Hub id ``org/name[@revision]`` fetched (or found in the HF cache)."""
+    local = Path(value).expanduser()
+    if local.is_dir():
+        return local
+    if local.exists():
+        raise CheckpointError(f"{value}: not a directory")
+    if not HUB_ID.fullmatch(value):
+        raise CheckpointError(f"{value!r} is neither a local directory nor a Hugging Face Hub id (org/name)")
+    from huggingface_hub import snapshot_download
+
+    repo, _, revision = value.partition("@")
+    try:
+        return Path(snapshot_download(repo, revision=revision or None, allow_patterns=HUB_PATTERNS))
+    except Exception as exc:  # noqa: BLE001 - named in the message
+        raise CheckpointError(f"{value}: not a local directory, and the Hugging Face Hub (or, with "
+                              f"HF_HUB_OFFLINE=1, its local cache) does not give it: {type(exc).__name__}: {exc}"
+                              ) from None
+
+
+def checkpoint_from_env() -> Path | None:
+    """The user checkpoint named by ``$LOADSPEC_CHECKPOINT``, resolved; ``None`` when unset."""
+    value = os.environ.get(CHECKPOINT_ENV, "").strip()
+    return resolve_checkpoint(value) if value else None
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(path: str | Path):
+    """The ``transformers`` tokenizer saved with a checkpoint (cached per path)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: no usable tokenizer: {exc}") from None
+
+
+
+
+__all__ = ["KV_CACHE_DTYPE", "CHECKPOINT_ENV", "CheckpointError", "CheckpointInfo", "check_quantization_config",
+           "inspect_checkpoint", "spec_for", "smollm_spec_for", "required_capabilities", "resolve_checkpoint",
+           "checkpoint_from_env", "load_tokenizer"]

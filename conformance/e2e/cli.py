@@ -1,0 +1,47 @@
+"""``python -m loadspec.conformance.e2e``: run the E2E cases (or one user checkpoint) and print their figures."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from loadspec.conformance import selection
+from loadspec.conformance.e2e.checkpoints import CHECKPOINT_ENV, resolve_checkpoint
+from loadspec.conformance.e2e.run import BROKEN_CASE, CASES, E2EResult, run_check, run_reload
+
+
+def format_results(results: list[E2EResult]) -> str:
+    """A table: case, perplexity after reload, after a fresh load, state differences, seconds."""
+    lines = [f"{'case':44s} {'reloaded':>12s} {'fresh':>12s} {'state':>10s} {'seconds':>8s}"]
+    for r in results:
+        fresh = "-" if r.fresh_perplexity is None else f"{r.fresh_perplexity:12.4f}"
+        state = "-" if r.differences is None else ("identical" if not r.differences else f"{len(r.differences)} diff")
+        lines.append(f"{r.label():44s} {r.perplexity:12.4f} {fresh:>12s} {state:>10s} {r.timings['total']:8.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m loadspec.conformance.e2e [--impl NAME] [--device cpu|cuda] [--checkpoint DIR_OR_HUB_ID] [--producer ID]``."""
+    parser = argparse.ArgumentParser(prog="python -m loadspec.conformance.e2e", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--impl", default=None, help="adapter (default: $LOADSPEC_IMPL, else reference)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--checkpoint", default=os.environ.get(CHECKPOINT_ENV) or None,
+                        help=f"a user FP8-KV checkpoint instead of the SmolLM2 cases (default: ${CHECKPOINT_ENV})")
+    parser.add_argument("--producer", action="append", choices=sorted({p for p, _ in CASES}),
+                        help="run only this producer's SmolLM2 cases (repeatable; default: every case)")
+    parser.add_argument("--strategy", action="append", choices=sorted({s for _, s in CASES}),
+                        help="run only cases with this weight strategy (repeatable; default: both)")
+    args = parser.parse_args(argv)
+    adapter = selection.resolve(selection.chosen_name(args.impl))
+    if args.checkpoint:
+        results = [run_reload(adapter, resolve_checkpoint(args.checkpoint), device=args.device)]
+    else:
+        cases = [(p, s) for p, s in CASES if (not args.producer or p in args.producer)
+                 and (not args.strategy or s in args.strategy)]
+        broken = BROKEN_CASE if not args.producer or BROKEN_CASE[0] in args.producer else None
+        results = run_check(adapter, device=args.device, cases=cases, broken_case=broken)
+    print(format_results(results))
+    return 0
+
+
+__all__ = ["format_results", "main"]

@@ -1,0 +1,149 @@
+"""The E2E producer: FP8 (e4m3) quantization of a float HF Llama checkpoint, KV scales calibrated on real activations.
+
+``quantize_checkpoint`` writes FP8 q/k/v/o/gate/up/down weights (per-tensor or per-output-row
+scales, ``amax/448``, from ``strategies.producers.quantize_weight``) under HF's unfused names,
+KV-cache scales in the layout of one producer of ``strategies.producers``, and ``config.json``
+with that producer's ``quantization_config``. Calibration runs ``forward`` over the float
+model as the reference loader loads it: there is no second loader here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from loadspec.conformance.e2e.forward import FUSED_PROJS, forward_logits, linear_name, spec_from_hf_config
+from loadspec.reference import api
+from loadspec.reference.checkpoint import iter_checkpoint, read_config
+from loadspec.reference.spec import ModelSpec
+from loadspec.reference.vocabulary import FP8_MAX, PARAM_DTYPES, STATIC_INPUT_METHODS, TORCH_DTYPES
+from loadspec.strategies.producers import PRODUCERS, WEIGHT_STRATEGIES, quantization_config, quantize_weight
+from loadspec.strategies.synthetic import kv_scale_tensors
+
+DEFAULT_CALIBRATION_TEXT = (
+    "The quick brown fox jumps over the lazy dog. "
+    "Paris is the capital and largest city of France, with about two million residents. "
+    "Water boils at one hundred degrees Celsius at sea level. "
+    "In 1969, Neil Armstrong became the first person to walk on the Moon. "
+    "Photosynthesis turns light energy into chemical energy stored in sugar. "
+    "She opened the window, and the cool morning air filled the quiet room."
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "tokenizer.model", "vocab.json", "merges.txt", "generation_config.json")
+
+
+def hf_projection(index: int, projection: str) -> str:
+    """HF name of an unfused projection of layer ``index``, e.g. ``model.layers.0.self_attn.q_proj``."""
+    block = "mlp" if projection in FUSED_PROJS["mlp.gate_up_proj"] + FUSED_PROJS["mlp.down_proj"] else "self_attn"
+    return f"model.layers.{index}.{block}.{projection}"
+
+
+def float_kernel_state(tensors: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """The kernel state of a float checkpoint as the reference loader first-loads it [LOAD-3]."""
+    model = api.build(spec.with_(quant_method=None, kv_cache_dtype="auto"))
+    api.first_load(model, tensors.items())
+    return api.export(model)
+
+
+# ------------------------------------------------------------------ calibration
+def calibrate_kv_scales(state: dict, spec: ModelSpec, tokenizer, *,
+                        calibration_text: str = DEFAULT_CALIBRATION_TEXT) -> list[tuple[float, float]]:
+    """Per layer ``(k_scale, v_scale)`` = amax of post-RoPE K and of V over the text, divided by 448.
+
+    ``state`` is a kernel state (float or FP8 weights); the forward runs with an unquantized cache.
+    """
+    amax = [[0.0, 0.0] for _ in spec.layers]
+
+    def observe(layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        amax[layer][0] = max(amax[layer][0], float(k.abs().amax()))
+        amax[layer][1] = max(amax[layer][1], float(v.abs().amax()))
+
+    forward_logits(state, spec, tokenizer(calibration_text)["input_ids"], kv_cache_dtype="auto", kv_observer=observe)
+    return [(k / FP8_MAX, v / FP8_MAX) for k, v in amax]
+
+
+def calibrate_input_scales(state: dict, spec: ModelSpec, tokenizer, *,
+                           calibration_text: str = DEFAULT_CALIBRATION_TEXT) -> dict[str, float]:
+    """Static activation scales: kernel linear name -> amax of its input over the text, divided by 448."""
+    amax: dict[str, float] = {}
+
+    def observe(name: str, x: torch.Tensor) -> None:
+        amax[name] = max(amax.get(name, 0.0), float(x.abs().amax()))
+
+    forward_logits(state, spec, tokenizer(calibration_text)["input_ids"], kv_cache_dtype="auto",
+                   linear_observer=observe)
+    return {name: value / FP8_MAX for name, value in amax.items()}
+
+
+def quantize_checkpoint(src_dir: str | Path, dst_dir: str | Path, *, producer_id: str,
+                        weight_strategy: str = "tensor", calibration_text: str = DEFAULT_CALIBRATION_TEXT,
+                        scale_multiplier: float = 1.0, tokenizer=None) -> dict:
+    """Write an FP8 copy of HF Llama checkpoint ``src_dir`` into ``dst_dir`` in ``producer_id``'s layout.
+
+    KV scales are calibrated on ``calibration_text`` and multiplied by ``scale_multiplier``
+    before writing; ``tokenizer`` defaults to ``src_dir``'s. Returns
+    ``{"kv_scales": [(k, v), ...] (as written), "names": [...]}``.
+    """
+    from safetensors.torch import save_file
+
+    if producer_id not in PRODUCERS:
+        raise ValueError(f"producer_id={producer_id!r}, but should be one of {sorted(PRODUCERS)}")
+    if weight_strategy not in WEIGHT_STRATEGIES:
+        raise ValueError(f"weight_strategy={weight_strategy!r}, but should be one of {WEIGHT_STRATEGIES}")
+    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    config, hf_state = read_config(src_dir), dict(iter_checkpoint(src_dir))
+    if config.get("quantization_config"):
+        raise ValueError(f"{src_dir} is already quantized "
+                         f"({config['quantization_config'].get('quant_method')!r}); give a float checkpoint")
+    spec = spec_from_hf_config(config, linear_quant="none", kv_cache_dtype="auto")
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(src_dir))
+    float_state = float_kernel_state(hf_state, spec)
+    calibrated = calibrate_kv_scales(float_state, spec, tokenizer, calibration_text=calibration_text)
+    scales = [(k * scale_multiplier, v * scale_multiplier) for k, v in calibrated]
+
+    producer = PRODUCERS[producer_id]
+    model_dtype = hf_state["model.embed_tokens.weight"].dtype
+    per_tensor_shape = (1,) if producer.quant_method == "compressed-tensors" else ()
+    input_scales = (calibrate_input_scales(float_state, spec, tokenizer, calibration_text=calibration_text)
+                    if producer.quant_method in STATIC_INPUT_METHODS else {})
+    input_scale_of = {f"{hf_projection(i, proj)}.weight": input_scales[linear_name(spec, i, fused)]
+                      for i in range(len(spec.layers)) for fused, projs in FUSED_PROJS.items() for proj in projs
+                      if input_scales}
+    out: dict[str, torch.Tensor] = {}
+    proj_names = {f"{hf_projection(i, p)}.weight" for i in range(len(spec.layers))
+                  for projs in FUSED_PROJS.values() for p in projs}
+    for name, tensor in hf_state.items():
+        if name not in proj_names:
+            out[name] = tensor.contiguous()
+            continue
+        weight, scale = quantize_weight(tensor, strategy=weight_strategy)
+        out[name] = weight.contiguous()
+        out[name[: -len("weight")] + "weight_scale"] = (
+            scale.reshape(per_tensor_shape) if weight_strategy == "tensor" else scale).contiguous()
+        if name in input_scale_of:
+            out[name[: -len("weight")] + "input_scale"] = torch.tensor(input_scale_of[name]).reshape(per_tensor_shape)
+    dtype_name = {TORCH_DTYPES[name]: name for name in PARAM_DTYPES}[model_dtype]
+    layout = spec.with_(quant_method=producer.quant_method, params_dtype=dtype_name)
+    for index, (k, v) in enumerate(scales):
+        out.update(kv_scale_tensors(layout, index, producer=producer_id,
+                                    kv_scales={"k": k, "v": v, "q": 1.0, "prob": 1.0}))
+
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(dst_dir / "model.safetensors"), metadata={"format": "pt"})
+    config = dict(config, quantization_config=quantization_config(
+        producer_id, weight_strategy=weight_strategy, ignored=("lm_head",)))
+    (dst_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    for file in TOKENIZER_FILES:
+        if (src_dir / file).is_file():
+            shutil.copyfile(src_dir / file, dst_dir / file)
+    return {"kv_scales": scales, "names": sorted(out)}
+
+
+__all__ = ["quantize_checkpoint", "calibrate_kv_scales", "calibrate_input_scales", "float_kernel_state",
+           "hf_projection", "DEFAULT_CALIBRATION_TEXT", "TOKENIZER_FILES"]

@@ -1,0 +1,109 @@
+"""The E2E harness itself (no rule): checkpoint inspection, rejections before anything is built, the cache.
+
+These check ``loadspec.conformance.e2e``, not an implementation, so they live outside the suite.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from loadspec.conformance import e2e
+from loadspec.strategies.producers import PRODUCERS, quantization_config
+from loadspec.strategies.synthetic import kv_scale_tensors
+
+TINY = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128, "vocab_size": 256,
+        "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "rope_theta": 10000.0}
+
+
+def tiny_checkpoint(path, scales: dict, *, qconfig=None, producer: str = "autofp8"):
+    """A config plus a safetensors file holding only ``scales`` (and one weight): enough for inspection."""
+    path.mkdir(parents=True, exist_ok=True)
+    config = dict(TINY, quantization_config=quantization_config(producer) if qconfig is None else qconfig)
+    if qconfig == {}:
+        del config["quantization_config"]
+    (path / "config.json").write_text(json.dumps(config))
+    save_file({"model.norm.weight": torch.ones(64), **scales}, str(path / "model.safetensors"))
+    return path
+
+
+def producer_scales(producer: str, values=((0.5, 0.25), (0.125, 2.0))) -> dict:
+    """Two layers' k/v scales (and q/prob 1.0) in ``producer``'s names, shapes and dtypes (a bf16 model)."""
+    spec = e2e.forward.spec_from_hf_config(TINY, params_dtype="bfloat16", quant_method=PRODUCERS[producer].quant_method)
+    out = {}
+    for index, (k, v) in enumerate(values):
+        out.update(kv_scale_tensors(spec, index, producer=producer, kv_scales={"k": k, "v": v, "q": 1.0, "prob": 1.0}))
+    return out
+
+
+class NothingAdapter:
+    """An adapter whose every call fails: a run that touches it got past the checkpoint checks."""
+
+    name, capabilities = "nothing", frozenset({"model"})
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the run called adapter.{name} before rejecting the checkpoint")
+
+
+@pytest.mark.parametrize("producer", e2e.PRODUCER_IDS)
+def test_scenario_reads_every_producer_layout(tmp_path, producer):
+    info = e2e.inspect_checkpoint(tiny_checkpoint(tmp_path, producer_scales(producer), producer=producer))
+    expected = ((0.5, 0.5), (2.0, 2.0)) if PRODUCERS[producer].fused_kv else ((0.5, 0.25), (0.125, 2.0))
+    assert info.kv_scales == expected
+    assert info.quant_method == PRODUCERS[producer].quant_method
+    assert e2e.spec_for(info).quant_method == info.quant_method
+
+
+@pytest.mark.parametrize("case", ["float checkpoint", "fp8 config, no scales", "one layer without scales"])
+def test_scenario_rejects_a_checkpoint_without_kv_scales(tmp_path, case):
+    scales = {n: t for n, t in producer_scales("autofp8").items() if n.startswith("model.layers.0.")}
+    path = {"float checkpoint": lambda: tiny_checkpoint(tmp_path, {}, qconfig={}),
+            "fp8 config, no scales": lambda: tiny_checkpoint(tmp_path, {}),
+            "one layer without scales": lambda: tiny_checkpoint(tmp_path, scales)}[case]()
+    with pytest.raises(ValueError, match=r"no KV-cache scales .*model\.layers\.(0|1)\.self_attn\..*use 1\.0") as info:
+        e2e.run_reload(NothingAdapter(), path)
+    if case == "one layer without scales":
+        assert "1 of 2 layers (e.g. model.layers.1.self_attn.*" in str(info.value)
+
+
+def test_scenario_rejects_a_non_scalar_kv_scale(tmp_path):
+    scales = producer_scales("compressed-tensors")
+    scales["model.layers.1.self_attn.v_scale"] = torch.ones(3)
+    path = tiny_checkpoint(tmp_path, scales, producer="compressed-tensors")
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.self_attn\.v_scale has shape \(3,\).*one element"):
+        e2e.run_reload(NothingAdapter(), path)
+
+
+@pytest.mark.parametrize("qconfig, scheme", [
+    ({"quant_method": "gptq", "bits": 4}, "'gptq'"),
+    ({"quant_method": "modelopt", "quant_algo": "NVFP4"}, "NVFP4"),
+    ({"quant_method": "fp8", "weight_block_size": [128, 128]}, "block-wise"),
+    (dict(quantization_config("compressed-tensors"), kv_cache_scheme={"num_bits": 8, "type": "float",
+                                                                      "strategy": "attn_head"}), "attn_head"),
+], ids=["gptq", "nvfp4", "fp8-block", "per-head-kv"])
+def test_scenario_rejects_an_unsupported_scheme(tmp_path, qconfig, scheme):
+    path = tiny_checkpoint(tmp_path, producer_scales("autofp8"), qconfig=qconfig)
+    with pytest.raises(ValueError, match=f"unsupported quantization_config scheme: .*{scheme}"):
+        e2e.run_reload(NothingAdapter(), path)
+
+
+def test_scenario_rejects_static_activation_scales(tmp_path):
+    scales = dict(producer_scales("autofp8"), **{"model.layers.0.self_attn.q_proj.input_scale": torch.tensor(1.0)})
+    path = tiny_checkpoint(tmp_path, scales)
+    with pytest.raises(ValueError, match=r"static activation scales .*q_proj\.input_scale"):
+        e2e.run_reload(NothingAdapter(), path)
+
+
+def test_quantized_checkpoints_are_cached(smollm):
+    producer, strategy = e2e.BROKEN_CASE
+    first = e2e.quantized_checkpoint(producer, weight_strategy=strategy)
+    written = (first / "model.safetensors").stat().st_mtime_ns
+    again = e2e.quantized_checkpoint(producer, weight_strategy=strategy)
+    assert again == first and (again / "model.safetensors").stat().st_mtime_ns == written
+    assert first.parent == e2e.cache_dir()
+    marker = json.loads((first / e2e.quantized_cache.MARKER).read_text())
+    assert marker["producer_id"] == producer and marker["source"]["gguf_sha256"]
