@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,9 +22,10 @@ from loadspec.conformance.adapter import CAPABILITIES
 from loadspec.conformance.report import RuleReport, TestResult
 from loadspec.conformance.rules import CONTRACT_VERSION, FAMILIES, RULES_BY_ID
 
+# Hypothesis profiles are global: every name is namespaced so none collides with an adopter's own.
 PROFILES = {
     "loadspec-ci": 60,  # the default: the whole suite in well under a minute on 2 CPU cores
-    "nightly": 400,  # thorough: pass --hypothesis-profile=nightly
+    "loadspec-nightly": 400,  # thorough: pass --hypothesis-profile=loadspec-nightly
 }
 _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.differing_executors,
           HealthCheck.function_scoped_fixture]
@@ -49,8 +51,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="also run the E2E rules on this FP8-KV checkpoint (a directory, or a Hub id resolved from "
                          "the local cache when offline); default: $LOADSPEC_CHECKPOINT")
     group.addoption("--loadspec-report", metavar="DIR", default=None,
-                    help="where to write conformance.json/.md (default for suite runs: reports/<impl>; 'none' "
-                         "writes nothing)")
+                    help="where to write conformance.json/.md, marked partial unless every rule ran (default "
+                         "for suite runs: reports/<report_id>, written only when every rule ran; 'none' writes "
+                         "nothing)")
     group.addoption("--loadspec-xfails", metavar="FILE", action="append", default=[],
                     help="file of test ids or rule ids to mark as expected failures (one per line, # comments)")
     group.addoption("--loadspec-skips", metavar="FILE", action="append", default=[],
@@ -61,15 +64,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "rule(*ids): the contract rule(s) a test checks, e.g. rule('SCALE-3')")
     config.addinivalue_line("markers", "requires(*capabilities): adapter capabilities the test needs")
     for family, title in FAMILIES.items():
-        config.addinivalue_line("markers", f"{family.lower()}: tests of the {family} rules ({title}); added automatically")
-    if not config.getoption("hypothesis_profile", default=None):
-        settings.load_profile("loadspec-ci")  # only when the user chose no profile
+        config.addinivalue_line("markers",
+                                f"{family.lower()}: tests of the {family} rules ({title}); added automatically")
+    if not _profile_chosen(config):
+        settings.load_profile("loadspec-ci")
     try:
         adapter = selection.resolve(selection.chosen_name(config.getoption("--impl")))
     except selection.AdapterSelectionError as exc:
         raise pytest.UsageError(f"loadspec: {exc}") from None
     config.stash[_ADAPTER] = adapter
     config.pluginmanager.register(RuleReporter(config, adapter), "loadspec-report")
+
+
+def _profile_chosen(config: pytest.Config) -> bool:
+    """Whether the user chose a Hypothesis profile: ``--hypothesis-profile``, or one their conftest loaded.
+
+    Hypothesis's built-ins do not count: it loads ``ci`` by itself when ``$CI`` is set.
+    """
+    current = getattr(settings, "get_current_profile_name", lambda: settings._current_profile)()
+    return bool(config.getoption("hypothesis_profile", default=None)) or current not in (None, "default", "ci")
 
 
 def adapter_of(config: pytest.Config):
@@ -158,7 +171,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         for entry, where in _read_entries(config.getoption(option)):
             matched = [item for item in items if _matches(entry, item)]
             if not matched:
-                warnings.warn(f"{where}: {entry!r} matches no collected test", pytest.PytestWarning)
+                warnings.warn(f"{where}: {entry!r} matches no collected test", pytest.PytestWarning, stacklevel=1)
             for item in matched:
                 item.add_marker(make_mark(where))
 
@@ -171,7 +184,8 @@ def _select_rules(config: pytest.Config, items: list[pytest.Item]) -> None:
     if unknown:
         raise pytest.UsageError(f"--rule {', '.join(unknown)}: not a rule id or family; families: "
                                 f"{', '.join(FAMILIES)}")
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         cited = rule_ids(item)
         hit = any(rid in wanted or RULES_BY_ID[rid].family in wanted for rid in cited)
@@ -205,8 +219,24 @@ def _outcome(report: pytest.TestReport) -> str | None:
     return None
 
 
+def session_gaps(session: pytest.Session, exitstatus: int, deselected: int, collection_errors: int) -> list[str]:
+    """Why a session's outcomes are not the whole suite's, apart from rules that did not run."""
+    gaps = [f"{deselected} test(s) deselected (filtered run)"] if deselected else []
+    gaps += [f"{collection_errors} collection error(s)"] if collection_errors else []
+    maxfail = session.config.getoption("maxfail", 0)
+    if exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR):
+        gaps.append(f"the session was interrupted ({pytest.ExitCode(exitstatus).name})")
+    elif session.shouldfail or session.shouldstop or (maxfail and session.testsfailed >= maxfail):
+        gaps.append(f"the session stopped early ({session.shouldfail or session.shouldstop or '--maxfail'})")
+    return gaps
+
+
 class RuleReporter:
-    """Files each test outcome under the rules it cites and writes the report at the end of a suite run."""
+    """Files each test outcome under the rules it cites and writes the report at the end of a suite run.
+
+    The default directory (``reports/<report_id>``, committed for the reference and vLLM) is
+    written only by a complete run; ``--loadspec-report DIR`` writes any run, marked partial.
+    """
 
     def __init__(self, config: pytest.Config, adapter) -> None:
         self.config = config
@@ -215,12 +245,21 @@ class RuleReporter:
         self.report = RuleReport(implementation)
         self.report_id = getattr(adapter, "report_id", adapter.name)
         self.suite_run = False
+        self.deselected = self.collection_errors = 0
         self.written: tuple[Path, Path] | None = None
+        self.not_written = ""
 
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        self.suite_run = any(_in_suite(item) for item in items)
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        self.collection_errors += int(report.failed)
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected += len(items)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.suite_run = any(_in_suite(item) for item in session.items)
 
     def directory(self) -> Path | None:
+        """Where this run's report and reproducers go; None when it writes none."""
         option = self.config.getoption("--loadspec-report")
         if option == "none":
             return None
@@ -232,7 +271,7 @@ class RuleReporter:
         outcome = _outcome(report)
         if outcome is None:
             return
-        properties = dict(report.user_properties)
+        properties: dict[str, Any] = dict(report.user_properties)
         message = ""
         if outcome == "skipped" and isinstance(report.longrepr, tuple):
             message = str(report.longrepr[2])
@@ -241,12 +280,22 @@ class RuleReporter:
         result = TestResult(report.nodeid, outcome, message, properties.get("loadspec_counterexample", ""))
         self.report.add(properties.get("loadspec_rules", []), result)
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         directory = self.directory()
-        ran_a_rule = any(rule.tests for rule in self.report.rules.values())
-        if directory is not None and ran_a_rule:  # a run of tests/ alone must not overwrite a suite report
+        if directory is None:
+            return
+        self.report.session_gaps = session_gaps(session, exitstatus, self.deselected, self.collection_errors)
+        reasons = self.report.incomplete_reasons()
+        if reasons and not self.config.getoption("--loadspec-report"):
+            self.not_written = (f"loadspec: report not written to {directory}: {'; '.join(reasons)}; "
+                                f"pass --loadspec-report DIR to write a partial report")
+        else:
             self.written = self.report.write(directory)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self.written:
-            terminalreporter.write_line(f"loadspec report: {self.written[0]} and {self.written[1]}")
+            reasons = self.report.incomplete_reasons()
+            terminalreporter.write_line(f"loadspec report: {self.written[0]} and {self.written[1]}"
+                                        + (f" (partial: {'; '.join(reasons)})" if reasons else ""))
+        elif self.not_written:
+            terminalreporter.write_line(self.not_written)

@@ -2,7 +2,9 @@
 
 Outcomes per test are folded into one outcome per rule: ``fail`` if any test
 citing it failed, else ``xfail`` if any was an expected failure, else ``pass`` if
-any passed, else ``skipped`` (with the reasons), else ``not run``.
+any passed, else ``skipped`` (with the reasons), else ``not run``. A report says
+whether it is complete (every rule ran, in a session that ran to its end) and, if
+not, why; reports written before that field existed read as complete.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class RuleReport:
     def __init__(self, implementation: dict) -> None:
         self.implementation = implementation
         self.rules = {r.id: RuleResult(r.id, r.level, r.text, r.vllm_differs) for r in RULES}
+        self.session_gaps: list[str] = []  # set by the plugin: deselected tests, an early stop, ...
 
     def add(self, rule_ids: list[str], result: TestResult) -> None:
         """Record ``result`` under each cited rule.
@@ -78,6 +81,15 @@ class RuleReport:
             else:
                 self.rules[rule_id].tests.append(result)
 
+    def not_run(self) -> list[str]:
+        """The rules no test citing them reached an outcome for."""
+        return [rule.id for rule in self.rules.values() if not rule.tests]
+
+    def incomplete_reasons(self) -> list[str]:
+        """Why this report is not the result of a complete run; empty when it is."""
+        missing = self.not_run()
+        return ([f"{len(missing)} of {len(self.rules)} rules did not run"] if missing else []) + self.session_gaps
+
     def summary(self) -> dict[str, int]:
         counts = {outcome: 0 for outcome in OUTCOME_ORDER}
         for rule in self.rules.values():
@@ -91,6 +103,9 @@ class RuleReport:
             "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "platform": {"python": platform.python_version(), "machine": platform.machine()},
             "summary": self.summary(),
+            "complete": not self.incomplete_reasons(),
+            "incomplete_reasons": self.incomplete_reasons(),
+            "not_run": self.not_run(),
             "rules": [dict(asdict(rule), outcome=rule.outcome) for rule in self.rules.values()],
         }
 
@@ -98,7 +113,7 @@ class RuleReport:
         impl = self.implementation
         lines = [f"# Conformance report: {impl.get('name')} {impl.get('version', '')}".rstrip(), "",
                  f"Contract version {CONTRACT_VERSION}. Summary: "
-                 + ", ".join(f"{n} {k}" for k, n in self.summary().items() if n) + ".", ""]
+                 + ", ".join(f"{n} {k}" for k, n in self.summary().items() if n) + ".", "", self._completeness(), ""]
         for key in ("capabilities", "notes"):
             if impl.get(key):
                 value = impl[key]
@@ -120,6 +135,14 @@ class RuleReport:
                 if test.counterexample:
                     lines += ["Counterexample:", "", "```", test.counterexample.strip()[:4000], "```", ""]
         return "\n".join(lines) + "\n"
+
+    def _completeness(self) -> str:
+        reasons = self.incomplete_reasons()
+        if not reasons:
+            return "Complete run: every rule ran."
+        missing = self.not_run()
+        return (f"**Partial report**: {'; '.join(reasons)}."
+                + (f" Not run: {', '.join(missing)}." if missing else ""))
 
     def write(self, directory: Path) -> tuple[Path, Path]:
         directory.mkdir(parents=True, exist_ok=True)
@@ -147,9 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     diff.add_argument("new", type=Path)
     diff.add_argument("--strict", action="store_true", help="exit 1 when any outcome changed")
     args = parser.parse_args(argv)
-    changes = outcome_changes(json.loads(args.old.read_text()), json.loads(args.new.read_text()))
+    old, new = json.loads(args.old.read_text()), json.loads(args.new.read_text())
+    changes = outcome_changes(old, new)
     print(f"loadspec: {len(changes)} rule outcome(s) differ between {args.old} and {args.new}"
           + "".join(f"\n  {change}" for change in changes))
+    for path, document in ((args.old, old), (args.new, new)):
+        if document.get("complete", True) is False:  # reports older than the field read as complete
+            print(f"loadspec: {path} is a partial report: {'; '.join(document.get('incomplete_reasons', []))}")
     return 1 if changes and args.strict else 0
 
 

@@ -45,3 +45,31 @@ def test_diff_command_exits_1_only_when_strict(tmp_path, capsys):
     assert "SCALE-1 (MUST): pass -> fail" in capsys.readouterr().out
     assert main(["diff", str(old), str(new), "--strict"]) == 1
     assert main(["diff", str(old), str(old), "--strict"]) == 0
+
+
+def test_completeness_in_json_and_markdown():
+    from loadspec.conformance.rules import RULES
+
+    report = RuleReport({"name": "x"})
+    for rule in RULES[1:]:
+        report.add([rule.id], Result(f"t::{rule.id}", "skipped", "needs mla"))
+    data = report.as_json()
+    assert data["complete"] is False and data["not_run"] == [RULES[0].id]
+    assert data["incomplete_reasons"] == [f"1 of {len(RULES)} rules did not run"]
+    assert f"**Partial report**: 1 of {len(RULES)} rules did not run. Not run: {RULES[0].id}." in report.as_markdown()
+    report.add([RULES[0].id], Result("t::first", "pass"))
+    assert report.as_json()["complete"] is True and "Complete run: every rule ran." in report.as_markdown()
+    report.session_gaps = ["2 test(s) deselected (filtered run)"]  # every rule ran, but not every test
+    assert report.as_json()["complete"] is False
+    assert "**Partial report**: 2 test(s) deselected (filtered run)." in report.as_markdown()
+
+
+def test_diff_names_a_partial_report_and_reads_old_reports_without_the_field(tmp_path, capsys):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(document(**{"SCALE-1": "pass", "SCALE-2": "pass"})))  # no "complete": an old report
+    new.write_text(json.dumps({**document(**{"SCALE-1": "pass", "SCALE-2": "not run"}), "complete": False,
+                               "incomplete_reasons": ["1 of 2 rules did not run"]}))
+    assert main(["diff", str(old), str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "SCALE-2 (MUST): pass -> not run" in out
+    assert f"loadspec: {new} is a partial report: 1 of 2 rules did not run" in out and f"{old} is a partial" not in out
