@@ -6,10 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from loadspec.conformance import selection
-from loadspec.conformance.assertions import tensor_bytes
+from loadspec.conformance.assertions import state_differences
+from loadspec.strategies.layouts import CheckpointLayout
 
 
 def _run(adapter, spec, directory: Path, roles: list[str]) -> dict | str:
@@ -34,8 +33,6 @@ def main(directory: Path, argv: list[str]) -> int:
     if not roles:
         print("this case has no checkpoint; the values above are the whole counterexample")
         return 0
-    from loadspec.strategies.layouts import CheckpointLayout
-
     spec = CheckpointLayout.from_json(json.dumps(case["layouts"][roles[0]])).spec
     impl = selection.resolve(selection.chosen_name(args.impl))
     ref = selection.resolve("reference")
@@ -44,11 +41,7 @@ def main(directory: Path, argv: list[str]) -> int:
     print(f"reference: {'error ' + expected if isinstance(expected, str) else 'loaded'}")
     if isinstance(got, str) or isinstance(expected, str):
         return 1 if isinstance(got, str) != isinstance(expected, str) else 0
-    differing = []
-    for name in sorted(set(got) | set(expected)):
-        a, b = got.get(name), expected.get(name)
-        if a is None or b is None or a.shape != b.shape or not torch.equal(tensor_bytes(a), tensor_bytes(b)):
-            differing.append(name)
-    for name in differing:
-        print(f"differs: {name}")
+    differing = state_differences(got, expected)
+    for name, how in differing.items():
+        print(f"differs: {name}: {how}")
     return 1 if differing else 0
