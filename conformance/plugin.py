@@ -19,7 +19,9 @@ from hypothesis import HealthCheck, Phase, settings
 
 from loadspec.conformance import selection
 from loadspec.conformance.adapter import CAPABILITIES
+from loadspec.conformance.adapters.reference import ReferenceAdapter
 from loadspec.conformance.report import RuleReport, TestResult
+from loadspec.conformance.reproducers import write_reproducer
 from loadspec.conformance.rules import CONTRACT_VERSION, FAMILIES, RULES_BY_ID
 
 # Hypothesis profiles are global: every name is namespaced so none collides with an adopter's own.
@@ -108,7 +110,6 @@ def impl(request):
 @pytest.fixture(scope="session")
 def ref():
     """The reference implementation: the oracle."""
-    from loadspec.conformance.adapters.reference import ReferenceAdapter
     return ReferenceAdapter()
 
 
@@ -200,7 +201,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if call.when == "setup":
         item.user_properties.append(("loadspec_rules", rule_ids(item)))
     if call.when == "call" and call.excinfo is not None and hasattr(item, "loadspec_case"):
-        from loadspec.conformance.reproducers import write_reproducer
         directory = write_reproducer(item, item.config)
         if directory is not None:
             item.user_properties.append(("loadspec_counterexample", f"reproducer: {directory}\n"
