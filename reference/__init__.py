@@ -8,9 +8,17 @@ The vocabulary every other package uses is ``loadspec.reference.vocabulary``.
 """
 
 from loadspec.reference.api import Weights, build, dummy_load, export, first_load, reload, reload_session, weights_of
-from loadspec.reference.errors import (LoadspecError, MapperError, MissingWeightsError, PartialLayerError,
-                                       ScaleShapeError, ScaleValueError, ShapeMismatchError, UnknownWeightError,
-                                       UnsupportedSchemeError)
+from loadspec.reference.errors import (
+    LoadspecError,
+    MapperError,
+    MissingWeightsError,
+    PartialLayerError,
+    ScaleShapeError,
+    ScaleValueError,
+    ShapeMismatchError,
+    UnknownWeightError,
+    UnsupportedSchemeError,
+)
 from loadspec.reference.reload import ReloadReport, ReloadSession
 from loadspec.reference.spec import DEFAULT_SPEC, LayerSpec, ModelSpec, uniform_layers
 

@@ -6,15 +6,16 @@ Re-exported by ``loadspec.reference``; the reference adapter
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
-from loadspec.reference.auto_loader import AutoWeightsLoader, write_planned
+from loadspec.reference.auto_loader import AutoWeightsLoader, PlannedLoad, write_planned
 from loadspec.reference.checkpoint import iter_checkpoint
 from loadspec.reference.errors import MissingWeightsError
 from loadspec.reference.lifecycle import export_kernel_state, process_weights_after_loading
+from loadspec.reference.mapper import ShardId
 from loadspec.reference.model import ReferenceModel, build_model
 from loadspec.reference.reload import ReloadReport, ReloadSession, record_model_format, reload_weights
 from loadspec.reference.scales import is_scale_parameter
@@ -35,9 +36,9 @@ def weights_of(source: Weights | str | Path) -> Weights:
     return iter_checkpoint(source) if isinstance(source, (str, Path)) else source
 
 
-def _covered_ids(planned) -> set[int]:
+def _covered_ids(planned: Iterable[PlannedLoad]) -> set[int]:
     """Identities of the parameters a plan fills completely (every shard of a fused parameter)."""
-    shards: dict[int, set] = {}
+    shards: dict[int, set[ShardId]] = {}
     covered: set[int] = set()
     for load in planned:
         if load.shard_id is None:
@@ -45,7 +46,8 @@ def _covered_ids(planned) -> set[int]:
         else:
             got = shards.setdefault(id(load.param), set())
             got.add(load.shard_id)
-            if got >= set(load.param.weight_loader.shards):
+            # A fused parameter's loader is a ShardLoader: an instance attribute torch's Parameter does not declare.
+            if got >= set(load.param.weight_loader.shards):  # type: ignore[attr-defined]
                 covered.add(id(load.param))
     return covered
 

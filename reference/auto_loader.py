@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Protocol
 
 import torch
 
 from loadspec.reference.errors import LoadspecError, UnknownWeightError
 from loadspec.reference.loaders import check_loadable, get_weight_loader
-from loadspec.reference.mapper import EMPTY_MAPPER, WeightsMapper
+from loadspec.reference.mapper import EMPTY_MAPPER, ShardId, WeightsMapper
 from loadspec.reference.vocabulary import SCALE_NAMES
 
 KV_SCALE_NAME = re.compile(rf"\.attn\.({'|'.join(SCALE_NAMES)})$")
@@ -29,13 +30,23 @@ class PlannedLoad:
     name: str
     param: torch.Tensor
     tensor: torch.Tensor
-    shard_id: object
+    shard_id: ShardId | None
 
 
-def find_quant_config(module: torch.nn.Module):
+class CacheScaleConfig(Protocol):
+    """What the loader needs of a quant config: its cache-scale mapper [NAMES-10]."""
+
+    def get_cache_scale_mapper(self) -> WeightsMapper: ...
+
+
+Guard = Callable[[str, str, torch.Tensor], None]
+"""``guard(source, name, param)``: raises to reject a resolved weight."""
+
+
+def find_quant_config(module: torch.nn.Module) -> CacheScaleConfig | None:
     """The ``quant_config`` of ``module`` or of its first direct child that has one [NAMES-10]."""
     for candidate in (module, *module.children()):
-        config = getattr(candidate, "quant_config", None)
+        config: CacheScaleConfig | None = getattr(candidate, "quant_config", None)
         if config is not None:
             return config
     return None
@@ -43,7 +54,7 @@ def find_quant_config(module: torch.nn.Module):
 
 def loadable_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Parameters (tied ones under every name) and persistent buffers, by qualified name [LOAD-9]."""
-    targets = dict(module.named_parameters(remove_duplicate=False))
+    targets: dict[str, torch.Tensor] = dict(module.named_parameters(remove_duplicate=False))
     for owner_name, owner in module.named_modules():
         for name, buffer in owner.named_buffers(recurse=False):
             if buffer is not None and name not in owner._non_persistent_buffers_set:
@@ -78,7 +89,7 @@ class AutoWeightsLoader:
         return name.startswith(self.ignore_unexpected_prefixes) or name.endswith(self.ignore_unexpected_suffixes)
 
     def plan(self, weights: Iterable[tuple[str, torch.Tensor]], *, mapper: WeightsMapper | None = None,
-             guard=None) -> list[PlannedLoad]:
+             guard: Guard | None = None) -> list[PlannedLoad]:
         """Map, resolve and validate every weight without writing anything [LOAD-4, LOAD-5, LOAD-6, LOAD-10].
 
         ``guard(source, name, param)`` may raise to reject a resolved weight before its shape is checked.
@@ -86,7 +97,7 @@ class AutoWeightsLoader:
         mapper = self.effective_mapper(mapper)
         targets = loadable_tensors(self.module)
         planned: list[PlannedLoad] = []
-        seen: dict[tuple, str] = {}
+        seen: dict[tuple[str, ShardId | None], str] = {}
         for source, tensor in weights:
             mapped = mapper.map_name_with_shard(source)
             if mapped is None:
@@ -114,7 +125,7 @@ class AutoWeightsLoader:
             planned.append(PlannedLoad(source, name, param, tensor, shard_id))
         return planned
 
-    def _unknown(self, source: str, name: str, targets: dict) -> LoadspecError:
+    def _unknown(self, source: str, name: str, targets: Mapping[str, torch.Tensor]) -> LoadspecError:
         parent = name
         while "." in parent:
             parent = parent.rsplit(".", 1)[0]

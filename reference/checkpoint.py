@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -40,12 +41,12 @@ def iter_checkpoint(directory: str | Path) -> Iterator[tuple[str, torch.Tensor]]
                 yield name, handle.get_tensor(name)
 
 
-def read_config(directory: str | Path) -> dict:
+def read_config(directory: str | Path) -> dict[str, Any]:
     """``config.json`` of a checkpoint directory, or ``{}`` when absent."""
     path = Path(directory) / "config.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def quantization_config(directory: str | Path) -> dict | None:
+def quantization_config(directory: str | Path) -> dict[str, Any] | None:
     """The ``quantization_config`` of a checkpoint directory, if any."""
     return read_config(directory).get("quantization_config")

@@ -9,8 +9,15 @@ import torch
 
 from loadspec.reference.errors import ScaleValueError
 from loadspec.reference.scales import KVCacheScaleParameter
-from loadspec.reference.vocabulary import (CPU_MIRRORS, FLOAT_MIRRORS, OUTPUT_BUFFERS, PER_TOKEN_HEAD_KV_DTYPES,
-                                           SCALE_NAMES, SENTINEL, UNQUANTIZED_KV_DTYPES)
+from loadspec.reference.vocabulary import (
+    CPU_MIRRORS,
+    FLOAT_MIRRORS,
+    OUTPUT_BUFFERS,
+    PER_TOKEN_HEAD_KV_DTYPES,
+    SCALE_NAMES,
+    SENTINEL,
+    UNQUANTIZED_KV_DTYPES,
+)
 
 
 class MissingKVScalesWarning(UserWarning):
@@ -21,7 +28,7 @@ __all__ = ["KVCacheMethod", "MissingKVScalesWarning", "set_default_scales", "res
            "output_scales", "OUTPUT_BUFFERS", "FLOAT_MIRRORS", "CPU_MIRRORS"]
 
 
-def set_default_scales(layer: torch.nn.Module, *, device=None) -> None:
+def set_default_scales(layer: torch.nn.Module, *, device: torch.device | str | None = None) -> None:
     """Give an attention layer its output scales at 1.0: device buffers and host mirrors [KVPROC-11]."""
     for buffer in OUTPUT_BUFFERS.values():
         layer.register_buffer(buffer, torch.ones((), dtype=torch.float32, device=device), persistent=True)
@@ -58,15 +65,15 @@ class KVCacheMethod:
     def __init__(self, kv_cache_dtype: str) -> None:
         self.kv_cache_dtype = kv_cache_dtype
 
-    def create_weights(self, layer: torch.nn.Module, *, device=None) -> None:
+    def create_weights(self, layer: torch.nn.Module, *, device: torch.device | str | None = None) -> None:
         """Give ``layer`` four fresh sentinel scale parameters [KVPROC-1, SCALE-1]."""
         for name in SCALE_NAMES:
             if hasattr(layer, name):
                 delattr(layer, name)
             layer.register_parameter(name, KVCacheScaleParameter(device=device))
 
-    def resolve(self, layer: torch.nn.Module) -> dict[str, float] | None:
-        """The output scales the loaded parameters call for, or ``None`` to keep k/v; raises on bad values [KVPROC-2..9]."""
+    def resolve(self, layer: torch.nn.Module) -> dict[str, float]:
+        """The output scales the loaded parameters call for; raises on bad values [KVPROC-2..9]."""
         loaded = {name: float(getattr(layer, name)) for name in SCALE_NAMES}
         where = getattr(layer, "loadspec_name", type(layer).__name__)
         for name, value in loaded.items():
@@ -85,14 +92,15 @@ class KVCacheMethod:
         if dtype in UNQUANTIZED_KV_DTYPES:
             return resolved
         k, v = present.get("k_scale"), present.get("v_scale")
-        if k is None and v is None:
-            if "e5m2" not in dtype:
-                warnings.warn(
-                    f"{where}: the checkpoint has no k_scale or v_scale; using KV-cache scale 1.0 for "
-                    f"{dtype} [KVPROC-3]", MissingKVScalesWarning, stacklevel=3)
-            k = v = 1.0
-        elif k is None:
-            k = v
+        if k is None:
+            if v is None:
+                if "e5m2" not in dtype:
+                    warnings.warn(
+                        f"{where}: the checkpoint has no k_scale or v_scale; using KV-cache scale 1.0 for "
+                        f"{dtype} [KVPROC-3]", MissingKVScalesWarning, stacklevel=3)
+                k = v = 1.0
+            else:
+                k = v
         elif v is None:
             v = k
         resolved.update(k_scale=k, v_scale=v)

@@ -1,4 +1,4 @@
-"""The load/process lifecycle shared by first load and reload: which layers are processed, in what order, and the export.
+"""The load/process lifecycle of first load and reload: which layers are processed, in what order, and the export.
 
 Attention layers are deferred after every other layer [ORDER-1, ORDER-3], so MLA's
 processing sees ``kv_b_proj``'s processed weight. ``export_kernel_state`` is the
@@ -7,12 +7,14 @@ canonical view the suite compares with the oracle.
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import torch
 
 from loadspec.reference.layers.attention import AttentionLayerBase
 
 
-def is_attention(module: torch.nn.Module) -> bool:
+def is_attention(module: torch.nn.Module) -> TypeGuard[AttentionLayerBase]:
     """Whether the loader defers ``module`` after every other layer [ORDER-1, ORDER-3]."""
     return isinstance(module, AttentionLayerBase)
 

@@ -8,19 +8,25 @@ mapping to ``None`` drops the weight [MAP-4].
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Iterator, Mapping
+from typing import TypeAlias, TypeVar, cast
 
 import torch
 
 from loadspec.reference.errors import MapperError
 
-ShardId = "str | int | tuple[int, ...]"
+ShardId: TypeAlias = "str | int | tuple[int, ...]"
+"""A fused parameter's shard id (``"q"``, ``0``): the second element of a ``stacked`` entry."""
 STAGES = ("regex", "substr", "stacked", "prefix", "suffix")
 
 
-def _frozen(mapping: Mapping | None) -> Mapping:
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _frozen(mapping: Mapping[_K, _V] | None) -> Mapping[_K, _V]:
     return MappingProxyType(dict(mapping or {}))
 
 
@@ -33,14 +39,14 @@ class WeightsMapper:
     ``stacked`` maps a substring to ``(replacement, shard_id)``.
     """
 
-    regex: Mapping = field(default_factory=dict)
-    substr: Mapping = field(default_factory=dict)
-    stacked: Mapping = field(default_factory=dict)
-    prefix: Mapping = field(default_factory=dict)
-    suffix: Mapping = field(default_factory=dict)
+    regex: Mapping[str | re.Pattern[str], str | None] = field(default_factory=dict)
+    substr: Mapping[str, str | None] = field(default_factory=dict)
+    stacked: Mapping[str, tuple[str, ShardId]] = field(default_factory=dict)
+    prefix: Mapping[str, str | None] = field(default_factory=dict)
+    suffix: Mapping[str, str | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        compiled = {}
+        compiled: dict[re.Pattern[str], str | None] = {}
         for pattern, new in dict(self.regex).items():
             if isinstance(pattern, str):
                 try:
@@ -64,7 +70,7 @@ class WeightsMapper:
         object.__setattr__(self, "stacked", _frozen(stacked))
 
     # ---------------------------------------------------------------- compose
-    def __or__(self, other: "WeightsMapper") -> "WeightsMapper":
+    def __or__(self, other: WeightsMapper) -> WeightsMapper:
         """A new mapper with both operands' entries; ``other`` wins on equal keys [MAP-5]."""
         if not isinstance(other, WeightsMapper):
             return NotImplemented
@@ -74,10 +80,11 @@ class WeightsMapper:
         return any(getattr(self, stage) for stage in STAGES)
 
     # ----------------------------------------------------------------- map
-    def map_name_with_shard(self, name: str) -> tuple[str, object] | None:
+    def map_name_with_shard(self, name: str) -> tuple[str, ShardId | None] | None:
         """``(new_name, shard_id or None)``, or ``None`` when an entry drops the name [MAP-1..4, MAP-11]."""
-        shard_id = None
-        for pattern, new in self.regex.items():
+        shard_id: ShardId | None = None
+        regex = cast("Mapping[re.Pattern[str], str | None]", self.regex)  # __post_init__ compiled every key
+        for pattern, new in regex.items():
             if pattern.search(name):
                 if new is None:
                     return None
@@ -108,7 +115,7 @@ class WeightsMapper:
         mapped = self.map_name_with_shard(name)
         return None if mapped is None else mapped[0]
 
-    def apply(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor, object]]:
+    def apply(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor, ShardId | None]]:
         """Yield ``(mapped_name, tensor, shard_id)``, skipping dropped names; tensors are never touched [MAP-10]."""
         for name, tensor in weights:
             mapped = self.map_name_with_shard(name)
@@ -120,7 +127,7 @@ class WeightsMapper:
         return [m for m in map(self.map_name, names) if m is not None]
 
     def __repr__(self) -> str:
-        parts = []
+        parts: list[str] = []
         for stage in STAGES:
             entries = getattr(self, stage)
             if entries:

@@ -4,48 +4,72 @@ Processing after loading and the export live in ``lifecycle``."""
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 
 from loadspec.reference.layers.attention import Attention, AttentionLayerBase, MLAAttention
 from loadspec.reference.layers.basic import LMHead, RMSNorm, VocabEmbedding
 from loadspec.reference.layers.linear import Linear
-from loadspec.reference.mapper import WeightsMapper
+from loadspec.reference.mapper import ShardId, WeightsMapper
 from loadspec.reference.quant_config import QuantConfig
 from loadspec.reference.spec import LayerSpec, ModelSpec
 from loadspec.reference.vocabulary import STATIC_INPUT_METHODS, torch_dtype
 
+
 def checkpoint_mapper(spec: ModelSpec) -> WeightsMapper:
     """The model's own mapper: HF projections stacked into fused engine linears (MHA/GQA only)."""
-    stacked = {".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1)}
+    stacked: dict[str, tuple[str, ShardId]] = {".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1)}
     if spec.attention == "mha":
         stacked = {".q_proj.": (".qkv_proj.", "q"), ".k_proj.": (".qkv_proj.", "k"),
                    ".v_proj.": (".qkv_proj.", "v"), **stacked}
     return WeightsMapper(stacked=stacked)
 
 
-def linear_options(spec: ModelSpec, *, dtype, device) -> dict:
+class Placement(TypedDict):
+    """Keyword arguments of every layer: parameter dtype and device."""
+
+    dtype: torch.dtype
+    device: torch.device | str | None
+
+
+class LinearOptions(Placement):
+    """Keyword arguments of every ``Linear``: placement and static activation scales."""
+
+    static_input: bool
+
+
+class _KVOptions(TypedDict):
+    kv_cache_dtype: str
+    quant_config: QuantConfig | None
+    device: torch.device | str | None
+
+
+def linear_options(spec: ModelSpec, *, dtype: torch.dtype, device: torch.device | str | None) -> LinearOptions:
     """Keyword arguments of every ``Linear`` in a ``spec`` model (static activation scales for ModelOpt)."""
-    return dict(dtype=dtype, device=device, static_input=spec.quant_method in STATIC_INPUT_METHODS)
+    return LinearOptions(dtype=dtype, device=device, static_input=spec.quant_method in STATIC_INPUT_METHODS)
 
 
 class AttentionBlock(torch.nn.Module):
     """The attention container (``self_attn`` or ``mixer``): projections plus ``attn``."""
 
-    def __init__(self, spec: ModelSpec, layer: LayerSpec, quant_config, *, dtype, device) -> None:
+    def __init__(self, spec: ModelSpec, layer: LayerSpec, quant_config: QuantConfig | None, *, dtype: torch.dtype,
+                 device: torch.device | str | None) -> None:
         super().__init__()
         kw = linear_options(spec, dtype=dtype, device=device)
-        kv = dict(kv_cache_dtype=spec.kv_cache_dtype, quant_config=quant_config, device=device)
+        kv = _KVOptions(kv_cache_dtype=spec.kv_cache_dtype, quant_config=quant_config, device=device)
         hidden, heads, head_dim = spec.hidden_size, spec.num_heads, spec.head_dim
+        projections: dict[str, torch.nn.Module]
+        attn: AttentionLayerBase
         if spec.attention == "mla":
             rope, rank = spec.qk_rope_head_dim, spec.kv_lora_rank
             projections = {
                 "q_proj": Linear(hidden, {0: heads * (head_dim + rope)}, scheme=layer.qkv_quant, **kw),
                 "kv_a_proj_with_mqa": Linear(hidden, {0: rank + rope}, scheme=layer.qkv_quant, **kw),
                 "kv_a_layernorm": RMSNorm(rank, eps=spec.rms_norm_eps, dtype=dtype, device=device),
-                "kv_b_proj": Linear(rank, {0: heads * 2 * head_dim}, scheme=layer.qkv_quant, **kw),
             }
-            attn = MLAAttention(num_heads=heads, head_dim=head_dim, kv_lora_rank=rank,
-                                kv_b_proj=projections["kv_b_proj"], **kv)
+            kv_b_proj = projections["kv_b_proj"] = Linear(rank, {0: heads * 2 * head_dim}, scheme=layer.qkv_quant, **kw)
+            attn = MLAAttention(num_heads=heads, head_dim=head_dim, kv_lora_rank=rank, kv_b_proj=kv_b_proj, **kv)
         else:
             projections = {"qkv_proj": Linear(hidden, {"q": spec.q_size, "k": spec.kv_size, "v": spec.kv_size},
                                               scheme=layer.qkv_quant, **kw)}
@@ -62,7 +86,8 @@ class AttentionBlock(torch.nn.Module):
 class MLP(torch.nn.Module):
     """Gated MLP: fused ``gate_up_proj`` and ``down_proj``."""
 
-    def __init__(self, spec: ModelSpec, layer: LayerSpec, *, dtype, device) -> None:
+    def __init__(self, spec: ModelSpec, layer: LayerSpec, *, dtype: torch.dtype,
+                 device: torch.device | str | None) -> None:
         super().__init__()
         size = spec.intermediate_size
         kw = linear_options(spec, dtype=dtype, device=device)
@@ -73,9 +98,10 @@ class MLP(torch.nn.Module):
 class DecoderLayer(torch.nn.Module):
     """One decoder layer: norms, attention container, MLP."""
 
-    def __init__(self, spec: ModelSpec, layer: LayerSpec, quant_config, *, dtype, device) -> None:
+    def __init__(self, spec: ModelSpec, layer: LayerSpec, quant_config: QuantConfig | None, *, dtype: torch.dtype,
+                 device: torch.device | str | None) -> None:
         super().__init__()
-        kw = dict(dtype=dtype, device=device)
+        kw = Placement(dtype=dtype, device=device)
         self.input_layernorm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps, **kw)
         self.add_module(spec.container, AttentionBlock(spec, layer, quant_config, **kw))
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps, **kw)
@@ -85,9 +111,10 @@ class DecoderLayer(torch.nn.Module):
 class DecoderModel(torch.nn.Module):
     """Embedding, decoder layers, final norm."""
 
-    def __init__(self, spec: ModelSpec, quant_config, *, dtype, device) -> None:
+    def __init__(self, spec: ModelSpec, quant_config: QuantConfig | None, *, dtype: torch.dtype,
+                 device: torch.device | str | None) -> None:
         super().__init__()
-        kw = dict(dtype=dtype, device=device)
+        kw = Placement(dtype=dtype, device=device)
         self.embed_tokens = VocabEmbedding(spec.vocab_size, spec.hidden_size, **kw)
         self.layers = torch.nn.ModuleList(DecoderLayer(spec, layer, quant_config, **kw) for layer in spec.layers)
         self.norm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps, **kw)
@@ -96,7 +123,8 @@ class DecoderModel(torch.nn.Module):
 class CausalLM(torch.nn.Module):
     """``model`` plus ``lm_head``; one per wrapper level."""
 
-    def __init__(self, spec: ModelSpec, quant_config, *, dtype, device) -> None:
+    def __init__(self, spec: ModelSpec, quant_config: QuantConfig | None, *, dtype: torch.dtype,
+                 device: torch.device | str | None) -> None:
         super().__init__()
         self.model = DecoderModel(spec, quant_config, dtype=dtype, device=device)
         tie = self.model.embed_tokens if spec.tie_embeddings else None
@@ -106,14 +134,17 @@ class CausalLM(torch.nn.Module):
 class ReferenceModel(torch.nn.Module):
     """The root module: holds ``quant_config`` and the checkpoint mapper, and the spec it was built from."""
 
-    def __init__(self, spec: ModelSpec, *, device=None) -> None:
+    loadspec_order: list[str]
+    """Module names in the order the last load, dummy load or reload processed them [ORDER-1..4]."""
+
+    def __init__(self, spec: ModelSpec, *, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.quant_config = QuantConfig(spec.quant_method) if spec.quant_method else None
         self.mapper = checkpoint_mapper(spec)
         inner = CausalLM(spec, self.quant_config, dtype=torch_dtype(spec.params_dtype), device=device)
         if spec.wrapper:
-            holder = self
+            holder: torch.nn.Module = self
             for name in spec.wrapper[:-1]:
                 holder.add_module(name, torch.nn.Module())
                 holder = getattr(holder, name)

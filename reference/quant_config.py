@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 from loadspec.reference.cache_scale_mappers import cache_scale_mapper
 from loadspec.reference.errors import UnsupportedSchemeError
@@ -32,7 +33,7 @@ class QuantConfig:
         return KVCacheMethod(kv_cache_dtype)
 
 
-def quant_config_from_dict(config: dict | None) -> QuantConfig | None:
+def quant_config_from_dict(config: dict[str, Any] | None) -> QuantConfig | None:
     """Parse ``quantization_config``; unsupported KV-cache schemes raise ``UnsupportedSchemeError``."""
     if not config:
         return None
@@ -42,8 +43,8 @@ def quant_config_from_dict(config: dict | None) -> QuantConfig | None:
         if kv_scheme.get("type", "float") != "float" or kv_scheme.get("num_bits", 8) != 8:
             raise UnsupportedSchemeError(f"kv_cache_scheme {kv_scheme!r}: only 8-bit float KV caches are supported")
         if kv_scheme.get("strategy", "tensor") != "tensor":
-            raise UnsupportedSchemeError(
-                f"kv_cache_scheme strategy {kv_scheme.get('strategy')!r}: only per-tensor KV-cache scales are supported")
+            raise UnsupportedSchemeError(f"kv_cache_scheme strategy {kv_scheme.get('strategy')!r}: "
+                                         "only per-tensor KV-cache scales are supported")
         if kv_scheme.get("symmetric", True) is False:
             raise UnsupportedSchemeError("kv_cache_scheme: asymmetric KV-cache quantization is not supported")
-    return QuantConfig(method)
+    return QuantConfig(cast(str, method))  # a missing or unknown quant_method is rejected by __post_init__

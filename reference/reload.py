@@ -13,16 +13,20 @@ processed, and copied into its kernel tensors, which stay the same objects
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable
+from types import TracebackType
+from typing import Any, cast
 
 import torch
 
 from loadspec.reference.auto_loader import AutoWeightsLoader, write_planned
-from loadspec.reference.copy_counter import CopyCounter
+from loadspec.reference.copy_counter import CopyCounter, RegionKey
 from loadspec.reference.errors import LoadspecError, PartialLayerError
-from loadspec.reference.loaders import default_weight_loader
+from loadspec.reference.layers.attention import AttentionLayerBase
 from loadspec.reference.lifecycle import is_attention, process_module
+from loadspec.reference.loaders import WeightLoader, default_weight_loader
+from loadspec.reference.mapper import ShardId, WeightsMapper
 from loadspec.reference.vocabulary import SCALE_NAMES
 
 FORMAT_ATTR = "_loadspec_format"
@@ -32,16 +36,16 @@ FORMAT_ATTR = "_loadspec_format"
 class TensorTemplate:
     """Checkpoint-format metadata of one parameter: class, shape, dtype, attributes."""
 
-    cls: type
+    cls: type[torch.nn.Parameter]
     shape: tuple[int, ...]
     dtype: torch.dtype
-    attrs: dict
+    attrs: dict[str, Any]  # the tensor's instance attributes: loaders, names, whatever a layer set
 
     @classmethod
-    def of(cls, tensor: torch.Tensor) -> "TensorTemplate":
+    def of(cls, tensor: torch.nn.Parameter) -> TensorTemplate:
         return cls(type(tensor), tuple(tensor.shape), tensor.dtype, dict(tensor.__dict__))
 
-    def materialize(self, device) -> torch.nn.Parameter:
+    def materialize(self, device: torch.device | str) -> torch.nn.Parameter:
         """A parameter of this class, shape, dtype and attributes on ``device`` (``meta`` for counting)."""
         param = torch.nn.Parameter(torch.empty(self.shape, dtype=self.dtype, device=device), requires_grad=False)
         param.__class__ = self.cls
@@ -51,6 +55,12 @@ class TensorTemplate:
     @property
     def numel(self) -> int:
         return int(torch.Size(self.shape).numel())
+
+    @property
+    def loader(self) -> WeightLoader:
+        """The parameter's own ``weight_loader``, else its class's, else the default [SCALE-7]."""
+        loader = self.attrs.get("weight_loader") or getattr(self.cls, "weight_loader", default_weight_loader)
+        return cast(WeightLoader, loader)  # attributes are untyped; a layer sets a loader there or on the class
 
 
 @dataclass
@@ -87,9 +97,9 @@ class LayerLoad:
     name: str
     module: torch.nn.Module
     templates: dict[str, TensorTemplate]
-    kernel: dict[str, torch.Tensor]
-    loads: list = field(default_factory=list)
-    regions: dict[str, dict] = field(default_factory=dict)
+    kernel: dict[str, torch.nn.Parameter]
+    loads: list[tuple[str, torch.Tensor, ShardId | None]] = field(default_factory=list)
+    regions: dict[str, dict[RegionKey, int]] = field(default_factory=dict)
     processed: bool = False
 
     @property
@@ -117,7 +127,7 @@ class ReloadReport:
     loaded: set[str] = field(default_factory=set)
 
 
-def _set_param(module: torch.nn.Module, name: str, value: torch.Tensor | None) -> None:
+def _set_param(module: torch.nn.Module, name: str, value: torch.nn.Parameter | None) -> None:
     if name in module._parameters or hasattr(module, name):
         delattr(module, name)
     if value is not None:
@@ -129,15 +139,16 @@ class ReloadSession:
 
     layer_class = LayerLoad
 
-    def __init__(self, model: torch.nn.Module, *, mapper=None) -> None:
+    def __init__(self, model: torch.nn.Module, *, mapper: WeightsMapper | None = None) -> None:
         fmt = getattr(model, FORMAT_ATTR, None)
         if fmt is None:
             raise LoadspecError("the model was not recorded: call record_model_format(model) after building it")
         self.model = model
-        self.mapper = getattr(model, "mapper", None) if mapper is None else mapper
+        self.mapper: WeightsMapper | None = getattr(model, "mapper", None) if mapper is None else mapper
         self.format: ModelFormat = fmt
         self.report = ReloadReport()
-        model.loadspec_order = self.report.processed  # live: the order so far [ORDER-1, ORDER-4]
+        # live: the order so far [ORDER-1, ORDER-4]; Module.__setattr__ is typed for tensors and modules only
+        model.loadspec_order = self.report.processed  # type: ignore[assignment]
         self._modules = dict(model.named_modules())
         self.layers: dict[str, LayerLoad] = {}
         self._processed_owner: dict[int, str] = {}
@@ -155,7 +166,8 @@ class ReloadSession:
                 delattr(module, name)
             for name, template in templates.items():
                 meta = template.materialize("meta")
-                meta.weight_loader = self._counting_loader(layer, name, template)
+                # vLLM's convention: the loader is an attribute of the parameter, which torch's type does not declare
+                meta.weight_loader = self._counting_loader(layer, name, template)  # type: ignore[attr-defined]
                 module.register_parameter(name, meta)
         self._place_aliases()
 
@@ -163,16 +175,17 @@ class ReloadSession:
         for (module_name, name), (owner, owner_name) in self.format.aliases.items():
             _set_param(self._modules[module_name], name, self._modules[owner]._parameters[owner_name])
 
-    def _counting_loader(self, layer: LayerLoad, name: str, template: TensorTemplate):
-        original = template.attrs.get("weight_loader") or getattr(template.cls, "weight_loader", default_weight_loader)
+    def _counting_loader(self, layer: LayerLoad, name: str, template: TensorTemplate) -> WeightLoader:
+        original = template.loader
 
-        def counting_loader(param, loaded_weight, shard_id=None):
+        def counting_loader(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
             if layer.processed:
                 raise LoadspecError(
                     f"{layer.name}.{name}: delivered after layer {layer.name!r} was already processed "
                     f"in this reload [RELOAD-9]")
             args = (param, loaded_weight) if shard_id is None else (param, loaded_weight, shard_id)
-            with CopyCounter() as counter:
+            counter = CopyCounter()
+            with counter:
                 original(*args)  # against the meta template: counts, writes no data
             regions = layer.regions.setdefault(name, {})
             regions.update(counter.per_destination)
@@ -180,7 +193,7 @@ class ReloadSession:
             if not self.defers(layer.module) and layer.counted() >= layer.total:
                 self._process_layer(layer)  # the last element arrived [ORDER-4]
 
-        counting_loader.original_loader = original
+        counting_loader.original_loader = original  # type: ignore[attr-defined]  # a function attribute, for inspection
         return counting_loader
 
     def defers(self, module: torch.nn.Module) -> bool:
@@ -205,10 +218,9 @@ class ReloadSession:
                                 f"was already processed in this reload [RELOAD-9]")
 
     # ------------------------------------------------------------- process
-    def _replay(self, layer: LayerLoad, targets: dict[str, torch.Tensor]) -> None:
+    def _replay(self, layer: LayerLoad, targets: Mapping[str, torch.Tensor]) -> None:
         for name, loaded_weight, shard_id in layer.loads:
-            original = layer.templates[name].attrs.get("weight_loader") or getattr(
-                layer.templates[name].cls, "weight_loader", default_weight_loader)
+            original = layer.templates[name].loader
             args = (targets[name], loaded_weight) if shard_id is None else (targets[name], loaded_weight, shard_id)
             original(*args)
 
@@ -245,6 +257,8 @@ class ReloadSession:
         """Copy a processed layer's tensors into its kernel tensors, which stay the same objects [RELOAD-1]."""
         for name, kernel in layer.kernel.items():
             processed = layer.module._parameters[name]
+            if processed is None:
+                raise LoadspecError(f"{layer.name}.{name}: processing left the parameter unset (None)")
             if processed.shape != kernel.shape or processed.dtype != kernel.dtype:
                 raise LoadspecError(
                     f"{layer.name}.{name}: processing produced {tuple(processed.shape)} {processed.dtype}, "
@@ -253,7 +267,7 @@ class ReloadSession:
 
     @torch.no_grad()
     def _finish_attention(self, layer: LayerLoad) -> None:
-        module = layer.module
+        module = cast(AttentionLayerBase, layer.module)  # finish calls this for attention layers only
         for name in SCALE_NAMES:
             if name in module._parameters:
                 delattr(module, name)
@@ -328,18 +342,19 @@ class ReloadSession:
                     self._restore_kernel(layer)
         self._place_aliases()
 
-    def __enter__(self) -> "ReloadSession":
+    def __enter__(self) -> ReloadSession:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is None:
             self.finish()
         else:
             self.abort()
 
 
-def reload_weights(model: torch.nn.Module, weights: Iterable[tuple[str, torch.Tensor]], *, mapper=None
-                   ) -> ReloadReport:
+def reload_weights(model: torch.nn.Module, weights: Iterable[tuple[str, torch.Tensor]], *,
+                   mapper: WeightsMapper | None = None) -> ReloadReport:
     """Reload ``weights`` into a processed model layer by layer [RELOAD-1..10]."""
     session = ReloadSession(model, mapper=mapper)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from loadspec.reference.errors import ScaleShapeError
+from loadspec.reference.mapper import ShardId
 from loadspec.reference.vocabulary import SCALE_NAMES, SENTINEL
 
 __all__ = ["KVCacheScaleParameter", "check_scale_shape", "is_scale_parameter", "SCALE_NAMES", "SENTINEL"]
@@ -17,17 +18,17 @@ class KVCacheScaleParameter(torch.nn.Parameter):
     name shadows it [SCALE-7].
     """
 
-    def __new__(cls, *, device: torch.device | str | None = None) -> "KVCacheScaleParameter":
+    def __new__(cls, *, device: torch.device | str | None = None) -> KVCacheScaleParameter:
         data = torch.full((), SENTINEL, dtype=torch.float32, device=device)
         return super().__new__(cls, data, requires_grad=False)
 
     @staticmethod
-    def weight_check(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id=None) -> None:
+    def weight_check(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
         """Validate a load without writing [SCALE-4]."""
         check_scale_shape(loaded_weight, name=getattr(param, "loadspec_name", None))
 
     @staticmethod
-    def weight_loader(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id=None) -> None:
+    def weight_loader(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
         """Copy a one-element tensor into ``param`` with ``copy_`` [SCALE-3..6]."""
         check_scale_shape(loaded_weight, name=getattr(param, "loadspec_name", None))
         param.data.copy_(loaded_weight.reshape(()))

@@ -10,9 +10,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
-from loadspec.reference.vocabulary import (ATTENTION_KINDS, CONTAINERS, KV_CACHE_DTYPES, LINEAR_QUANTS, PARAM_DTYPES,
-                                           QUANTIZED_KV_DTYPES, PER_TOKEN_HEAD_KV_DTYPES, UNQUANTIZED_KV_DTYPES)
+from loadspec.reference.vocabulary import (
+    ATTENTION_KINDS,
+    CONTAINERS,
+    KV_CACHE_DTYPES,
+    LINEAR_QUANTS,
+    PARAM_DTYPES,
+    PER_TOKEN_HEAD_KV_DTYPES,
+    QUANTIZED_KV_DTYPES,
+    UNQUANTIZED_KV_DTYPES,
+)
 
 
 @dataclass(frozen=True)
@@ -116,24 +125,25 @@ class ModelSpec:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelSpec":
+    def from_json(cls, text: str) -> ModelSpec:
         """Inverse of ``to_json``."""
         raw = json.loads(text)
         raw["layers"] = tuple(LayerSpec(**layer) for layer in raw["layers"])
         raw["wrapper"] = tuple(raw["wrapper"])
         return cls(**raw)
 
-    def with_(self, **changes) -> "ModelSpec":
+    def with_(self, **changes: Any) -> ModelSpec:
         """A copy with ``changes`` applied."""
         return replace(self, **changes)
 
 
-def uniform_layers(count: int, **layer_fields) -> tuple[LayerSpec, ...]:
+def uniform_layers(count: int, **layer_fields: Any) -> tuple[LayerSpec, ...]:
     """``count`` identical ``LayerSpec``s."""
     return tuple(LayerSpec(**layer_fields) for _ in range(count))
 
 
 DEFAULT_SPEC = ModelSpec(layers=uniform_layers(2, qkv_quant="fp8_per_tensor", down_quant="fp8_per_channel"))
 
-__all__ = ["LayerSpec", "ModelSpec", "DEFAULT_SPEC", "uniform_layers", "ATTENTION_KINDS", "CONTAINERS", "KV_CACHE_DTYPES",
-           "LINEAR_QUANTS", "PARAM_DTYPES", "QUANTIZED_KV_DTYPES", "PER_TOKEN_HEAD_KV_DTYPES", "UNQUANTIZED_KV_DTYPES"]
+__all__ = ["LayerSpec", "ModelSpec", "DEFAULT_SPEC", "uniform_layers", "ATTENTION_KINDS", "CONTAINERS",
+           "KV_CACHE_DTYPES", "LINEAR_QUANTS", "PARAM_DTYPES", "QUANTIZED_KV_DTYPES", "PER_TOKEN_HEAD_KV_DTYPES",
+           "UNQUANTIZED_KV_DTYPES"]

@@ -7,17 +7,29 @@ weight into ``W_UK_T``/``W_UV``, so it is wrong if it runs before that linear.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from loadspec.reference.kv_cache import OUTPUT_BUFFERS, reset_default_scales, set_default_scales
+from loadspec.reference.kv_cache import OUTPUT_BUFFERS, KVCacheMethod, reset_default_scales, set_default_scales
+
+if TYPE_CHECKING:
+    from loadspec.reference.layers.linear import Linear
+    from loadspec.reference.quant_config import QuantConfig
 
 
 class AttentionLayerBase(torch.nn.Module):
     """Marker base: layers the loader defers until every other layer is processed."""
 
-    quant_method = None
+    quant_method: KVCacheMethod | None = None
+    # Output buffers, registered by set_default_scales [KVPROC-11].
+    _q_scale: torch.Tensor
+    _k_scale: torch.Tensor
+    _v_scale: torch.Tensor
+    _prob_scale: torch.Tensor
 
-    def _init_kv_cache(self, *, kv_cache_dtype: str, quant_config, device) -> None:
+    def _init_kv_cache(self, *, kv_cache_dtype: str, quant_config: QuantConfig | None,
+                       device: torch.device | str | None) -> None:
         set_default_scales(self, device=device)
         self.kv_cache_dtype = kv_cache_dtype
         method = None if quant_config is None else quant_config.kv_cache_method(kv_cache_dtype)
@@ -41,7 +53,7 @@ class Attention(AttentionLayerBase):
     """MHA or GQA attention state: KV-cache scales and their host mirrors."""
 
     def __init__(self, *, num_heads: int, num_kv_heads: int, head_dim: int, kv_cache_dtype: str,
-                 quant_config=None, device=None) -> None:
+                 quant_config: QuantConfig | None = None, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self._init_kv_cache(kv_cache_dtype=kv_cache_dtype, quant_config=quant_config, device=device)
@@ -50,8 +62,12 @@ class Attention(AttentionLayerBase):
 class MLAAttention(AttentionLayerBase):
     """Multi-head latent attention state: KV-cache scales plus ``kv_b_proj`` absorbed into two buffers."""
 
-    def __init__(self, *, num_heads: int, head_dim: int, kv_lora_rank: int, kv_b_proj: torch.nn.Module,
-                 kv_cache_dtype: str, quant_config=None, device=None) -> None:
+    W_UK_T: torch.Tensor  # buffers, registered in __init__
+    W_UV: torch.Tensor
+
+    def __init__(self, *, num_heads: int, head_dim: int, kv_lora_rank: int, kv_b_proj: Linear,
+                 kv_cache_dtype: str, quant_config: QuantConfig | None = None,
+                 device: torch.device | str | None = None) -> None:
         super().__init__()
         self.num_heads, self.head_dim, self.kv_lora_rank = num_heads, head_dim, kv_lora_rank
         self._kv_b_proj = (kv_b_proj,)  # a reference, not a submodule

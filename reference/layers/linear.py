@@ -7,11 +7,18 @@ per-channel weights are stored transposed for the kernel.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeAlias
+
 import torch
 
 from loadspec.reference.errors import ShapeMismatchError
 from loadspec.reference.loaders import check_default
+from loadspec.reference.mapper import ShardId
 from loadspec.reference.vocabulary import FP8_DTYPE, FP8_MAX
+
+Shards: TypeAlias = "Mapping[ShardId, tuple[int, int]]"
+"""Shard id -> ``(offset, size)`` rows of a fused parameter along dim 0."""
 
 
 def quantize_fp8(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -26,11 +33,11 @@ class ShardLoader:
     ``per_shard_scalar`` marks a per-tensor scale holding one element per shard.
     """
 
-    def __init__(self, shards: dict, *, per_shard_scalar: bool = False) -> None:
+    def __init__(self, shards: Shards, *, per_shard_scalar: bool = False) -> None:
         self.shards = dict(shards)
         self.per_shard_scalar = per_shard_scalar
 
-    def _target(self, param: torch.Tensor, shard_id) -> torch.Tensor:
+    def _target(self, param: torch.Tensor, shard_id: ShardId | None) -> torch.Tensor:
         if shard_id is None:
             return param.data
         if shard_id not in self.shards:
@@ -40,7 +47,7 @@ class ShardLoader:
         offset, size = self.shards[shard_id]
         return param.data.narrow(0, offset, size)
 
-    def weight_check(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id=None) -> None:
+    def weight_check(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
         """Validate a (shard) load without writing."""
         target = self._target(param, shard_id)
         if self.per_shard_scalar and shard_id is not None:
@@ -54,7 +61,7 @@ class ShardLoader:
         named = _Named(target, getattr(param, "loadspec_name", None), shard_id)
         check_default(named, loaded_weight)
 
-    def __call__(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id=None) -> None:
+    def __call__(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
         self.weight_check(param, loaded_weight, shard_id)
         target = self._target(param, shard_id)
         target.copy_(loaded_weight.reshape(target.shape))  # shapes checked above
@@ -63,7 +70,7 @@ class ShardLoader:
 class _Named:
     """A shape carrier naming the parameter (and shard) in error messages."""
 
-    def __init__(self, target: torch.Tensor, name: str | None, shard_id) -> None:
+    def __init__(self, target: torch.Tensor, name: str | None, shard_id: ShardId | None) -> None:
         self.shape = target.shape
         self._numel = target.numel()
         suffix = f" shard {shard_id!r}" if shard_id is not None else ""
@@ -74,8 +81,9 @@ class _Named:
 
 
 def _attach(param: torch.nn.Parameter, loader: ShardLoader) -> torch.nn.Parameter:
-    param.weight_loader = loader
-    param.weight_check = loader.weight_check
+    # vLLM's convention: a parameter carries its loader as attributes, which torch's Parameter type does not declare.
+    param.weight_loader = loader  # type: ignore[attr-defined]
+    param.weight_check = loader.weight_check  # type: ignore[attr-defined]
     return param
 
 
@@ -85,19 +93,20 @@ class UnquantizedLinearMethod:
     preserves_layout = True
     scheme = "none"
 
-    def create_weights(self, layer, shards: dict, out_features: int, in_features: int, dtype, device) -> None:
+    def create_weights(self, layer: Linear, shards: Shards, out_features: int, in_features: int, dtype: torch.dtype,
+                       device: torch.device | str | None) -> None:
         weight = torch.nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device),
                                     requires_grad=False)
         layer.register_parameter("weight", _attach(weight, ShardLoader(shards)))
 
-    def process_weights_after_loading(self, layer) -> None:
+    def process_weights_after_loading(self, layer: Linear) -> None:
         """Nothing to do: the checkpoint layout is the kernel layout."""
 
-    def dequantized_weight(self, layer) -> torch.Tensor:
+    def dequantized_weight(self, layer: Linear) -> torch.Tensor:
         """The effective ``[out, in]`` float32 weight."""
         return layer.weight.float()
 
-    def export(self, layer) -> dict[str, torch.Tensor]:
+    def export(self, layer: Linear) -> dict[str, torch.Tensor]:
         """Kernel state: ``weight`` ``[out, in]``."""
         return {"weight": layer.weight.detach()}
 
@@ -119,12 +128,13 @@ class Fp8LinearMethod:
         self.static_input = static_input
 
     @staticmethod
-    def _per_shard_scalars(shards: dict, device) -> torch.nn.Parameter:
+    def _per_shard_scalars(shards: Shards, device: torch.device | str | None) -> torch.nn.Parameter:
         index = {shard: (i, 1) for i, shard in enumerate(shards)}
         scale = torch.nn.Parameter(torch.empty(len(shards), dtype=torch.float32, device=device), requires_grad=False)
         return _attach(scale, ShardLoader(index, per_shard_scalar=True))
 
-    def create_weights(self, layer, shards: dict, out_features: int, in_features: int, dtype, device) -> None:
+    def create_weights(self, layer: Linear, shards: Shards, out_features: int, in_features: int, dtype: torch.dtype,
+                       device: torch.device | str | None) -> None:
         weight = torch.nn.Parameter(torch.empty(out_features, in_features, dtype=FP8_DTYPE, device=device),
                                     requires_grad=False)
         layer.register_parameter("weight", _attach(weight, ShardLoader(shards)))
@@ -138,7 +148,7 @@ class Fp8LinearMethod:
             layer.register_parameter("input_scale", self._per_shard_scalars(shards, device))
         layer.fp8_shards = dict(shards)
 
-    def process_weights_after_loading(self, layer) -> None:
+    def process_weights_after_loading(self, layer: Linear) -> None:
         """Per-tensor: re-quantize every shard to the largest shard scale. Per-channel: store ``weight`` transposed.
 
         A static ``input_scale`` becomes the largest shard's, 0-d.
@@ -161,19 +171,22 @@ class Fp8LinearMethod:
             del layer.input_scale
             layer.register_parameter("input_scale", torch.nn.Parameter(input_scale.clone(), requires_grad=False))
 
-    def kernel_weight_out_in(self, layer) -> torch.Tensor:
+    def kernel_weight_out_in(self, layer: Linear) -> torch.Tensor:
         """The processed FP8 weight as ``[out, in]``."""
         return layer.weight if self.strategy == "tensor" else layer.weight.t()
 
-    def dequantized_weight(self, layer) -> torch.Tensor:
+    def dequantized_weight(self, layer: Linear) -> torch.Tensor:
         """The effective ``[out, in]`` float32 weight."""
         weight = self.kernel_weight_out_in(layer).float()
         if self.strategy == "tensor":
             return weight * layer.weight_scale
         return weight * layer.weight_scale[:, None]
 
-    def export(self, layer) -> dict[str, torch.Tensor]:
-        """Kernel state: FP8 ``weight`` ``[out, in]``, float32 ``weight_scale`` (``()`` or ``(out,)``), ``input_scale`` ``()``."""
+    def export(self, layer: Linear) -> dict[str, torch.Tensor]:
+        """Kernel state: FP8 ``weight`` ``[out, in]``, float32 ``weight_scale`` (``()`` or ``(out,)``).
+
+        With ``static_input``, also ``input_scale`` ``()``.
+        """
         state = {"weight": self.kernel_weight_out_in(layer).detach().contiguous(),
                  "weight_scale": layer.weight_scale.detach()}
         if self.static_input:
@@ -181,8 +194,15 @@ class Fp8LinearMethod:
         return state
 
 
-def linear_method(scheme: str, *, static_input: bool = False):
-    """The quant method for ``scheme``: ``none``, ``fp8_per_tensor`` or ``fp8_per_channel`` (``static_input``: FP8 only)."""
+LinearMethod: TypeAlias = "UnquantizedLinearMethod | Fp8LinearMethod"
+"""The quant method of a ``Linear``."""
+
+
+def linear_method(scheme: str, *, static_input: bool = False) -> LinearMethod:
+    """The quant method for ``scheme``: ``none``, ``fp8_per_tensor`` or ``fp8_per_channel``.
+
+    ``static_input`` applies to FP8 only.
+    """
     if scheme == "none":
         return UnquantizedLinearMethod()
     if scheme in ("fp8_per_tensor", "fp8_per_channel"):
@@ -193,11 +213,19 @@ def linear_method(scheme: str, *, static_input: bool = False):
 class Linear(torch.nn.Module):
     """A linear layer, optionally fused from several checkpoint projections (``shards``)."""
 
-    def __init__(self, in_features: int, out_sizes: dict, *, scheme: str = "none", static_input: bool = False,
-                 dtype=torch.float32, device=None) -> None:
+    # Registered by the quant method's create_weights and replaced by its processing (FP8 only: the last three).
+    weight: torch.nn.Parameter
+    weight_scale: torch.nn.Parameter
+    input_scale: torch.nn.Parameter
+    fp8_shards: dict[ShardId, tuple[int, int]]
+
+    def __init__(self, in_features: int, out_sizes: Mapping[ShardId, int], *, scheme: str = "none",
+                 static_input: bool = False, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> None:
         super().__init__()
         self.in_features = in_features
-        offsets, offset = {}, 0
+        offsets: dict[ShardId, tuple[int, int]] = {}
+        offset = 0
         for shard, size in out_sizes.items():
             offsets[shard] = (offset, size)
             offset += size
