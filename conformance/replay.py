@@ -1,4 +1,8 @@
-"""Replaying a written counterexample against an implementation and the reference."""
+"""Replaying a written counterexample against an implementation and the reference.
+
+``python replay.py [--impl NAME]`` inside a reproducer directory, or
+``python -m loadspec.conformance.replay DIR [--impl NAME]`` from anywhere.
+"""
 
 from __future__ import annotations
 
@@ -45,3 +49,11 @@ def main(directory: Path, argv: list[str]) -> int:
     for name, how in differing.items():
         print(f"differs: {name}: {how}")
     return 1 if differing else 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
+        raise SystemExit("usage: python -m loadspec.conformance.replay REPRODUCER_DIR [--impl NAME]")
+    raise SystemExit(main(Path(sys.argv[1]), sys.argv[2:]))

@@ -66,3 +66,13 @@ def test_replay_of_a_case_without_checkpoints_prints_its_values(tmp_path):
     (directory / "replay.py").write_text(REPLAY)
     result = replay(directory, "reference")
     assert result.returncode == 0 and '"shape": [2]' in result.stdout and "no checkpoint" in result.stdout
+
+
+@pytest.mark.slow
+def test_replay_as_a_module_takes_the_directory(tmp_path):
+    directory = write_case(tmp_path / "case", "base")
+    result = subprocess.run([sys.executable, "-m", "loadspec.conformance.replay", str(directory)], capture_output=True,
+                            text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0 and "reference: loaded" in result.stdout, result.stdout + result.stderr
+    usage = subprocess.run([sys.executable, "-m", "loadspec.conformance.replay"], capture_output=True, text=True)
+    assert usage.returncode != 0 and "usage:" in usage.stderr
