@@ -8,12 +8,21 @@ from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal, fail
 from loadspec.conformance.drivers import built, close_quietly, draw_case, heavy, layer_of
-from loadspec.reference.auto_loader import AutoWeightsLoader
-from loadspec.reference import api
 
 pytestmark = pytest.mark.requires("model", "processing_order")
 
 ATTENTION_FIRST = {"attention": ("mha", "mla")}
+
+
+# Checkpoint projections -> the canonical fused layers that own them (README, "Canonical names"; MLA keeps q_proj).
+FUSED_MLP = {".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1)}
+FUSED_QKV = {".q_proj.": (".qkv_proj.", "q"), ".k_proj.": (".qkv_proj.", "k"), ".v_proj.": (".qkv_proj.", "v")}
+
+
+def canonical_mapper(ref, spec):
+    """``spec``'s checkpoint names -> canonical names in the oracle's mappers: fused projections | cache scales."""
+    fused = ref.make_mapper(stacked={**FUSED_QKV, **FUSED_MLP} if spec.attention == "mha" else FUSED_MLP)
+    return ref.compose_mappers(fused, ref.cache_scale_mapper(spec.quant_method)) if spec.quant_method else fused
 
 
 def attention_modules(spec) -> set[str]:
@@ -57,13 +66,12 @@ def test_first_load_processes_attention_last(impl, request, data):
 @pytest.mark.requires("reload_sessions")
 @heavy()
 @given(data=st.data())
-def test_layer_processed_when_its_last_element_arrives(impl, request, data):
+def test_layer_processed_when_its_last_element_arrives(impl, ref, request, data):
     spec, layouts = draw_case(impl, request, data, "base", "reload")
     model = built(impl, spec, layouts["base"].tensors())
     weights = layouts["reload"].tensors()
-    reference_model = api.build(spec)
-    mapper = AutoWeightsLoader(reference_model).effective_mapper(reference_model.mapper)
-    owners = [layer_of(mapper.map_name(name)) for name, _ in weights]
+    mapper = canonical_mapper(ref, spec)
+    owners = [layer_of(ref.map_name(mapper, name)[0]) for name, _ in weights]
     if spec.tie_embeddings:
         owners = [f"{spec.prefix}embed_tokens" if o == layer_of(spec.lm_head_name) else o for o in owners]
     attention = attention_modules(spec)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from loadspec.conformance.adapters.reference import ReferenceAdapter
+from loadspec.conformance.assertions import snapshot
+
 CUDA = pytest.param("cuda", marks=[
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine"),
@@ -29,6 +32,17 @@ def smollm():
 def device(request) -> str:
     """Each test using it runs on CPU and, where a GPU exists, on CUDA."""
     return request.param
+
+
+@pytest.fixture(scope="session")
+def model_state():
+    """``model_state(module)``: the suite's ``snapshot`` of every parameter, buffer and KV host mirror of ``module``.
+
+    The walk is the reference adapter's (``kernel_tensors``, ``host_mirrors``), so tests/ compares
+    states exactly as the suite does; compare two with ``assertions.assert_unchanged``.
+    """
+    adapter = ReferenceAdapter()
+    return lambda module: snapshot(adapter.kernel_tensors(module), adapter.host_mirrors(module))
 
 
 pytest_plugins = ["pytester"]

@@ -38,8 +38,8 @@ MUTANTS = {
 
 def run_suite(impl: str, report_dir: Path, *paths: str) -> dict[str, str]:
     """Run the suite (``paths`` under ``conformance/``, default all of it) on ``impl``; return each rule's outcome."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")])),
-           "HF_HUB_OFFLINE": "1"}
+    path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
     suite = [str(ROOT / "conformance" / p) for p in paths] or [str(ROOT / "conformance")]  # never testpaths
     command = [str(PYTEST), *suite, f"--impl={impl}",
                f"--loadspec-report={report_dir}", "--hypothesis-seed=0",

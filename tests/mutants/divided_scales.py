@@ -10,8 +10,8 @@ still holds; the perplexity (E2E-1) and the scales the model ends with (E2E-3) d
 from __future__ import annotations
 
 from loadspec.conformance.adapters.reference import ReferenceAdapter
-from loadspec.reference.cache_scale_mappers import cache_scale_mapper
 from loadspec.reference.api import weights_of
+from loadspec.reference.cache_scale_mappers import cache_scale_mapper
 from loadspec.reference.reload import ReloadSession
 
 DIVISOR = 16

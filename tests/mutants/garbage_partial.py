@@ -1,8 +1,7 @@
 """RELOAD-6: a partial layer is processed anyway, with uninitialized memory for what is missing (vLLM)."""
 
-from mutants._base import SessionMutant
-
 from loadspec.reference.reload import ReloadSession
+from mutants._base import SessionMutant
 
 
 class GarbagePartialSession(ReloadSession):

@@ -1,8 +1,7 @@
 """COUNT-6: every delivery counts again, so a shard delivered twice completes a layer early (prime-rl#2714)."""
 
-from mutants._base import SessionMutant
-
 from loadspec.reference.reload import LayerLoad, ReloadSession
+from mutants._base import SessionMutant
 
 
 class NaiveLayerLoad(LayerLoad):

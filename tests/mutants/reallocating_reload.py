@@ -1,8 +1,7 @@
 """RELOAD-1: reload registers the freshly processed tensors instead of copying into the kernel tensors."""
 
-from mutants._base import SessionMutant
-
 from loadspec.reference.reload import ReloadSession
+from mutants._base import SessionMutant
 
 
 class ReallocatingSession(ReloadSession):

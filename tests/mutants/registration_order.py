@@ -1,11 +1,10 @@
 """ORDER-1, ORDER-3: layers are processed in registration order, attention included, not deferred."""
 
-from mutants._base import SessionMutant
-
-from loadspec.reference.auto_loader import AutoWeightsLoader, write_planned
 from loadspec.reference.api import weights_of
+from loadspec.reference.auto_loader import AutoWeightsLoader, write_planned
 from loadspec.reference.lifecycle import owns_tensors, process_module
 from loadspec.reference.reload import ReloadSession
+from mutants._base import SessionMutant
 
 
 class EagerAttentionSession(ReloadSession):

@@ -1,7 +1,7 @@
 """KVPROC-5: a checkpoint with only v_scale crashes processing (vLLM #46264)."""
 
-from loadspec.reference.vocabulary import SENTINEL
 from loadspec.conformance.adapters.reference import ReferenceAdapter
+from loadspec.reference.vocabulary import SENTINEL
 
 
 class VOnlyCrashAdapter(ReferenceAdapter):
