@@ -8,21 +8,23 @@ from __future__ import annotations
 import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import cast
 
 import torch
 
-from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS, OUTPUT_BUFFERS, SCALE_NAMES
 from loadspec.conformance.adapter import CAPABILITIES, Weights
 from loadspec.reference import api
 from loadspec.reference.auto_loader import AutoWeightsLoader
 from loadspec.reference.cache_scale_mappers import cache_scale_mapper
 from loadspec.reference.copy_counter import CopyCounter, credited_elements
+from loadspec.reference.kv_cache import KVCacheMethod
 from loadspec.reference.layers.attention import Attention, AttentionLayerBase
 from loadspec.reference.loaders import default_weight_loader
 from loadspec.reference.mapper import WeightsMapper
 from loadspec.reference.quant_config import QuantConfig
 from loadspec.reference.scales import KVCacheScaleParameter
 from loadspec.reference.spec import ModelSpec
+from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS, OUTPUT_BUFFERS, SCALE_NAMES
 
 
 def loadspec_version() -> str:
@@ -53,7 +55,7 @@ class ReferenceAdapter:
         return KVCacheScaleParameter(device=device)
 
     def load_scale(self, param: torch.Tensor, weight: torch.Tensor) -> None:
-        param.weight_loader(param, weight)
+        param.weight_loader(param, weight)  # type: ignore[attr-defined]  # the scale parameter's own loader [SCALE-7]
 
     def make_attention(self, *, kv_cache_dtype: str, device: str) -> Attention:
         return Attention(num_heads=2, num_kv_heads=1, head_dim=4, kv_cache_dtype=kv_cache_dtype,
@@ -62,16 +64,17 @@ class ReferenceAdapter:
     def attention_scale_parameters(self, layer: Attention) -> dict[str, torch.Tensor]:
         return {name: getattr(layer, name) for name in SCALE_NAMES if name in layer._parameters}
 
+    # make_attention's quant config always gives the layer a KV-cache method.
     def create_scale_weights(self, layer: Attention) -> None:
-        layer.quant_method.create_weights(layer, device=layer._k_scale.device)
+        cast(KVCacheMethod, layer.quant_method).create_weights(layer, device=layer._k_scale.device)
 
     def process_attention(self, layer: Attention) -> None:
-        layer.quant_method.process_weights_after_loading(layer)
+        cast(KVCacheMethod, layer.quant_method).process_weights_after_loading(layer)
 
     def attention_outputs(self, layer: Attention) -> dict[str, torch.Tensor]:
         return {name: getattr(layer, buffer) for name, buffer in OUTPUT_BUFFERS.items()}
 
-    def attention_mirrors(self, layer: Attention) -> dict[str, float]:
+    def attention_mirrors(self, layer: AttentionLayerBase) -> dict[str, float]:
         return {attribute: float(getattr(layer, attribute))
                 for attribute in (*FLOAT_MIRRORS.values(), *CPU_MIRRORS.values())}
 
@@ -96,7 +99,8 @@ class ReferenceAdapter:
     def auto_load(self, module: torch.nn.Module, weights: Weights, *, mapper=None, quant_method=None,
                   skip_prefixes=(), skip_substrs=()) -> set[str]:
         if quant_method is not None:
-            module.quant_config = QuantConfig(quant_method)
+            # the attribute find_quant_config reads; Module.__setattr__ is typed for tensors and modules only
+            module.quant_config = QuantConfig(quant_method)  # type: ignore[assignment]
         loader = AutoWeightsLoader(module, skip_prefixes=skip_prefixes, skip_substrs=skip_substrs)
         return loader.load_weights(weights, mapper=mapper)
 

@@ -14,15 +14,43 @@ Modules, in the order a run uses them:
 Every model is loaded through an adapter (the reference is one): there is no private reader.
 """
 
-from loadspec.conformance.e2e.checkpoints import (CHECKPOINT_ENV, KV_CACHE_DTYPE, CheckpointError, CheckpointInfo,
-                                                  checkpoint_from_env, inspect_checkpoint, load_tokenizer,
-                                                  required_capabilities, resolve_checkpoint, smollm_spec_for, spec_for)
+from loadspec.conformance.e2e.checkpoints import (
+    CHECKPOINT_ENV,
+    KV_CACHE_DTYPE,
+    CheckpointError,
+    CheckpointInfo,
+    checkpoint_from_env,
+    inspect_checkpoint,
+    load_tokenizer,
+    required_capabilities,
+    resolve_checkpoint,
+    smollm_spec_for,
+    spec_for,
+)
 from loadspec.conformance.e2e.cli import format_results, main
-from loadspec.conformance.e2e.quantized_cache import (cache_dir, quantized_checkpoint, quantizer_fingerprint,
-                                                      smollm_checkpoint, source_fingerprint)
-from loadspec.conformance.e2e.run import (BLOWUP_PERPLEXITY, BROKEN_CASE, BROKEN_SCALE_MULTIPLIER, CASES,
-                                          MAX_PERPLEXITY, PREFIX, PRODUCER_IDS, TEXT, E2EResult, exported_kv_scales,
-                                          load_kernel_state, run_check, run_producer, run_reload)
+from loadspec.conformance.e2e.quantized_cache import (
+    cache_dir,
+    quantized_checkpoint,
+    quantizer_fingerprint,
+    smollm_checkpoint,
+    source_fingerprint,
+)
+from loadspec.conformance.e2e.run import (
+    BLOWUP_PERPLEXITY,
+    BROKEN_CASE,
+    BROKEN_SCALE_MULTIPLIER,
+    CASES,
+    MAX_PERPLEXITY,
+    PREFIX,
+    PRODUCER_IDS,
+    TEXT,
+    E2EResult,
+    exported_kv_scales,
+    load_kernel_state,
+    run_check,
+    run_producer,
+    run_reload,
+)
 from loadspec.conformance.e2e.threads import THREADS_ENV, cpu_threads
 
 __all__ = ["TEXT", "PREFIX", "KV_CACHE_DTYPE", "MAX_PERPLEXITY", "BLOWUP_PERPLEXITY", "BROKEN_SCALE_MULTIPLIER",

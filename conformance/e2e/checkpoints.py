@@ -18,6 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -77,7 +78,8 @@ class _Reader:
     """Reads single tensors from safetensors files, opening each file once."""
 
     def __init__(self, stack: contextlib.ExitStack) -> None:
-        self.stack, self.handles = stack, {}
+        self.stack = stack
+        self.handles: dict[str, Any] = {}  # file -> safetensors handle (untyped)
 
     def __call__(self, file: str, name: str) -> torch.Tensor:
         if file not in self.handles:

@@ -21,7 +21,11 @@ def format_results(results: list[E2EResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m loadspec.conformance.e2e [--impl NAME] [--device cpu|cuda] [--checkpoint DIR_OR_HUB_ID] [--producer ID]``."""
+    """Run the end-to-end check and print its results.
+
+    ``python -m loadspec.conformance.e2e [--impl NAME] [--device cpu|cuda]
+    [--checkpoint DIR_OR_HUB_ID] [--producer ID]``
+    """
     parser = argparse.ArgumentParser(prog="python -m loadspec.conformance.e2e", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--impl", default=None, help="adapter (default: $LOADSPEC_IMPL, else reference)")
     parser.add_argument("--device", default="cpu")

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -92,12 +93,14 @@ def _linear_quant_of(qconfig: dict | None) -> str:
         return "none"
     strategy = qconfig.get("weight_strategy")
     if strategy is None and qconfig.get("quant_method") == "compressed-tensors":
-        groups = qconfig.get("config_groups") or {}
-        strategy = next(iter(groups.values()), {}).get("weights", {}).get("strategy")
+        groups: dict[str, Any] = qconfig.get("config_groups") or {}
+        first_group: dict[str, Any] = next(iter(groups.values()), {})
+        strategy = first_group.get("weights", {}).get("strategy")
     if strategy is None and qconfig.get("quant_method") == "quark":
         scheme = qconfig.get("global_quant_config", {}).get("weight", {}).get("qscheme", "per_tensor")
         strategy = scheme.removeprefix("per_")
-    return {"channel": "fp8_per_channel"}.get(strategy, "fp8_per_tensor")
+    linear_quants: dict[str | None, str] = {"channel": "fp8_per_channel"}
+    return linear_quants.get(strategy, "fp8_per_tensor")
 
 
 # ------------------------------------------------------------------ pieces
@@ -122,13 +125,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
-def fake_quantize_kv(x: torch.Tensor, scale: torch.Tensor, kv_cache_dtype: str) -> torch.Tensor:
+def fake_quantize_kv(x: torch.Tensor, scale: torch.Tensor | None, kv_cache_dtype: str) -> torch.Tensor:
     """``x`` as it comes back from a KV cache of ``kv_cache_dtype`` written with dequant ``scale``."""
     if kv_cache_dtype == "auto":
         return x
     if kv_cache_dtype == "bfloat16":
         return x.to(torch.bfloat16).float()
     if kv_cache_dtype in ("fp8", "fp8_e4m3"):
+        if scale is None:
+            raise TypeError(f"kv_cache_dtype={kv_cache_dtype!r} needs a KV-cache scale, got None")
         stored = (x / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
         return stored.float() * scale
     raise UnsupportedSchemeError(f"kv_cache_dtype={kv_cache_dtype!r} is not emulated by the reference forward")

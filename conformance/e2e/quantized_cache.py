@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import inspect
 import json
 import math
 from pathlib import Path
@@ -67,7 +68,7 @@ def quantizer_fingerprint() -> str:
     """sha256 of the code that decides a quantized checkpoint's bytes (quantizer, producers, calibration forward)."""
     digest = hashlib.sha256()
     for module in (quantizer, producers, synthetic, forward):
-        digest.update(Path(module.__file__).read_bytes())
+        digest.update(Path(inspect.getfile(module)).read_bytes())
     return digest.hexdigest()
 
 

@@ -28,8 +28,13 @@ from pathlib import Path
 import torch
 
 from loadspec.conformance.assertions import state_differences
-from loadspec.conformance.e2e.checkpoints import (CheckpointInfo, inspect_checkpoint, load_tokenizer, smollm_spec_for,
-                                                  spec_for)
+from loadspec.conformance.e2e.checkpoints import (
+    CheckpointInfo,
+    inspect_checkpoint,
+    load_tokenizer,
+    smollm_spec_for,
+    spec_for,
+)
 from loadspec.conformance.e2e.forward import perplexity
 from loadspec.conformance.e2e.quantized_cache import quantized_checkpoint, smollm_checkpoint
 from loadspec.conformance.e2e.threads import cpu_threads
@@ -73,8 +78,8 @@ class E2EResult:
     def kv_scale_mismatches(self) -> list[tuple[str, float, float]]:
         """``(name, exported, checkpoint's)`` for every exported k/v scale that is not the checkpoint's."""
         out = []
-        for index, (got, expected) in enumerate(zip(self.kv_scales, self.checkpoint_kv_scales)):
-            for kind, a, b in zip(("k_scale", "v_scale"), got, expected):
+        for index, (got, expected) in enumerate(zip(self.kv_scales, self.checkpoint_kv_scales, strict=False)):
+            for kind, a, b in zip(("k_scale", "v_scale"), got, expected, strict=False):
                 if a != b:
                     out.append((self.spec.attention_prefix(index) + kind, a, b))
         return out
