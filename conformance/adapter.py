@@ -14,8 +14,9 @@ an undeclared capability is skipped with the capability named in the report.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -42,8 +43,8 @@ CAPABILITIES: dict[str, str] = {
 
 PRIMITIVE_METHODS = (
     "new_scale_parameter", "load_scale", "make_attention", "attention_scale_parameters", "create_scale_weights",
-    "process_attention", "attention_outputs", "attention_mirrors", "make_mapper", "compose_mappers", "map_name", "apply_mapper",
-    "cache_scale_mapper", "default_weight_loader", "auto_load", "count_copies",
+    "process_attention", "attention_outputs", "attention_mirrors", "make_mapper", "compose_mappers", "map_name",
+    "apply_mapper", "cache_scale_mapper", "default_weight_loader", "auto_load", "count_copies",
 )
 MODEL_METHODS = (
     "build_model", "first_load", "dummy_load", "reload", "export_kernel_state", "kernel_tensors", "host_mirrors",
@@ -86,7 +87,10 @@ class Adapter(Protocol):
         """The device output scales ``_q_scale``, ``_k_scale``, ``_v_scale``, ``_prob_scale`` (live tensors)."""
 
     def attention_mirrors(self, layer: Any) -> dict[str, float]:
-        """Host copies of the scales: ``_q_scale_float`` ... ``_prob_scale_float``, ``_k_scale_cpu``, ``_v_scale_cpu``."""
+        """Host copies of the scales.
+
+        ``_q_scale_float`` ... ``_prob_scale_float``, ``_k_scale_cpu``, ``_v_scale_cpu``.
+        """
 
     # -------------------------------------------------------- primitives: MAP
     def make_mapper(self, *, regex: dict | None = None, substr: dict | None = None, stacked: dict | None = None,
@@ -148,7 +152,10 @@ class Adapter(Protocol):
         """[reload_sessions] An open reload with ``load(weights)`` and ``finish()``."""
 
     def count_loader_call(self, loader, param: torch.Tensor, loaded_weight: torch.Tensor) -> int:
-        """[reload_sessions] Elements the layerwise reload credits ``param`` with for one ``loader(param, loaded_weight)``."""
+        """[reload_sessions] Elements the layerwise reload credits ``param`` with for one call.
+
+        The call is ``loader(param, loaded_weight)``.
+        """
 
     def processing_order(self, model: Any) -> list[str]:
         """[processing_order] Module names processed by the last load or reload, in order."""
@@ -162,7 +169,7 @@ def capabilities_table() -> str:
 
 def required_methods(capabilities: frozenset[str]) -> tuple[str, ...]:
     """Methods an adapter declaring ``capabilities`` must implement."""
-    methods = ()
+    methods: tuple[str, ...] = ()
     if "primitives" in capabilities:
         methods += PRIMITIVE_METHODS
     if "model" in capabilities:
