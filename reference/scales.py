@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from loadspec.reference.errors import ScaleShapeError
+from loadspec.reference.errors import ScaleShapeError, ShapeMismatchError
 from loadspec.reference.mapper import ShardId
 from loadspec.reference.vocabulary import SCALE_NAMES, SENTINEL
 
@@ -24,8 +24,12 @@ class KVCacheScaleParameter(torch.nn.Parameter):
 
     @staticmethod
     def weight_check(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
-        """Validate a load without writing [SCALE-4]."""
-        check_scale_shape(loaded_weight, name=getattr(param, "loadspec_name", None))
+        """Validate a load without writing [SCALE-4]; a shard id (a ``stacked`` mapper entry) is rejected."""
+        name = getattr(param, "loadspec_name", None)
+        if shard_id is not None:
+            who = name or "KV-cache scale"
+            raise ShapeMismatchError(f"{who}: is not a fused parameter, but got shard {shard_id!r}")
+        check_scale_shape(loaded_weight, name=name)
 
     @staticmethod
     def weight_loader(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:

@@ -17,6 +17,7 @@ from loadspec.reference.auto_loader import AutoWeightsLoader
 from loadspec.reference.errors import LoadspecError, MissingWeightsError, ShapeMismatchError, UnknownWeightError
 from loadspec.reference.kv_cache import MissingKVScalesWarning
 from loadspec.reference.loaders import default_weight_loader
+from loadspec.reference.mapper import WeightsMapper
 from loadspec.reference.spec import DEFAULT_SPEC, uniform_layers
 from loadspec.strategies.synthetic import synthetic_checkpoint
 
@@ -120,3 +121,17 @@ def test_ignore_unexpected_suffixes_never_drops_a_scale_a_module_could_take():
     with pytest.raises(UnknownWeightError, match="k_scale"):
         loader.plan([("model.layers.0.self_attn.attn.k_scale", torch.tensor(0.5))])
     assert loader.plan([("model.layers.0.self_attn.other.k_scale", torch.tensor(0.5))]) == []
+
+
+def test_a_shard_id_on_a_scale_parameter_is_a_shape_mismatch_error_before_any_write(model_state):
+    """A ``stacked`` mapper entry landing on a KV-cache scale is rejected naming it (it crashed in ``first_load``)."""
+    model = api.build(DEFAULT_SPEC)
+    weights = [(name, torch.zeros(param.shape, dtype=param.dtype)) for name, param in model.named_parameters()
+               if ".attn." not in name]
+    weights.append(("model.layers.0.self_attn.attn.k_scale_src", torch.tensor(0.5)))
+    model.mapper = model.mapper | WeightsMapper(stacked={"k_scale_src": ("k_scale", 0)})
+    before = model_state(model)
+    with pytest.raises(ShapeMismatchError, match=r"model\.layers\.0\.self_attn\.attn\.k_scale: is not a fused "
+                                                 r"parameter, but got shard 0"):
+        api.first_load(model, weights)
+    assert_unchanged("first_load", before, model_state(model), "LOAD-6")
