@@ -5,7 +5,8 @@ Snapshots compare raw bytes, so NaN equals NaN and FP8 compares exactly.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import NoReturn
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ def tensor_bytes(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to("cpu").reshape(-1).contiguous().view(torch.uint8).clone()
 
 
-def fail(what: str, got, expected, rule: str) -> None:
+def fail(what: str, got, expected, rule: str) -> NoReturn:
     """Raise the suite's uniform assertion message."""
     __tracebackhide__ = True
     raise AssertionError(f"{what}={got!r}, but should be {expected!r} [{rule}]")
@@ -44,9 +45,9 @@ def assert_raises_value_error(what: str, call: Callable[[], object], rule: str, 
     fail(f"{what} raised", "nothing", "ValueError", rule)
 
 
-def snapshot(tensors: dict[str, torch.Tensor], mirrors: dict[str, float] | None = None) -> dict:
+def snapshot(tensors: dict[str, torch.Tensor], mirrors: dict[str, float] | None = None) -> dict[str, object]:
     """Identity, data_ptr, dtype, shape and bytes of live tensors, plus host mirrors."""
-    state = {name: (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor_bytes(tensor))
+    state: dict[str, object] = {name: (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor_bytes(tensor))
              for name, tensor in tensors.items()}
     for name, value in (mirrors or {}).items():
         state[f"mirror:{name}"] = value

@@ -110,5 +110,6 @@ def test_a_full_delivery_completes_every_layer_while_loading(impl, request, data
     session.load(layouts["reload"].tensors())
     processed = set(impl.processing_order(model))
     session.finish()
-    expected = {f"{spec.layer_prefix(i)}mlp.{p}" for i in range(len(spec.layers)) for p in ("gate_up_proj", "down_proj")}
+    expected = {f"{spec.layer_prefix(i)}mlp.{p}" for i in range(len(spec.layers))
+                for p in ("gate_up_proj", "down_proj")}
     assert_equal("layers processed before finish", expected - processed, set(), "COUNT-4")

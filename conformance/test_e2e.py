@@ -15,7 +15,6 @@ compressed-tensors-legacy case).
 from __future__ import annotations
 
 import pytest
-import torch
 
 from loadspec.conformance import e2e
 from loadspec.conformance.assertions import fail, skip_unless

@@ -14,7 +14,10 @@ from loadspec.strategies.layouts import checkpoint_layouts
 
 
 def tree() -> torch.nn.Module:
-    """``layers.0.self_attn.{o_proj.weight, attn}`` and ``layers.0.norm.weight`` with a persistent/non-persistent buffer."""
+    """``layers.0.self_attn.{o_proj.weight, attn}`` and ``layers.0.norm.weight``, with two buffers.
+
+    One buffer is persistent, the other not.
+    """
     root = torch.nn.Module()
     layer = torch.nn.Module()
     root.layers = torch.nn.ModuleList([layer])

@@ -7,9 +7,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadspec.reference.vocabulary import QUANT_METHODS
 from loadspec.conformance.assertions import assert_equal, fail
 from loadspec.conformance.drivers import mapper_in
+from loadspec.reference.vocabulary import QUANT_METHODS
 from loadspec.strategies.mappers import mappers, weight_names
 
 pytestmark = pytest.mark.requires("primitives")

@@ -6,13 +6,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadspec.reference.vocabulary import QUANT_METHODS, SCALE_KINDS
 from loadspec.conformance.assertions import assert_equal
-from loadspec.conformance.drivers import (SELF_ATTN_ONLY_PRODUCERS, built, graphs_for, heavy, is_must_producer,
-                                          must_kv_scales)
+from loadspec.conformance.drivers import (
+    SELF_ATTN_ONLY_PRODUCERS,
+    built,
+    graphs_for,
+    heavy,
+    is_must_producer,
+    must_kv_scales,
+)
 from loadspec.conformance.reproducers import Case, record_case
-from loadspec.strategies.producers import PRODUCERS
+from loadspec.reference.vocabulary import QUANT_METHODS, SCALE_KINDS
 from loadspec.strategies.layouts import checkpoint_layouts
+from loadspec.strategies.producers import PRODUCERS
 
 STACKED = {".q_proj.": (".qkv_proj.", "q"), ".k_proj.": (".qkv_proj.", "k"), ".v_proj.": (".qkv_proj.", "v"),
            ".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1)}

@@ -9,8 +9,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadspec.conformance.assertions import (assert_equal, assert_same_state, assert_unchanged, fail,
-                                             snapshot, tensor_bytes)
+from loadspec.conformance.assertions import (
+    assert_equal,
+    assert_same_state,
+    assert_unchanged,
+    fail,
+    snapshot,
+    tensor_bytes,
+)
 from loadspec.conformance.drivers import built, close_quietly, draw_case, heavy, live_pointers
 from loadspec.conformance.reproducers import Case, record_case
 
@@ -48,8 +54,8 @@ def test_reload_equals_a_fresh_load(impl, request, data, device):
 @heavy()
 @given(data=st.data())
 def test_scale_only_reload_takes_fresh_defaults(impl, ref, request, data):
-    spec, layouts = draw_case(impl, request, data, "base", quant_methods=("fp8", "compressed-tensors"), allow_unquantized=False,
-                              kv_cache_dtypes=("fp8", "fp8_e4m3"), min_layers=2)
+    spec, layouts = draw_case(impl, request, data, "base", quant_methods=("fp8", "compressed-tensors"),
+                              allow_unquantized=False, kv_cache_dtypes=("fp8", "fp8_e4m3"), min_layers=2)
     k = data.draw(st.sampled_from([0.125, 2.0, 3.5]), label="new k_scale")
     delivery = [(f"{spec.layer_prefix(0)}{spec.container}.k_scale", torch.tensor(k))]
     results = []
@@ -177,7 +183,7 @@ def test_order_and_grouping_do_not_matter(impl, request, data):
     if "reload_sessions" in impl.capabilities:
         cuts = sorted(data.draw(st.lists(st.integers(0, len(weights)), max_size=5), label="bucket boundaries"))
         session = impl.open_reload(model)
-        for start, stop in zip([0, *cuts], [*cuts, len(weights)]):
+        for start, stop in zip([0, *cuts], [*cuts, len(weights)], strict=True):
             session.load(shuffled[start:stop])
         session.finish()
     else:

@@ -13,9 +13,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from loadspec.reference.vocabulary import SCALE_KINDS
 from loadspec.conformance.assertions import assert_equal, assert_same_state, assert_unchanged, fail, snapshot
 from loadspec.conformance.drivers import built, graphs_for, layouts_for, live_pointers
+from loadspec.reference.vocabulary import SCALE_KINDS
 
 pytestmark = pytest.mark.requires("model")
 
@@ -104,7 +104,7 @@ class PartialReloadMachine(ReloadMachine):
 
 
 def machine_settings() -> settings:
-    examples = max(2, settings.default.max_examples // 8)
+    examples = max(2, settings().max_examples // 8)  # the loaded profile's value
     return settings(max_examples=examples, stateful_step_count=max(3, examples // 2), deadline=None)
 
 

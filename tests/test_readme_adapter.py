@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def example_source() -> str:
     readme = (ROOT / "README.md").read_text()
-    found = re.search(r"<!-- adapter-example:start -->\n```python\n(.*?)```\n<!-- adapter-example:end -->", readme, re.S)
+    block = r"<!-- adapter-example:start -->\n```python\n(.*?)```\n<!-- adapter-example:end -->"
+    found = re.search(block, readme, re.S)
     assert found, "README lost its adapter example"
     return found.group(1)
 
