@@ -41,3 +41,7 @@ class MapperError(LoadspecError):
 
 class UnsupportedSchemeError(LoadspecError):
     """A quantization or KV-cache scheme the reference does not implement."""
+
+
+class CheckpointFormatError(LoadspecError):
+    """A checkpoint directory, index, shard header or ``config.json`` is malformed, lies or points outside."""

@@ -2,32 +2,29 @@
 
 ``inspect_checkpoint`` reads ``config.json``, the safetensors headers and the KV-cache scale
 tensors only (never whole weights) and raises ``CheckpointError`` (a ``ValueError``) for what
-the check cannot score: no ``config.json``, an unsupported ``quantization_config`` scheme, no
-KV-cache scales (an engine would use 1.0), KV-cache scales with more than one element, or
-non-positive ones. KV-cache scale names are resolved with the reference's cache-scale mapper,
-the same resolver the loader uses [NAMES-1..13].
+the check cannot score: no ``config.json``, a malformed checkpoint (``reference.checkpoint``'s
+``CheckpointFormatError``: the reader validates paths, the index and every shard header), a
+``config.json`` whose values are wrong or disagree with the tensor headers (all listed in one
+message; see ``check_config``), an unsupported ``quantization_config`` scheme, no KV-cache
+scales (an engine would use 1.0), KV-cache scales with more than one element, or non-positive
+ones. Nothing is built before the config passed. KV-cache scale names are resolved with the
+reference's cache-scale mapper, the same resolver the loader uses [NAMES-1..13].
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-from safetensors import safe_open
-
-from loadspec.conformance.e2e.forward import spec_from_hf_config
+from loadspec.conformance.e2e.forward import config_parameter_count, config_problems, spec_from_hf_config
 from loadspec.conformance.e2e.smollm import smollm_spec
 from loadspec.reference.cache_scale_mappers import cache_scale_mapper
-from loadspec.reference.checkpoint import shard_files
-from loadspec.reference.errors import UnsupportedSchemeError
+from loadspec.reference.checkpoint import CONFIG_FILE, Checkpoint, open_checkpoint, read_config
+from loadspec.reference.errors import CheckpointFormatError, UnsupportedSchemeError
 from loadspec.reference.quant_config import quant_config_from_dict
 from loadspec.reference.spec import ModelSpec
 from loadspec.reference.vocabulary import QUANT_METHODS, STATIC_INPUT_METHODS
@@ -38,6 +35,11 @@ CHECKPOINT_ENV = "LOADSPEC_CHECKPOINT"  # a user checkpoint: a local directory o
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+(@[\w./-]+)?")
 _LAYER_KV_SCALE = re.compile(r"^model\.layers\.(\d+)\.self_attn\.attn\.([kv])_scale$")
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+ALLOCATION_FACTOR = 2
+ALLOCATION_SLACK = 16 * 2**20
+"""A config may describe at most ``ALLOCATION_FACTOR * (elements in the tensor headers) + ALLOCATION_SLACK``
+parameters: more would make the check allocate memory the checkpoint cannot fill."""
 
 
 class CheckpointError(ValueError):
@@ -60,31 +62,68 @@ class CheckpointInfo:
         return len(self.kv_scales)
 
 
-def _headers(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """``name -> (shape, file)`` of every tensor of the checkpoint, read from the safetensors headers only."""
+def _checkpoint(path: Path) -> Checkpoint:
+    """The validated checkpoint (headers only: nothing is read until a tensor is asked for)."""
     try:
-        files = shard_files(path)
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    headers = {}
-    for file in files:
-        with safe_open(str(file), framework="pt", device="cpu") as handle:
-            for name in handle.keys():
-                headers[name] = (tuple(handle.get_slice(name).get_shape()), str(file))
-    return headers
+        return open_checkpoint(path)
+    except CheckpointFormatError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
-class _Reader:
-    """Reads single tensors from safetensors files, opening each file once."""
+def _expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """HF Llama tensor name (layer ``{}``) -> the shape a valid ``config`` gives it."""
+    hidden, heads, vocab = config["hidden_size"], config["num_attention_heads"], config["vocab_size"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or hidden // heads
+    inter = config["intermediate_size"]
+    return {"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden),
+            "model.norm.weight": (hidden,),
+            "model.layers.{}.self_attn.q_proj.weight": (heads * head_dim, hidden),
+            "model.layers.{}.self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
+            "model.layers.{}.self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
+            "model.layers.{}.self_attn.o_proj.weight": (hidden, heads * head_dim),
+            "model.layers.{}.mlp.gate_proj.weight": (inter, hidden),
+            "model.layers.{}.mlp.up_proj.weight": (inter, hidden),
+            "model.layers.{}.mlp.down_proj.weight": (hidden, inter),
+            "model.layers.{}.input_layernorm.weight": (hidden,),
+            "model.layers.{}.post_attention_layernorm.weight": (hidden,)}
 
-    def __init__(self, stack: contextlib.ExitStack) -> None:
-        self.stack = stack
-        self.handles: dict[str, Any] = {}  # file -> safetensors handle (untyped)
 
-    def __call__(self, file: str, name: str) -> torch.Tensor:
-        if file not in self.handles:
-            self.handles[file] = self.stack.enter_context(safe_open(file, framework="pt", device="cpu"))
-        return self.handles[file].get_tensor(name)
+def check_config(path: Path, config: object, checkpoint: Checkpoint) -> None:
+    """Raise one ``CheckpointError`` listing every problem of ``config`` and its disagreements with the headers.
+
+    Types and sizes (``forward.config_problems``); the shapes of the HF Llama tensors present
+    (``embed_tokens``, ``lm_head``, norms, projections) against the config's sizes; no tensor of
+    a layer at or beyond ``num_hidden_layers``; and the allocation bound: the config may
+    describe at most ``ALLOCATION_FACTOR`` times the elements the headers hold, plus
+    ``ALLOCATION_SLACK`` (a checkpoint stores every parameter, so a bigger config lies).
+    Nothing is allocated: sizes are Python ints.
+    """
+    problems = config_problems(config)
+    headers = checkpoint.tensors
+    if not problems and isinstance(config, dict):
+        expected = _expected_shapes(config)
+        layers = config["num_hidden_layers"]
+        beyond = sorted({int(m.group(1)) for name in headers for m in [_LAYER_INDEX.search(name)] if m}
+                        - set(range(layers)))
+        if beyond:
+            problems.append(f"num_hidden_layers={layers}, but the checkpoint has tensors of layer(s) "
+                            f"{', '.join(map(str, beyond[:5]))}")
+        for name, info in sorted(headers.items()):
+            match = _LAYER_INDEX.search(name)
+            key = name.replace(f"layers.{match.group(1)}.", "layers.{}.", 1) if match else name
+            shape = expected.get(key)
+            if shape is not None and info.shape != shape:
+                problems.append(f"{name} has shape {info.shape} in {info.file.name}, but config.json gives {shape}")
+        count, stored = config_parameter_count(config), sum(info.numel for info in headers.values())
+        bound = ALLOCATION_FACTOR * stored + ALLOCATION_SLACK
+        if count > bound:
+            problems.append(f"config.json describes {count:,} parameters, but the tensor headers hold {stored:,} "
+                            f"elements: refusing to build more than {bound:,} ({ALLOCATION_FACTOR}x + "
+                            f"{ALLOCATION_SLACK:,})")
+    if problems:
+        raise CheckpointError(f"{path / CONFIG_FILE}: {len(problems)} problem(s): " + "; ".join(problems[:20])
+                              + (f"; and {len(problems) - 20} more" if len(problems) > 20 else ""))
 
 
 def _check_scheme(path: Path, qconfig: dict, headers: dict) -> None:
@@ -94,7 +133,7 @@ def _check_scheme(path: Path, qconfig: dict, headers: dict) -> None:
     try:
         check_quantization_config(qconfig)
         quant_config_from_dict(qconfig)
-    except ValueError as exc:
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # a malformed scheme object is unsupported too
         raise CheckpointError(f"{path}: unsupported quantization_config scheme: {exc}; {why}") from None
     if qconfig.get("weight_block_size"):
         raise CheckpointError(f"{path}: unsupported quantization_config scheme: block-wise FP8 weights "
@@ -129,21 +168,23 @@ def check_quantization_config(qconfig: dict | None) -> None:
             raise UnsupportedSchemeError(f"quark weight dtype={weight.get('dtype')!r}: only 'fp8_e4m3'")
 
 
-def _kv_scales(path: Path, headers: dict, read, layers: int) -> tuple[list[tuple[float, float]], list[str], list[int]]:
+def _kv_scales(path: Path, checkpoint: Checkpoint,
+               layers: int) -> tuple[list[tuple[float, float]], list[str], list[int]]:
     """Per layer ``(k, v)`` (v follows k, k follows v [KVPROC-4]), the scale names found, the layers without any."""
     mapper = cache_scale_mapper()
+    headers = checkpoint.tensors
     found: dict[tuple[int, str], dict[str, float]] = {}
     for name in sorted(headers):
         mapped = mapper.map_name(name)
         match = _LAYER_KV_SCALE.match(mapped or "")
         if match is None:
             continue
-        shape, file = headers[name]
+        shape = headers[name].shape
         if math.prod(shape) != 1:
             raise CheckpointError(
                 f"{path}: KV-cache scale {name} has shape {shape}, but should have exactly one element: "
                 f"only per-tensor KV-cache scales are supported (not per-head or per-channel)")
-        value = float(read(file, name).float().reshape(()))
+        value = float(checkpoint.read(name).float().reshape(()))
         if not math.isfinite(value) or value <= 0:
             raise CheckpointError(f"{path}: KV-cache scale {name}={value!r}, but should be finite and > 0")
         found.setdefault((int(match.group(1)), match.group(2)), {})[name] = value
@@ -174,22 +215,23 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json: not a Hugging Face checkpoint directory")
-    config = json.loads(config_file.read_text())
-    headers = _headers(path)
+    try:
+        config = read_config(path)
+    except CheckpointFormatError as exc:
+        raise CheckpointError(str(exc)) from None
+    checkpoint = _checkpoint(path)
+    check_config(path, config, checkpoint)
     qconfig = config.get("quantization_config") or None
     if qconfig is not None:
-        _check_scheme(path, qconfig, headers)
+        _check_scheme(path, qconfig, checkpoint.tensors)
     try:
-        spec = spec_from_hf_config(config, kv_cache_dtype=KV_CACHE_DTYPE,
+        spec = spec_from_hf_config(config, kv_cache_dtype=KV_CACHE_DTYPE, max_parameters=None,
                                    quant_method=qconfig.get("quant_method") if qconfig else None)
-    except KeyError as exc:
-        raise CheckpointError(f"{path}: config.json lacks {exc.args[0]!r}") from None
     except ValueError as exc:
         raise CheckpointError(f"{path}: unsupported model: {exc}") from None
 
     layers = len(spec.layers)
-    with contextlib.ExitStack() as stack:
-        kv_scales, found_names, missing = _kv_scales(path, headers, _Reader(stack), layers)
+    kv_scales, found_names, missing = _kv_scales(path, checkpoint, layers)
     if missing:
         prefix = f"model.layers.{missing[0]}.self_attn."
         raise CheckpointError(
@@ -259,12 +301,12 @@ def load_tokenizer(path: str | Path):
 
     try:
         return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: no usable tokenizer: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any failure of a malformed tokenizer file, named in the message
+        raise CheckpointError(f"{path}: no usable tokenizer: {type(exc).__name__}: {exc}") from None
 
 
 
 
 __all__ = ["KV_CACHE_DTYPE", "CHECKPOINT_ENV", "CheckpointError", "CheckpointInfo", "check_quantization_config",
-           "inspect_checkpoint", "spec_for", "smollm_spec_for", "required_capabilities", "resolve_checkpoint",
-           "checkpoint_from_env", "load_tokenizer"]
+           "inspect_checkpoint", "check_config", "spec_for", "smollm_spec_for", "required_capabilities",
+           "resolve_checkpoint", "checkpoint_from_env", "load_tokenizer"]

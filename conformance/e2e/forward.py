@@ -56,12 +56,101 @@ def kernel_state_names(spec: ModelSpec) -> list[str]:
     return names
 
 
-def spec_from_hf_config(config: dict, *, linear_quant: str | None = None, **overrides) -> ModelSpec:
+class ConfigError(ValueError):
+    """A ``config.json`` the reference forward cannot build a model from; the message lists every problem."""
+
+
+MAX_CONFIG_PARAMETERS = 2**40
+"""The most parameters ``spec_from_hf_config`` accepts from a config alone (no checkpoint to compare with)."""
+_SIZES = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
+_OPTIONAL_SIZES = ("num_key_value_heads", "head_dim")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def config_problems(config: object) -> list[str]:
+    """Every problem of a HF Llama ``config.json`` dict that ``spec_from_hf_config`` reads (empty: none).
+
+    Sizes must be ints (not strings, floats or bools) and > 0 (``num_key_value_heads`` and
+    ``head_dim`` may be absent or null); ``tie_word_embeddings`` a real bool; ``rms_norm_eps``
+    and ``rope_theta`` finite positive numbers; ``rope_parameters`` and ``quantization_config``
+    objects; heads divisible by KV heads, and ``hidden_size`` by the heads when ``head_dim`` is
+    not given.
+    """
+    if not isinstance(config, dict):
+        return [f"config is a JSON {type(config).__name__}, not an object"]
+    problems = []
+    for key in _SIZES + _OPTIONAL_SIZES:
+        if key not in config or (key in _OPTIONAL_SIZES and config[key] is None):
+            if key in _SIZES:
+                problems.append(f"lacks {key!r}")
+            continue
+        value = config[key]
+        if not _is_int(value):
+            problems.append(f"{key}={value!r} is a {type(value).__name__}, but should be an int")
+        elif value <= 0:
+            problems.append(f"{key}={value!r}, but should be > 0")
+    if "tie_word_embeddings" in config and not isinstance(config["tie_word_embeddings"], bool):
+        value = config["tie_word_embeddings"]
+        problems.append(f"tie_word_embeddings={value!r} is a {type(value).__name__}, but should be true or false")
+    for key in ("model_type",):
+        if key in config and not isinstance(config[key], str):
+            problems.append(f"{key}={config[key]!r} is a {type(config[key]).__name__}, but should be a string")
+    for key in ("rope_parameters", "quantization_config"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            problems.append(f"{key} is a {type(config[key]).__name__}, but should be an object")
+    rope_value = config.get("rope_parameters")
+    rope: dict[str, Any] = rope_value if isinstance(rope_value, dict) else {}
+    for key, value in (("rms_norm_eps", config.get("rms_norm_eps")), ("rope_theta", config.get("rope_theta")),
+                       ("rope_parameters.rope_theta", rope.get("rope_theta"))):
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            problems.append(f"{key}={value!r} is a {type(value).__name__}, but should be a number")
+        elif not (math.isfinite(value) and value > 0):
+            problems.append(f"{key}={value!r}, but should be finite and > 0")
+    if "rope_type" in rope and not isinstance(rope["rope_type"], str):
+        problems.append(f"rope_parameters.rope_type={rope['rope_type']!r} should be a string")
+    if problems:
+        return problems
+    heads, hidden = config["num_attention_heads"], config["hidden_size"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    if heads % kv_heads:
+        problems.append(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
+    if not config.get("head_dim") and hidden % heads:
+        problems.append(f"hidden_size={hidden} is not a multiple of num_attention_heads={heads} (and no head_dim)")
+    return problems
+
+
+def config_parameter_count(config: dict) -> int:
+    """How many parameters a model built from a valid ``config`` holds (exact Python ints: nothing allocated)."""
+    hidden, heads, vocab = config["hidden_size"], config["num_attention_heads"], config["vocab_size"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or hidden // heads
+    inter = config["intermediate_size"]
+    per_layer = (heads + 2 * kv_heads) * head_dim * hidden + hidden * heads * head_dim + 3 * inter * hidden + 2 * hidden
+    tied = config.get("tie_word_embeddings", False)
+    return vocab * hidden * (1 if tied else 2) + hidden + config["num_hidden_layers"] * per_layer
+
+
+def spec_from_hf_config(config: dict, *, linear_quant: str | None = None,
+                        max_parameters: int | None = MAX_CONFIG_PARAMETERS, **overrides: Any) -> ModelSpec:
     """A ``ModelSpec`` from a HF Llama ``config.json`` dict.
 
     ``linear_quant`` defaults to what ``quantization_config`` declares (per-tensor or
-    per-channel FP8) or ``"none"``; ``overrides`` are ``ModelSpec`` fields.
+    per-channel FP8) or ``"none"``; ``overrides`` are ``ModelSpec`` fields. The config is
+    validated first (``config_problems``; a ``ConfigError`` lists every problem), and a
+    config of more than ``max_parameters`` parameters is refused before anything is built
+    (``inspect_checkpoint`` passes a bound from the checkpoint's own tensor headers).
     """
+    problems = config_problems(config)
+    if not problems and max_parameters is not None and config_parameter_count(config) > max_parameters:
+        problems.append(f"the config describes {config_parameter_count(config):,} parameters, over the "
+                        f"{max_parameters:,} accepted")
+    if problems:
+        raise ConfigError("config.json: " + "; ".join(problems))
     if config.get("model_type", "llama") != "llama":
         raise UnsupportedSchemeError(f"model_type={config.get('model_type')!r}: only 'llama' is supported")
     heads = config["num_attention_heads"]
@@ -80,7 +169,7 @@ def spec_from_hf_config(config: dict, *, linear_quant: str | None = None, **over
         num_kv_heads=config.get("num_key_value_heads") or heads,
         head_dim=config.get("head_dim") or config["hidden_size"] // heads,
         intermediate_size=config["intermediate_size"],
-        tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+        tie_embeddings=config.get("tie_word_embeddings", False),
         rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
         rope_theta=float(theta),
     )
@@ -314,6 +403,7 @@ def perplexity(state: dict, spec: ModelSpec, tokenizer, text: str, prefix: str =
     return float(torch.exp(nll))
 
 
-__all__ = ["forward_logits", "perplexity", "continuation_ids", "spec_from_hf_config", "kernel_state_names",
+__all__ = ["forward_logits", "perplexity", "continuation_ids", "spec_from_hf_config", "config_problems",
+           "config_parameter_count", "ConfigError", "MAX_CONFIG_PARAMETERS", "kernel_state_names",
            "linear_name", "fake_quantize_kv", "dequantize_weight", "dequantized_state", "scaled_mm_linear",
            "check_kv_scale", "rms_norm", "rope_cos_sin", "apply_rope", "FUSED_PROJS", "LINEARS"]
