@@ -21,22 +21,34 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from loadspec.reference.spec import ModelSpec
+from loadspec.strategies.capabilities import (
+    FP8_PER_CHANNEL,
+    FP8_PER_TENSOR,
+    MIXER_CONTAINER,
+    MLA,
+    MODEL,
+    NESTED_WRAPPERS,
+    PER_TOKEN_HEAD_KV,
+    PRIMITIVES,
+    REDUCED_PRECISION_PARAMS,
+    TIED_EMBEDDINGS,
+)
 
 Weights = Iterable[tuple[str, torch.Tensor]]
 
 CAPABILITIES: dict[str, str] = {
-    "primitives": "scale parameter, KV-cache method, mapper, loaders and copy counter (the primitives tier)",
-    "model": "build, first-load, reload and export models from a ModelSpec (the model tier)",
+    PRIMITIVES: "scale parameter, KV-cache method, mapper, loaders and copy counter (the primitives tier)",
+    MODEL: "build, first-load, reload and export models from a ModelSpec (the model tier)",
     "reload_sessions": "a reload can take weights over several calls before it finishes",
     "processing_order": "reports the order in which layers were processed",
-    "mla": "MLA attention (kv_a/kv_b projections, absorbed W_UK_T/W_UV)",
-    "fp8_per_tensor": "FP8 e4m3 linear weights with per-tensor scales",
-    "fp8_per_channel": "FP8 e4m3 linear weights with per-channel scales",
-    "tied_embeddings": "lm_head tied to embed_tokens",
-    "nested_wrappers": "decoder stacks under wrapper modules (language_model.model.*)",
-    "mixer_container": "attention under a 'mixer' container (NemotronH naming)",
-    "per_token_head_kv": "per-token-head KV-cache dtypes (int4/int8/fp8_per_token_head)",
-    "reduced_precision_params": "bf16/fp16 parameter dtypes",
+    MLA: "MLA attention (kv_a/kv_b projections, absorbed W_UK_T/W_UV)",
+    FP8_PER_TENSOR: "FP8 e4m3 linear weights with per-tensor scales",
+    FP8_PER_CHANNEL: "FP8 e4m3 linear weights with per-channel scales",
+    TIED_EMBEDDINGS: "lm_head tied to embed_tokens",
+    NESTED_WRAPPERS: "decoder stacks under wrapper modules (language_model.model.*)",
+    MIXER_CONTAINER: "attention under a 'mixer' container (NemotronH naming)",
+    PER_TOKEN_HEAD_KV: "per-token-head KV-cache dtypes (int4/int8/fp8_per_token_head)",
+    REDUCED_PRECISION_PARAMS: "bf16/fp16 parameter dtypes",
     "skip_rules": "the automatic loader takes skip_prefixes/skip_substrs",
     "cuda": "runs on CUDA devices",
 }
@@ -170,9 +182,9 @@ def capabilities_table() -> str:
 def required_methods(capabilities: frozenset[str]) -> tuple[str, ...]:
     """Methods an adapter declaring ``capabilities`` must implement."""
     methods: tuple[str, ...] = ()
-    if "primitives" in capabilities:
+    if PRIMITIVES in capabilities:
         methods += PRIMITIVE_METHODS
-    if "model" in capabilities:
+    if MODEL in capabilities:
         methods += MODEL_METHODS
     if "reload_sessions" in capabilities:
         methods += SESSION_METHODS

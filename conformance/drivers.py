@@ -1,14 +1,25 @@
-"""Scenarios the suite runs identically against the implementation and the reference."""
+"""Scenarios the suite runs identically against the implementation and the reference.
+
+What an engine's own tests would call is public in ``loadspec.strategies``
+(``make_strategies_namespace(adapter)`` draws what the adapter's capabilities declare);
+this module is the suite's glue on top: the MUST selection, which reads the rule table
+(``graphs_for``, ``layouts_for``, ``must_kv_scales``), reproducer recording, settings.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+from hypothesis import settings
 
 from loadspec.conformance.assertions import outputs_as_floats
-from loadspec.reference.vocabulary import SCALE_KINDS
-
+from loadspec.conformance.reproducers import Case, record_case
+from loadspec.conformance.rules import MUST, RULES_BY_ID
+from loadspec.strategies import checkpoint_layouts, kv_scale_sets, make_strategies_namespace, scale_values
+from loadspec.strategies.layouts import compatible_producers
+from loadspec.strategies.producers import PRODUCERS
+from loadspec.strategies.scales import stored_as
 
 
 @dataclass
@@ -50,29 +61,13 @@ def mapper_in(adapter, mapper):
 
 def heavy():
     """Settings for model-tier tests: a third of the active profile's examples (at least 3)."""
-    from hypothesis import settings
-
     return settings(max_examples=max(3, settings.default.max_examples // 3))
 
 
-def graphs_for(adapter, **overrides):
-    """``layer_graphs()`` limited to what ``adapter`` declares, with at least one MUST-covered producer layout."""
-    from loadspec.strategies.graphs import layer_graphs
-
-    caps = adapter.capabilities
-    options = dict(
-        attention=("mha", "mla") if "mla" in caps else ("mha",),
-        linear_quants=("none",) + tuple(q for q, cap in (("fp8_per_tensor", "fp8_per_tensor"),
-                                                       ("fp8_per_channel", "fp8_per_channel")) if cap in caps),
-        containers=("self_attn", "mixer") if "mixer_container" in caps else ("self_attn",),
-        allow_tied="tied_embeddings" in caps,
-        allow_wrappers="nested_wrappers" in caps,
-        params_dtypes=("float32", "bfloat16", "float16") if "reduced_precision_params" in caps else ("float32",),
-        kv_cache_dtypes=("auto", "bfloat16", "fp8", "fp8_e4m3")
-        + (("int8_per_token_head", "fp8_per_token_head") if "per_token_head_kv" in caps else ()),
-    )
-    options.update(overrides)
-    return layer_graphs(**options).filter(must_producers)
+def graphs_for(adapter, **options):
+    """``make_strategies_namespace(adapter).layer_graphs(**options)``: specs ``adapter`` declares it can build,
+    kept to those with at least one MUST-covered producer layout."""
+    return make_strategies_namespace(adapter).layer_graphs(**options).filter(must_producers)
 
 
 def built(adapter, spec, weights, *, device: str = "cpu"):
@@ -105,8 +100,6 @@ REDUCED_EXACT_RANGE = (2.0**-14, 2.0**15)  # bf16 values in here are exact in fl
 
 def exact_in_reduced_precision(value: float) -> float:
     """``value`` rounded to bfloat16 and clamped into ``REDUCED_EXACT_RANGE``: exact in bf16 and fp16 alike."""
-    from loadspec.strategies.scales import stored_as
-
     low, high = REDUCED_EXACT_RANGE
     return min(max(stored_as(value, torch.bfloat16), low), high)
 
@@ -118,12 +111,10 @@ def must_kv_scales(params_dtype: str = "float32", *, required: tuple[str, ...] =
     bf16/fp16 model every value is exact in the model's dtype, since rounding a float32 scale
     there is SCALE-2's divergence.
     """
-    from loadspec.strategies.scales import kv_scale_sets, scale_values
-
     values = scale_values(allow_sentinel=False)
     if params_dtype != "float32":
         values = values.map(exact_in_reduced_precision)
-    return kv_scale_sets(values=values).filter(lambda s: all(s.get(kind) is not None for kind in required))
+    return kv_scale_sets(required=required, values=values)
 
 
 SELF_ATTN_ONLY_PRODUCERS = ("quark", "fused-qkv")  # NAMES-4 and NAMES-7 name self_attn; mixer is NAMES-14
@@ -131,32 +122,23 @@ SELF_ATTN_ONLY_PRODUCERS = ("quark", "fused-qkv")  # NAMES-4 and NAMES-7 name se
 
 def is_must_producer(producer_id: str) -> bool:
     """Whether the NAMES rule of ``producer_id``'s layout is a MUST."""
-    from loadspec.conformance.rules import MUST, RULES_BY_ID
-    from loadspec.strategies.producers import PRODUCERS
-
     return RULES_BY_ID[PRODUCERS[producer_id].rule].level == MUST
 
 
 def must_producers(spec) -> tuple[str, ...]:
     """Producers of ``spec``'s quant method whose names a MUST rule covers in ``spec``'s container."""
-    from loadspec.strategies.layouts import compatible_producers
-
     return tuple(p for p in compatible_producers(spec) if is_must_producer(p)
                  and not (spec.container != "self_attn" and p in SELF_ATTN_ONLY_PRODUCERS))
 
 
 def layouts_for(spec, **options):
-    """``checkpoint_layouts(spec)`` in MUST-covered layouts, every weight and a k_scale per attention layer (RELOAD-2)."""
-    from loadspec.strategies.layouts import checkpoint_layouts
-
+    """``checkpoint_layouts(spec)`` in MUST-covered layouts, every weight, a k_scale per attention layer [RELOAD-2]."""
     options.setdefault("producers", must_producers(spec))  # empty: InvalidArgument, never a SHOULD layout
     return checkpoint_layouts(spec, kv_scales=must_kv_scales(spec.params_dtype), **options)
 
 
 def draw_case(impl, request, data, *roles, **graph_options):
     """Draw a graph and one MUST layout per role (labelled), and record them as the test's reproducer."""
-    from loadspec.conformance.reproducers import Case, record_case
-
     spec = data.draw(graphs_for(impl, **graph_options), label="graph")
     layouts = {role: data.draw(layouts_for(spec), label=f"{role} checkpoint") for role in roles}
     record_case(request, Case(request.node.nodeid, layouts=layouts))

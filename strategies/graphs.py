@@ -2,30 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from loadspec.reference.spec import LayerSpec, ModelSpec
-from loadspec.reference.vocabulary import ATTENTION_KINDS, CONTAINERS, KV_CACHE_DTYPES, LINEAR_QUANTS, PARAM_DTYPES, QUANT_METHODS
+from loadspec.reference.vocabulary import (
+    ATTENTION_KINDS,
+    CONTAINERS,
+    KV_CACHE_DTYPES,
+    LINEAR_QUANTS,
+    PARAM_DTYPES,
+    QUANT_METHODS,
+)
 from loadspec.strategies._validation import check_bounds, check_choices, check_flag
 
-__all__ = ["layer_graphs"]
+__all__ = ["layer_graphs", "CHOICES", "DEFAULT_KV_CACHE_DTYPES"]
 
 UNQUANTIZED_ONLY_KV_DTYPES = ("fp8_e5m2",)  # KVPROC-10: raises at build under a quant config
 DEFAULT_KV_CACHE_DTYPES = tuple(d for d in KV_CACHE_DTYPES if d not in UNQUANTIZED_ONLY_KV_DTYPES)
 WRAPPERS = ((), ("language_model",), ("outer", "language_model"))
+CHOICES = {"attention": ATTENTION_KINDS, "linear_quants": LINEAR_QUANTS, "kv_cache_dtypes": KV_CACHE_DTYPES,
+           "containers": CONTAINERS, "params_dtypes": PARAM_DTYPES}
+"""Every value each choice argument of ``layer_graphs`` accepts."""
 HEAD_DIMS = (2, 4, 8)
 MAX_HEADS = 4
 
 
-
-def layer_graphs(*, min_layers: int = 1, max_layers: int | None = 3,
-                 attention=ATTENTION_KINDS, linear_quants=LINEAR_QUANTS,
-                 kv_cache_dtypes=DEFAULT_KV_CACHE_DTYPES, quant_methods=QUANT_METHODS,
-                 allow_unquantized: bool = True, allow_tied: bool = True, allow_wrappers: bool = True,
-                 containers=CONTAINERS, params_dtypes=PARAM_DTYPES, max_hidden: int = 32
-                 ) -> st.SearchStrategy[ModelSpec]:
-    """Small decoder ``ModelSpec``s that ``loadspec.reference.api.build`` accepts.
+@st.composite
+def layer_graphs(draw: st.DrawFn, *, min_layers: int = 1, max_layers: int | None = 3,
+                 attention: Iterable[str] = ATTENTION_KINDS, linear_quants: Iterable[str] = LINEAR_QUANTS,
+                 kv_cache_dtypes: Iterable[str] = DEFAULT_KV_CACHE_DTYPES,
+                 quant_methods: Iterable[str] = QUANT_METHODS, allow_unquantized: bool = True,
+                 allow_tied: bool = True, allow_wrappers: bool = True, containers: Iterable[str] = CONTAINERS,
+                 params_dtypes: Iterable[str] = PARAM_DTYPES, max_hidden: int = 32) -> ModelSpec:
+    """Draws ``ModelSpec``s: small decoder models that ``loadspec.reference.build`` accepts.
 
     * ``min_layers``/``max_layers`` bound the number of decoder layers (``None``: ``max(min_layers, 3)``).
     * ``attention``, ``linear_quants``, ``kv_cache_dtypes``, ``quant_methods``, ``containers`` and
@@ -36,6 +48,8 @@ def layer_graphs(*, min_layers: int = 1, max_layers: int | None = 3,
     * ``allow_tied``/``allow_wrappers``: tied embeddings; wrappers ``("language_model",)`` etc.
     * ``max_hidden`` bounds ``hidden_size`` (a multiple of the head count).
 
+    Bad arguments raise ``InvalidArgument`` when a spec is drawn, not when this is called.
+
     .. code-block:: pycon
 
         >>> layer_graphs(max_layers=1, attention=("mha",)).example()
@@ -44,17 +58,15 @@ def layer_graphs(*, min_layers: int = 1, max_layers: int | None = 3,
     """
     check_bounds("layers", min_layers, max_layers, floor=1)
     max_layers = max(min_layers, 3) if max_layers is None else max_layers
-    attention = check_choices("attention", attention, ATTENTION_KINDS)
-    linear_quants = check_choices("linear_quants", linear_quants, LINEAR_QUANTS)
-    kv_cache_dtypes = check_choices("kv_cache_dtypes", kv_cache_dtypes, KV_CACHE_DTYPES)
-    containers = check_choices("containers", containers, CONTAINERS)
-    params_dtypes = check_choices("params_dtypes", params_dtypes, PARAM_DTYPES)
+    attention = check_choices("attention", attention, CHOICES["attention"])
+    linear_quants = check_choices("linear_quants", linear_quants, CHOICES["linear_quants"])
+    kv_cache_dtypes = check_choices("kv_cache_dtypes", kv_cache_dtypes, CHOICES["kv_cache_dtypes"])
+    containers = check_choices("containers", containers, CHOICES["containers"])
+    params_dtypes = check_choices("params_dtypes", params_dtypes, CHOICES["params_dtypes"])
     for name, flag in (("allow_unquantized", allow_unquantized), ("allow_tied", allow_tied),
                        ("allow_wrappers", allow_wrappers)):
         check_flag(name, flag)
-    quant_methods = tuple(quant_methods)
-    if quant_methods or not allow_unquantized:
-        check_choices("quant_methods", quant_methods, QUANT_METHODS)
+    quant_methods = check_choices("quant_methods", quant_methods, QUANT_METHODS, allow_empty=allow_unquantized)
     if not isinstance(max_hidden, int) or isinstance(max_hidden, bool) or max_hidden < 1:
         raise InvalidArgument(f"max_hidden={max_hidden!r}, but should be an integer >= 1")
     unquantized_ok = allow_unquantized and "none" in linear_quants
@@ -64,24 +76,26 @@ def layer_graphs(*, min_layers: int = 1, max_layers: int | None = 3,
     if not _kv_choices(kv_cache_dtypes, unquantized_ok):
         raise InvalidArgument(f"kv_cache_dtypes={kv_cache_dtypes} leaves no buildable model: fp8_e5m2 needs "
                               f"quant_method=None (allow_unquantized=True and 'none' in linear_quants) [KVPROC-10]")
-    return _graphs(min_layers=min_layers, max_layers=max_layers, attention=attention,
-                   linear_quants=linear_quants, kv_cache_dtypes=kv_cache_dtypes, quant_methods=quant_methods,
-                   unquantized_ok=unquantized_ok, allow_tied=allow_tied, allow_wrappers=allow_wrappers,
-                   containers=containers, params_dtypes=params_dtypes, max_hidden=max_hidden)
+    return draw(_graphs(min_layers=min_layers, max_layers=max_layers, attention=attention,
+                        linear_quants=linear_quants, kv_cache_dtypes=kv_cache_dtypes, quant_methods=quant_methods,
+                        unquantized_ok=unquantized_ok, allow_tied=allow_tied, allow_wrappers=allow_wrappers,
+                        containers=containers, params_dtypes=params_dtypes, max_hidden=max_hidden))
 
 
-def _kv_choices(kv_cache_dtypes: tuple, unquantized_ok: bool) -> list[str]:
+def _kv_choices(kv_cache_dtypes: tuple[str, ...], unquantized_ok: bool) -> list[str]:
     """The KV-cache dtypes some drawable quant method builds with (fp8_e5m2 only without one)."""
     return [d for d in kv_cache_dtypes if unquantized_ok or d not in UNQUANTIZED_ONLY_KV_DTYPES]
 
 
 @st.composite
-def _graphs(draw, *, min_layers, max_layers, attention, linear_quants, kv_cache_dtypes, quant_methods,
-            unquantized_ok, allow_tied, allow_wrappers, containers, params_dtypes, max_hidden) -> ModelSpec:
+def _graphs(draw: st.DrawFn, *, min_layers: int, max_layers: int, attention: tuple[str, ...],
+            linear_quants: tuple[str, ...], kv_cache_dtypes: tuple[str, ...], quant_methods: tuple[str, ...],
+            unquantized_ok: bool, allow_tied: bool, allow_wrappers: bool, containers: tuple[str, ...],
+            params_dtypes: tuple[str, ...], max_hidden: int) -> ModelSpec:
     """Draw one spec from already validated arguments."""
     kv_choices = _kv_choices(kv_cache_dtypes, unquantized_ok)
     kv_cache_dtype = draw(st.sampled_from(kv_choices))
-    methods: list = [] if kv_cache_dtype in UNQUANTIZED_ONLY_KV_DTYPES else list(quant_methods)
+    methods: list[str | None] = [] if kv_cache_dtype in UNQUANTIZED_ONLY_KV_DTYPES else list(quant_methods)
     if unquantized_ok:
         methods.append(None)
     quant_method = draw(st.sampled_from(methods))

@@ -12,8 +12,10 @@ import json
 import math
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
@@ -23,13 +25,12 @@ from hypothesis.errors import InvalidArgument
 from safetensors.torch import save_file
 
 from loadspec.reference.checkpoint import INDEX_FILE, SINGLE_FILE
-from loadspec.reference.vocabulary import torch_dtype
-from loadspec.reference.vocabulary import SCALE_KINDS
-from loadspec.strategies.producers import PRODUCERS, quantization_config
 from loadspec.reference.spec import ModelSpec
-from loadspec.strategies.synthetic import kv_scale_tensors, synthetic_checkpoint
+from loadspec.reference.vocabulary import SCALE_KINDS, torch_dtype
 from loadspec.strategies._validation import check_choices, check_flag, check_strategy
+from loadspec.strategies.producers import PRODUCERS, quantization_config
 from loadspec.strategies.scales import keeps_meaning, kv_scale_sets, scale_values, stored_as
+from loadspec.strategies.synthetic import KVValues, kv_scale_tensors, synthetic_checkpoint
 
 __all__ = ["CheckpointLayout", "checkpoint_layouts", "compatible_producers", "ORDERS"]
 
@@ -60,7 +61,7 @@ class CheckpointLayout:
     spec: ModelSpec
     producer: str = "canonical"
     seed: int = 0
-    kv_scales: dict = field(default_factory=dict)
+    kv_scales: dict[str, float | None] = field(default_factory=dict)
     scale_dtype: str | None = None
     order: str = "file"
     order_seed: int = 0
@@ -101,10 +102,10 @@ class CheckpointLayout:
                      for name in kv_scale_tensors(self.spec, index, producer=self.producer,
                                                   kv_scales=dict(self.kv_scales)))
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         """The ``config.json`` of this checkpoint: a Llama-style (DeepSeek-V2 for MLA) HF config."""
         spec = self.spec
-        config = {
+        config: dict[str, Any] = {
             "architectures": ["DeepseekV2ForCausalLM" if spec.attention == "mla" else "LlamaForCausalLM"],
             "model_type": "deepseek_v2" if spec.attention == "mla" else "llama",
             "hidden_size": spec.hidden_size, "num_attention_heads": spec.num_heads,
@@ -169,7 +170,7 @@ class CheckpointLayout:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "CheckpointLayout":
+    def from_json(cls, text: str) -> CheckpointLayout:
         """Inverse of ``to_json``."""
         raw = json.loads(text)
         raw["spec"] = ModelSpec.from_json(json.dumps(raw["spec"]))
@@ -205,10 +206,12 @@ def compatible_producers(spec: ModelSpec) -> tuple[str, ...]:
     return tuple(p.id for p in PRODUCERS.values() if p.quant_method == spec.quant_method)
 
 
-def checkpoint_layouts(graph: ModelSpec, *, producers=None, orders=ORDERS, allow_sharding: bool = True,
-                       allow_missing: bool = False, allow_extra: bool = False,
-                       kv_scales: st.SearchStrategy[dict] | None = None) -> st.SearchStrategy[CheckpointLayout]:
-    """``CheckpointLayout``s of ``graph``'s checkpoint.
+@st.composite
+def checkpoint_layouts(draw: st.DrawFn, graph: ModelSpec, *, producers: Iterable[str] | None = None,
+                       orders: Iterable[str] = ORDERS, allow_sharding: bool = True, allow_missing: bool = False,
+                       allow_extra: bool = False, kv_scales: st.SearchStrategy[KVValues] | None = None
+                       ) -> CheckpointLayout:
+    """Draws ``CheckpointLayout``s: checkpoints of the model ``graph`` as one producer wrote them.
 
     * ``producers``: producer ids (default: those of ``graph.quant_method``; the
       reference maps every producer's names under every config [NAMES-2], so others may be named;
@@ -223,7 +226,8 @@ def checkpoint_layouts(graph: ModelSpec, *, producers=None, orders=ORDERS, allow
 
     Finite scale values are clamped into the range of the dtype the producer writes
     them in (1e30 becomes 65504 in a float16 model), and a ``scale_dtype`` override is
-    only drawn when it keeps every value valid, invalid or the sentinel.
+    only drawn when it keeps every value valid, invalid or the sentinel. Bad arguments raise
+    ``InvalidArgument`` when a layout is drawn, not when this is called.
 
     .. code-block:: pycon
 
@@ -241,12 +245,14 @@ def checkpoint_layouts(graph: ModelSpec, *, producers=None, orders=ORDERS, allow
     if kv_scales is None:
         kv_scales = kv_scale_sets(values=scale_values(allow_sentinel=False))
     check_strategy("kv_scales", kv_scales)
-    return _layouts(graph, producers=producers, orders=orders, allow_sharding=allow_sharding,
-                    allow_missing=allow_missing, allow_extra=allow_extra, kv_scales=kv_scales)
+    return draw(_layouts(graph, producers=producers, orders=orders, allow_sharding=allow_sharding,
+                         allow_missing=allow_missing, allow_extra=allow_extra, kv_scales=kv_scales))
 
 
 @st.composite
-def _layouts(draw, graph, *, producers, orders, allow_sharding, allow_missing, allow_extra, kv_scales):
+def _layouts(draw: st.DrawFn, graph: ModelSpec, *, producers: tuple[str, ...], orders: tuple[str, ...],
+             allow_sharding: bool, allow_missing: bool, allow_extra: bool,
+             kv_scales: st.SearchStrategy[KVValues]) -> CheckpointLayout:
     producer = draw(st.sampled_from(producers))
     scales = dict(draw(kv_scales)) if graph.quant_method is not None else {}
     if not set(scales) <= set(SCALE_KINDS):
@@ -288,7 +294,7 @@ def _fit(value: float, dtype: torch.dtype) -> float:
     return max(value, info.tiny * info.eps) if value > 0 else value
 
 
-def _scale_dtype_names(scales: dict, written: torch.dtype) -> list[str | None]:
+def _scale_dtype_names(scales: KVValues, written: torch.dtype) -> list[str | None]:
     """``None`` (the producer's dtype) and the override dtypes that keep every written value's meaning."""
     values = [stored_as(v, written) for v in scales.values() if v is not None]
     return [None] + [name for name, dtype in SCALE_DTYPE_NAMES.items()

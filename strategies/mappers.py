@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 
 from loadspec.reference.mapper import WeightsMapper
-from loadspec.strategies._validation import check_bounds
+from loadspec.strategies._validation import check_bounds, check_flag
 
 __all__ = ["weight_names", "mappers"]
 
@@ -16,8 +17,9 @@ COMPONENTS = ("model", "language_model", "layers", "0", "1", "self_attn", "mixer
               "weight", "weight_scale", "k_scale", "v_scale", "q_scale", "kv_scale", "output_scale")
 
 
-def weight_names(*, min_parts: int = 1, max_parts: int = 6) -> st.SearchStrategy[str]:
-    """Dotted weight names over a small vocabulary, so mapper entries often match.
+@st.composite
+def weight_names(draw: st.DrawFn, *, min_parts: int = 1, max_parts: int = 6) -> str:
+    """Draws dotted weight names over a small vocabulary, so mapper entries often match.
 
     * ``min_parts``/``max_parts`` bound the number of dotted components.
 
@@ -27,7 +29,7 @@ def weight_names(*, min_parts: int = 1, max_parts: int = 6) -> st.SearchStrategy
         'layers.self_attn.k_scale'
     """
     check_bounds("parts", min_parts, max_parts, floor=1)
-    return st.lists(st.sampled_from(COMPONENTS), min_size=min_parts, max_size=max_parts).map(".".join)
+    return ".".join(draw(st.lists(st.sampled_from(COMPONENTS), min_size=min_parts, max_size=max_parts)))
 
 
 def _keys() -> st.SearchStrategy[str]:
@@ -41,8 +43,9 @@ def _values() -> st.SearchStrategy[str | None]:
     return st.one_of(st.none(), _keys(), st.just(""))
 
 
-def mappers(*, max_entries: int = 3, allow_drop: bool = True) -> st.SearchStrategy[WeightsMapper]:
-    """``WeightsMapper``s with up to ``max_entries`` entries per stage.
+@st.composite
+def mappers(draw: st.DrawFn, *, max_entries: int = 3, allow_drop: bool = True) -> WeightsMapper:
+    """Draws reference ``WeightsMapper``s with up to ``max_entries`` entries per stage.
 
     * ``allow_drop``: whether entries may map to ``None`` (drop the weight).
 
@@ -51,13 +54,16 @@ def mappers(*, max_entries: int = 3, allow_drop: bool = True) -> st.SearchStrate
         >>> mappers(max_entries=1).example()
         WeightsMapper(substr={'.q_proj.': '.qkv_proj.'})
     """
-    check_bounds("entries", 0, max_entries)
+    if not isinstance(max_entries, int) or isinstance(max_entries, bool) or max_entries < 0:
+        raise InvalidArgument(f"max_entries={max_entries!r}, but should be an integer >= 0")
+    check_flag("allow_drop", allow_drop)
     values = _values() if allow_drop else _values().filter(lambda v: v is not None)
     entries = st.dictionaries(_keys(), values, max_size=max_entries)
     regex = st.dictionaries(_keys().map(lambda k: re.escape(k) + _anchor(k)), values, max_size=max_entries)
     stacked = st.dictionaries(_keys(), st.tuples(_keys(), st.sampled_from(["q", "k", "v", 0, 1])),
                               max_size=max_entries)
-    return st.builds(WeightsMapper, regex=regex, substr=entries, stacked=stacked, prefix=entries, suffix=entries)
+    return draw(st.builds(WeightsMapper, regex=regex, substr=entries, stacked=stacked, prefix=entries,
+                          suffix=entries))
 
 
 def _anchor(key: str) -> str:

@@ -11,10 +11,11 @@ processing so that a bug in one cannot cancel out in the other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from loadspec.reference.vocabulary import FP8_DTYPE, FP8_MAX, SCALE_KINDS
+from loadspec.reference.vocabulary import FP8_DTYPE, FP8_MAX
 
 WEIGHT_STRATEGIES = ("tensor", "channel")
 """How a producer scales FP8 weights: one scale per tensor, or one per output row."""
@@ -26,7 +27,7 @@ class Producer:
 
     id: str
     quant_method: str
-    scale_names: dict  # kind -> name template relative to the container; absent kinds are not written
+    scale_names: dict[str, str]  # kind -> name template relative to the container; absent kinds are not written
     scale_shape: tuple[int, ...]
     scale_dtype: str  # "float32" or "model" (the checkpoint's parameter dtype)
     rule: str
@@ -84,7 +85,8 @@ def quantize_weight(values: torch.Tensor, *, strategy: str = "tensor") -> tuple[
 _KV_SCHEME = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False, "symmetric": True}
 
 
-def quantization_config(producer_id: str, *, weight_strategy: str = "tensor", ignored: tuple[str, ...] = ()) -> dict:
+def quantization_config(producer_id: str, *, weight_strategy: str = "tensor",
+                        ignored: tuple[str, ...] = ()) -> dict[str, Any]:
     """The ``config.json`` ``quantization_config`` that ``producer_id`` writes.
 
     ``weight_strategy`` is ``"tensor"`` or ``"channel"``; ``ignored`` lists module

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from hypothesis import assume
@@ -36,8 +37,9 @@ def keeps_meaning(value: float, dtype: torch.dtype) -> bool:
     return is_valid_scale(before) == is_valid_scale(after) and (before == SENTINEL) == (after == SENTINEL)
 
 
-def scale_shapes(*, valid: bool = True) -> st.SearchStrategy[tuple[int, ...]]:
-    """Shapes of loaded KV-cache scale tensors.
+@st.composite
+def scale_shapes(draw: st.DrawFn, *, valid: bool = True) -> tuple[int, ...]:
+    """Draws shapes of loaded KV-cache scale tensors.
 
     * ``valid=True``: one-element shapes ``()``, ``(1,)``, ``(1, 1)`` ... [SCALE-3];
       ``valid=False``: shapes whose element count is not 1, e.g. ``(0,)``, ``(2,)``,
@@ -52,25 +54,27 @@ def scale_shapes(*, valid: bool = True) -> st.SearchStrategy[tuple[int, ...]]:
     """
     check_flag("valid", valid)
     if valid:
-        return st.integers(0, 4).map(lambda rank: (1,) * rank)
+        return draw(st.integers(0, 4).map(lambda rank: (1,) * rank))
     per_head = st.integers(2, 8).map(lambda heads: (heads, 1, 1))
     other = st.lists(st.integers(0, 8), min_size=1, max_size=4).map(tuple).filter(lambda s: math.prod(s) != 1)
-    return st.one_of(per_head, other)
+    return draw(st.one_of(per_head, other))
 
 
-def scale_dtypes() -> st.SearchStrategy[torch.dtype]:
-    """Float dtypes a checkpoint stores scales in: float32, bfloat16, float16, float64.
+@st.composite
+def scale_dtypes(draw: st.DrawFn) -> torch.dtype:
+    """Draws the float dtypes a checkpoint stores scales in: float32, bfloat16, float16, float64.
 
     .. code-block:: pycon
 
         >>> scale_dtypes().example()
         torch.bfloat16
     """
-    return st.sampled_from(SCALE_DTYPES)
+    return draw(st.sampled_from(SCALE_DTYPES))
 
 
-def scale_values(*, allow_sentinel: bool = True, allow_invalid: bool = False) -> st.SearchStrategy[float]:
-    """Scale values as Python floats.
+@st.composite
+def scale_values(draw: st.DrawFn, *, allow_sentinel: bool = True, allow_invalid: bool = False) -> float:
+    """Draws scale values as Python floats.
 
     Valid values are finite, positive and exactly representable in float32
     (from the smallest subnormal to the largest float32).
@@ -92,12 +96,14 @@ def scale_values(*, allow_sentinel: bool = True, allow_invalid: bool = False) ->
     if allow_invalid:
         negatives = st.floats(max_value=0.0, exclude_max=True, allow_infinity=False, width=32)
         parts += [st.sampled_from(INVALID_SPECIALS), negatives.filter(lambda v: v != SENTINEL)]
-    return st.one_of(parts)
+    return draw(st.one_of(parts))
 
 
-def scale_tensors(*, valid_shape: bool = True, dtypes: st.SearchStrategy[torch.dtype] = scale_dtypes(),
-                  values: st.SearchStrategy[float] = scale_values()) -> st.SearchStrategy[torch.Tensor]:
-    """Scale tensors filled with one drawn value.
+@st.composite
+def scale_tensors(draw: st.DrawFn, *, valid_shape: bool = True,
+                  dtypes: st.SearchStrategy[torch.dtype] = scale_dtypes(),
+                  values: st.SearchStrategy[float] = scale_values()) -> torch.Tensor:
+    """Draws scale tensors filled with one drawn value.
 
     * ``valid_shape``: draw from ``scale_shapes(valid=valid_shape)``.
     * ``dtypes``/``values``: strategies for the dtype and the fill value. Pairs where
@@ -112,31 +118,33 @@ def scale_tensors(*, valid_shape: bool = True, dtypes: st.SearchStrategy[torch.d
     check_flag("valid_shape", valid_shape)
     check_strategy("dtypes", dtypes)
     check_strategy("values", values)
-    return _scale_tensors(scale_shapes(valid=valid_shape), dtypes, values)
-
-
-@st.composite
-def _scale_tensors(draw, shapes, dtypes, values) -> torch.Tensor:
-    shape, dtype, value = draw(shapes), draw(dtypes), draw(values)
+    shape, dtype, value = draw(scale_shapes(valid=valid_shape)), draw(dtypes), draw(values)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise InvalidArgument(f"dtypes drew {dtype!r}, but should draw floating torch dtypes")
     assume(keeps_meaning(value, dtype))
     return torch.full(shape, value, dtype=torch.float64).to(dtype)  # overflows to inf instead of raising
 
 
-def kv_scale_sets(*, kinds=SCALE_KINDS, values: st.SearchStrategy[float] = scale_values()
-                  ) -> st.SearchStrategy[dict[str, float | None]]:
-    """The KV-cache scale values of one checkpoint: kind -> value, or ``None`` when absent.
+@st.composite
+def kv_scale_sets(draw: st.DrawFn, *, kinds: Iterable[str] = SCALE_KINDS, required: Iterable[str] = (),
+                  values: st.SearchStrategy[float] = scale_values()) -> dict[str, float | None]:
+    """Draws the KV-cache scale values of one checkpoint: kind -> value, or ``None`` when absent.
 
     * ``kinds``: the kinds drawn (subset of ``("q", "k", "v", "prob")``); each is
-      independently present or absent.
+      independently present or absent, unless it is ``required``.
+    * ``required``: kinds always present (a subset of ``kinds``), e.g. ``("k",)``: a
+      checkpoint with v but no k is KVPROC-5's case.
     * ``values``: strategy for a present kind's value.
 
     .. code-block:: pycon
 
         >>> kv_scale_sets(kinds=("k", "v")).example()
         {'k': 1.5, 'v': None}
+        >>> kv_scale_sets(kinds=("k", "v"), required=("k",)).example()
+        {'k': 0.25, 'v': 3.0}
     """
     kinds = check_choices("kinds", kinds, SCALE_KINDS)
+    required = check_choices("required", required, kinds, allow_empty=True)
     check_strategy("values", values)
-    return st.fixed_dictionaries({kind: st.none() | values for kind in dict.fromkeys(kinds)})
+    return draw(st.fixed_dictionaries({kind: values if kind in required else st.none() | values
+                                       for kind in dict.fromkeys(kinds)}))

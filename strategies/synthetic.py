@@ -11,7 +11,7 @@ from loadspec.reference.spec import ModelSpec
 from loadspec.reference.vocabulary import SCALE_KINDS, STATIC_INPUT_METHODS, torch_dtype
 from loadspec.strategies.producers import PRODUCERS, quantize_weight
 
-KVValues = dict  # kind ("q", "k", "v", "prob") -> float, or None to omit
+KVValues = dict[str, float | None]  # kind ("q", "k", "v", "prob") -> float, or None to omit
 
 
 def hf_linears(spec: ModelSpec, index: int) -> dict[str, tuple[int, int, str]]:

@@ -5,26 +5,45 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
+import types
 from dataclasses import replace
 
 import pytest
 import torch
-from hypothesis import assume, find, given
+from hypothesis import assume, find, given, settings
 from hypothesis import strategies as st
-from model_state import assert_same_kernel_state
 from safetensors import safe_open
 
-from loadspec.reference.vocabulary import ATTENTION_KINDS, CONTAINERS, KV_CACHE_DTYPES, PARAM_DTYPES, QUANT_METHODS, SENTINEL
+from loadspec.conformance.adapters.reference import ReferenceAdapter
+from loadspec.conformance.assertions import assert_same_state
 from loadspec.reference import api
 from loadspec.reference.auto_loader import AutoWeightsLoader
 from loadspec.reference.checkpoint import INDEX_FILE, iter_checkpoint, read_config, shard_files
 from loadspec.reference.errors import MissingWeightsError, ScaleShapeError, UnknownWeightError
-from loadspec.strategies.producers import PRODUCERS
 from loadspec.reference.scales import check_scale_shape
 from loadspec.reference.spec import ModelSpec
-from loadspec.strategies import (CheckpointLayout, checkpoint_layouts, kv_scale_sets, layer_graphs, scale_dtypes,
-                                 scale_shapes, scale_tensors, scale_values)
+from loadspec.reference.vocabulary import (
+    ATTENTION_KINDS,
+    CONTAINERS,
+    KV_CACHE_DTYPES,
+    PARAM_DTYPES,
+    QUANT_METHODS,
+    SCALE_KINDS,
+    SENTINEL,
+)
+from loadspec.strategies import (
+    CheckpointLayout,
+    checkpoint_layouts,
+    kv_scale_sets,
+    layer_graphs,
+    scale_dtypes,
+    scale_shapes,
+    scale_tensors,
+    scale_values,
+)
 from loadspec.strategies.layouts import ORDERS
+from loadspec.strategies.producers import PRODUCERS
 
 pytestmark = pytest.mark.filterwarnings("ignore::loadspec.reference.kv_cache.MissingKVScalesWarning")
 
@@ -124,7 +143,7 @@ def test_reload_of_another_layout_equals_its_fresh_load(data):
     api.reload(model, second.tensors())
     fresh = api.build(spec)
     api.first_load(fresh, second.tensors())
-    assert_same_kernel_state(api.export(model), api.export(fresh))
+    assert_same_state("kernel state after the reload", api.export(model), api.export(fresh), "RELOAD-2")
 
 
 @pytest.mark.rule("LOAD-4", "LOAD-7", "LOAD-10")
@@ -231,7 +250,7 @@ def test_sharded_layout_has_several_files_and_a_consistent_index(data, tmp_path_
     api.first_load(model, directory)  # the engine reads the sharded directory
     fresh = api.build(spec)
     api.first_load(fresh, layout.tensors())
-    assert_same_kernel_state(api.export(model), api.export(fresh))
+    assert_same_state("kernel state loaded from the shards", api.export(model), api.export(fresh), "no rule: reader")
 
 
 # -------------------------------------------------------------------- scales
@@ -310,3 +329,74 @@ def test_kv_scale_sets_draw_only_their_kinds(scales):
 def test_kv_scale_sets_draw_each_kind_present_and_absent(kind):
     find(kv_scale_sets(), lambda s: s[kind] is None)
     find(kv_scale_sets(), lambda s: s[kind] is not None)
+
+
+@given(scales=kv_scale_sets(kinds=("q", "k", "v"), required=("k", "v")))
+def test_required_kinds_are_always_present(scales):
+    assert set(scales) == {"q", "k", "v"} and scales["k"] is not None and scales["v"] is not None
+
+
+def test_other_kinds_stay_optional_beside_required_ones():
+    find(kv_scale_sets(kinds=("q", "k"), required=("k",)), lambda s: s["q"] is None)
+
+
+# ----------------------------------------------- README "Using the strategies in your own tests"
+README_EXAMPLE = '''
+import torch
+from hypothesis import given, settings, strategies as st
+
+from loadspec import reference
+from loadspec.strategies import make_strategies_namespace
+from myengine.testing import MyAdapter  # your loadspec adapter
+
+engine = MyAdapter()
+ls = make_strategies_namespace(engine)  # draws only what engine.capabilities declare
+
+
+@settings(max_examples=10, deadline=None)
+@given(data=st.data())
+def test_modelopt_checkpoints_load_like_the_reference(data):
+    graphs = ls.layer_graphs(quant_methods=("modelopt",), allow_unquantized=False, kv_cache_dtypes=("fp8",))
+    spec = data.draw(graphs, label="graph")
+    layout = data.draw(ls.checkpoint_layouts(spec, producers=("modelopt",)), label="checkpoint")
+    model, oracle = engine.build_model(spec, device="cpu"), reference.build(spec)
+    engine.first_load(model, layout.tensors())
+    reference.first_load(oracle, layout.tensors())
+    got, expected = engine.export_kernel_state(model), reference.export(oracle)
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[name].float(), tensor.float()) for name, tensor in expected.items())
+'''
+
+
+class DropsKVScales(ReferenceAdapter):
+    """An engine whose loader never maps ModelOpt's k_proj.k_scale / v_proj.v_scale: its kernels use 1.0."""
+
+    def first_load(self, model, weights):
+        return super().first_load(model, [(n, t) for n, t in weights if not n.endswith(("k_scale", "v_scale"))])
+
+
+def run_readme_example(monkeypatch, adapter_class) -> None:
+    """Run the README example as a test module whose ``myengine.testing.MyAdapter`` is ``adapter_class``."""
+    package, module = types.ModuleType("myengine"), types.ModuleType("myengine.testing")
+    module.MyAdapter, package.testing = adapter_class, module
+    monkeypatch.setitem(sys.modules, "myengine", package)
+    monkeypatch.setitem(sys.modules, "myengine.testing", module)
+    scope = {"__name__": "test_myengine_loading"}
+    exec(compile(README_EXAMPLE, "test_myengine_loading.py", "exec"), scope)
+    scope["test_modelopt_checkpoints_load_like_the_reference"]()
+
+
+def test_readme_strategies_example_passes_for_a_conforming_engine(monkeypatch):
+    run_readme_example(monkeypatch, ReferenceAdapter)
+
+
+def test_readme_strategies_example_fails_an_engine_that_drops_kv_scales(monkeypatch):
+    previous = settings.get_current_profile_name()
+    settings.load_profile("loadspec-meta")  # the example's @settings inherit it: no shrinking, no database
+    try:
+        with pytest.raises(AssertionError) as info:
+            run_readme_example(monkeypatch, DropsKVScales)
+    finally:
+        settings.load_profile(previous)
+    compared = next(n for n, line in enumerate(README_EXAMPLE.splitlines(), 1) if "torch.equal" in line)
+    assert info.traceback[-1].lineno + 1 == compared, "the example failed, but not on its kernel-state comparison"

@@ -1,0 +1,67 @@
+"""The adapter capabilities that decide what may be drawn for an engine, and what a ``ModelSpec`` needs.
+
+An adapter declares capability names in ``adapter.capabilities``. The suite's table of
+every capability and its meaning is ``loadspec.conformance.adapter.CAPABILITIES``; it
+spells the names below from here, so each is defined once. ``make_strategies_namespace``
+reads ``GRAPH_CHOICES`` and ``GRAPH_FLAGS`` to keep ``layer_graphs()`` inside an adapter's.
+"""
+
+from __future__ import annotations
+
+from loadspec.reference.spec import ModelSpec
+from loadspec.reference.vocabulary import PER_TOKEN_HEAD_KV_DTYPES
+
+__all__ = ["PRIMITIVES", "MODEL", "MLA", "FP8_PER_TENSOR", "FP8_PER_CHANNEL", "TIED_EMBEDDINGS", "NESTED_WRAPPERS",
+           "MIXER_CONTAINER", "PER_TOKEN_HEAD_KV", "REDUCED_PRECISION_PARAMS", "GRAPH_CHOICES", "GRAPH_FLAGS",
+           "spec_capabilities"]
+
+PRIMITIVES = "primitives"
+"""The primitives tier: scale parameter, KV-cache method, mapper, loaders, copy counter."""
+MODEL = "model"
+"""The model tier: build, load, reload and export a model of a ``ModelSpec``."""
+MLA = "mla"
+FP8_PER_TENSOR = "fp8_per_tensor"
+FP8_PER_CHANNEL = "fp8_per_channel"
+TIED_EMBEDDINGS = "tied_embeddings"
+NESTED_WRAPPERS = "nested_wrappers"
+MIXER_CONTAINER = "mixer_container"
+PER_TOKEN_HEAD_KV = "per_token_head_kv"
+REDUCED_PRECISION_PARAMS = "reduced_precision_params"
+
+GRAPH_CHOICES: dict[str, dict[str, str]] = {
+    "attention": {"mla": MLA},
+    "linear_quants": {"fp8_per_tensor": FP8_PER_TENSOR, "fp8_per_channel": FP8_PER_CHANNEL},
+    "kv_cache_dtypes": dict.fromkeys(PER_TOKEN_HEAD_KV_DTYPES, PER_TOKEN_HEAD_KV),
+    "containers": {"mixer": MIXER_CONTAINER},
+    "params_dtypes": {"bfloat16": REDUCED_PRECISION_PARAMS, "float16": REDUCED_PRECISION_PARAMS},
+}
+"""``layer_graphs`` argument -> {choice: the capability that choice needs}; unlisted choices need none."""
+
+GRAPH_FLAGS: dict[str, str] = {"allow_tied": TIED_EMBEDDINGS, "allow_wrappers": NESTED_WRAPPERS}
+"""``layer_graphs`` flag -> the capability that ``True`` needs."""
+
+
+def spec_choices(spec: ModelSpec) -> dict[str, tuple[str, ...]]:
+    """The choice ``spec`` made for each ``GRAPH_CHOICES`` argument (every linear's scheme for ``linear_quants``)."""
+    return {"attention": (spec.attention,),
+            "linear_quants": tuple(q for layer in spec.layers for q in layer.linear_quants().values()),
+            "kv_cache_dtypes": (spec.kv_cache_dtype,), "containers": (spec.container,),
+            "params_dtypes": (spec.params_dtype,)}
+
+
+def spec_capabilities(spec: ModelSpec) -> frozenset[str]:
+    """The capabilities an adapter needs to build and load a model of ``spec`` (``"model"`` and what it uses).
+
+    .. code-block:: pycon
+
+        >>> sorted(spec_capabilities(ModelSpec(attention="mla", tie_embeddings=True)))
+        ['mla', 'model', 'tied_embeddings']
+        >>> sorted(spec_capabilities(DEFAULT_SPEC))
+        ['fp8_per_channel', 'fp8_per_tensor', 'model']
+    """
+    needs = {MODEL}
+    for argument, chosen in spec_choices(spec).items():
+        needs.update(GRAPH_CHOICES[argument][c] for c in chosen if c in GRAPH_CHOICES[argument])
+    flags = {"allow_tied": spec.tie_embeddings, "allow_wrappers": bool(spec.wrapper)}
+    needs.update(GRAPH_FLAGS[flag] for flag, used in flags.items() if used)
+    return frozenset(needs)
