@@ -56,7 +56,9 @@ def first_load(model: ReferenceModel, source: Weights | str | Path) -> set[str]:
     """Load a full checkpoint into a freshly built model, then process it [LOAD-3, LOAD-6, LOAD-7, ORDER-3].
 
     Every parameter except the optional KV-cache scales must get a value; nothing is
-    written unless the whole checkpoint validates.
+    written unless the whole checkpoint validates: shapes, dtypes [LOAD-11], linear and KV-cache
+    scale values [LOAD-12, LOAD-13], duplicate sources [LOAD-14], output buffers [LOAD-15] and
+    completeness (a partial layer is a missing parameter) are all checked before the first write.
     """
     planned = AutoWeightsLoader(model).plan(weights_of(source), mapper=model.mapper)
     covered = _covered_ids(planned)
@@ -86,14 +88,25 @@ def dummy_load(model: ReferenceModel, *, seed: int = 0) -> None:
     model.loadspec_order = process_weights_after_loading(model)
 
 
-def reload(model: ReferenceModel, source: Weights | str | Path) -> ReloadReport:
-    """Reload weights into a processed model layer by layer [RELOAD-1..10]."""
-    return reload_weights(model, weights_of(source))
+def reload(model: ReferenceModel, source: Weights | str | Path, *, transactional: bool = True) -> ReloadReport:
+    """Reload weights into a processed model layer by layer [RELOAD-1..12].
+
+    Transactional by default: the whole input is validated before the first write and every layer
+    is committed or none [RELOAD-11]; the cost is one copy of the written layers' kernel tensors
+    (the input is held in memory while it is validated either way). ``transactional=False`` streams
+    as vLLM does: a failure leaves the layers processed before it with their new values.
+    """
+    return reload_weights(model, weights_of(source), transactional=transactional)
 
 
-def reload_session(model: ReferenceModel) -> ReloadSession:
-    """An open reload: ``load`` any number of times, then ``finish`` [RELOAD-10]."""
-    return ReloadSession(model)
+def reload_session(model: ReferenceModel, *, transactional: bool = False) -> ReloadSession:
+    """An open reload: ``load`` any number of times, then ``finish`` [RELOAD-10].
+
+    Streaming by default (vLLM's semantics, bounded memory for bucketed updates); with
+    ``transactional=True`` every bucket is staged and written at ``finish`` only if the whole reload
+    validates [RELOAD-11]. Abandoning either kind restores the unwritten layers [RELOAD-12].
+    """
+    return ReloadSession(model, transactional=transactional)
 
 
 def export(model: ReferenceModel) -> dict[str, torch.Tensor]:

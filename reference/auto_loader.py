@@ -14,10 +14,10 @@ from typing import Protocol
 
 import torch
 
-from loadspec.reference.errors import LoadspecError, UnknownWeightError
+from loadspec.reference.errors import DuplicateSourceError, LoadspecError, NotLoadableError, UnknownWeightError
 from loadspec.reference.loaders import check_loadable, get_weight_loader
 from loadspec.reference.mapper import EMPTY_MAPPER, ShardId, WeightsMapper
-from loadspec.reference.vocabulary import SCALE_NAMES
+from loadspec.reference.vocabulary import OUTPUT_BUFFERS, SCALE_NAMES
 
 KV_SCALE_NAME = re.compile(rf"\.attn\.({'|'.join(SCALE_NAMES)})$")
 
@@ -52,14 +52,33 @@ def find_quant_config(module: torch.nn.Module) -> CacheScaleConfig | None:
     return None
 
 
+OUTPUT_BUFFER_NAMES = frozenset(OUTPUT_BUFFERS.values())
+
+
+def processing_owned(owner: torch.nn.Module, name: str) -> bool:
+    """Whether buffer ``name`` of ``owner`` is an attention output scale, written only by processing [LOAD-15]."""
+    return name in OUTPUT_BUFFER_NAMES and hasattr(owner, "quant_method") and hasattr(owner, "kv_cache_dtype")
+
+
 def loadable_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters (tied ones under every name) and persistent buffers, by qualified name [LOAD-9]."""
+    """Parameters (tied ones under every name) and persistent buffers, by qualified name [LOAD-9].
+
+    An attention layer's output scales (``_k_scale`` ...) are persistent buffers but not loadable [LOAD-15].
+    """
     targets: dict[str, torch.Tensor] = dict(module.named_parameters(remove_duplicate=False))
     for owner_name, owner in module.named_modules():
         for name, buffer in owner.named_buffers(recurse=False):
-            if buffer is not None and name not in owner._non_persistent_buffers_set:
+            if buffer is not None and name not in owner._non_persistent_buffers_set \
+                    and not processing_owned(owner, name):
                 targets[f"{owner_name}.{name}" if owner_name else name] = buffer
     return targets
+
+
+def output_buffer_names(module: torch.nn.Module) -> set[str]:
+    """Qualified names of every attention output scale buffer under ``module`` [LOAD-15]."""
+    return {f"{owner_name}.{name}" if owner_name else name
+            for owner_name, owner in module.named_modules()
+            for name, _ in owner.named_buffers(recurse=False) if processing_owned(owner, name)}
 
 
 class AutoWeightsLoader:
@@ -93,11 +112,15 @@ class AutoWeightsLoader:
         """Map, resolve and validate every weight without writing anything [LOAD-4, LOAD-5, LOAD-6, LOAD-10].
 
         ``guard(source, name, param)`` may raise to reject a resolved weight before its shape is checked.
+        Two sources for one parameter (the whole of it and a shard, or two names of one tied tensor) are
+        rejected naming both [LOAD-14]; an attention output buffer by name is rejected [LOAD-15].
         """
         mapper = self.effective_mapper(mapper)
         targets = loadable_tensors(self.module)
+        owned = output_buffer_names(self.module)
         planned: list[PlannedLoad] = []
         seen: dict[tuple[str, ShardId | None], str] = {}
+        per_param: dict[int, list[tuple[str, str, ShardId | None]]] = {}
         for source, tensor in weights:
             mapped = mapper.map_name_with_shard(source)
             if mapped is None:
@@ -107,15 +130,30 @@ class AutoWeightsLoader:
                 continue  # skip rules see mapped names [LOAD-5]
             param = targets.get(name)
             if param is None:
+                if name in owned:
+                    raise NotLoadableError(
+                        f"checkpoint weight {source!r} (-> {name!r}) addresses an attention output scale, which "
+                        f"only processing writes; give the layer's k_scale/v_scale/q_scale/prob_scale instead "
+                        f"[LOAD-15]")
                 if self._ignorable(name):
                     continue
                 raise self._unknown(source, name, targets)
             key = (name, shard_id)
             if key in seen:
-                raise LoadspecError(
+                raise DuplicateSourceError(
                     f"{source!r} and {seen[key]!r} both map to {name!r}"
-                    + (f" shard {shard_id!r}" if shard_id is not None else "") + "; a checkpoint must give it once")
+                    + (f" shard {shard_id!r}" if shard_id is not None else "")
+                    + "; a checkpoint must give it once [LOAD-14]")
             seen[key] = source
+            for other_source, other_name, other_shard in per_param.get(id(param), ()):
+                if other_shard is None or shard_id is None or other_shard == shard_id:
+                    what = f"{name!r}" if other_name == name else f"{other_name!r} and {name!r} (one tensor)"
+                    raise DuplicateSourceError(
+                        f"{other_source!r} and {source!r} are two sources for {what}: "
+                        f"{'the whole parameter' if other_shard is None else f'shard {other_shard!r}'} and "
+                        f"{'the whole parameter' if shard_id is None else f'shard {shard_id!r}'}; "
+                        f"a checkpoint must give each value once [LOAD-14]")
+            per_param.setdefault(id(param), []).append((source, name, shard_id))
             if guard is not None:
                 guard(source, name, param)
             try:

@@ -39,6 +39,22 @@ class MapperError(LoadspecError):
     """A ``WeightsMapper`` was built with an entry that cannot work [MAP-9]."""
 
 
+class DtypeMismatchError(LoadspecError):
+    """A checkpoint tensor's dtype is not one its parameter's loader accepts [LOAD-11]."""
+
+
+class LinearScaleValueError(LoadspecError):
+    """A linear ``weight_scale`` or ``input_scale`` is NaN, infinite, not positive or absurdly large [LOAD-12]."""
+
+
+class DuplicateSourceError(LoadspecError):
+    """Two checkpoint tensors give a value for the same parameter (or the same shard of it) [LOAD-14]."""
+
+
+class NotLoadableError(LoadspecError):
+    """A checkpoint name addresses a tensor that processing owns (an attention output scale) [LOAD-15]."""
+
+
 class UnsupportedSchemeError(LoadspecError):
     """A quantization or KV-cache scheme the reference does not implement."""
 

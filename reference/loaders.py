@@ -11,8 +11,12 @@ from typing import Protocol
 
 import torch
 
-from loadspec.reference.errors import ShapeMismatchError
+from loadspec.reference.errors import DtypeMismatchError, ShapeMismatchError
 from loadspec.reference.mapper import ShardId
+
+FLOAT_DTYPES: frozenset[torch.dtype] = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+"""What a float parameter (norm, embedding, unquantized linear, any scale) accepts [LOAD-11]: no FP8, integer,
+bool or complex tensor, since converting those with ``copy_`` silently changes what they mean."""
 
 
 class WeightLoader(Protocol):
@@ -46,12 +50,36 @@ def check_default(param: Shaped, loaded_weight: torch.Tensor) -> None:
         )
 
 
+def accepted_dtypes(param: torch.Tensor) -> frozenset[torch.dtype]:
+    """The checkpoint dtypes ``param``'s loader accepts [LOAD-11].
+
+    A parameter may state them (``param.weight_dtypes``, set by its quant method: an FP8
+    weight accepts only ``float8_e4m3fn``); otherwise a float parameter accepts the float
+    dtypes of ``FLOAT_DTYPES`` and any other parameter only its own dtype.
+    """
+    stated: frozenset[torch.dtype] | None = getattr(param, "weight_dtypes", None)
+    if stated is not None:
+        return stated
+    return FLOAT_DTYPES if param.dtype in FLOAT_DTYPES else frozenset({param.dtype})
+
+
+def check_dtype(param: torch.Tensor, loaded_weight: torch.Tensor) -> None:
+    """Raise ``DtypeMismatchError`` unless ``param`` accepts ``loaded_weight``'s dtype [LOAD-11]."""
+    accepted = accepted_dtypes(param)
+    if loaded_weight.dtype not in accepted:
+        names = ", ".join(sorted(str(d).removeprefix("torch.") for d in accepted))
+        raise DtypeMismatchError(
+            f"{_who(param)}cannot load a {str(loaded_weight.dtype).removeprefix('torch.')} weight into a "
+            f"{str(param.dtype).removeprefix('torch.')} parameter (it accepts {names}) [LOAD-11]")
+
+
 def default_weight_loader(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
     """Copy ``loaded_weight`` into ``param`` with ``copy_`` [LOAD-1, LOAD-2].
 
-    One-element tensors load whatever their shapes.
+    One-element tensors load whatever their shapes; the dtype must be one ``param`` accepts [LOAD-11].
     """
     check_default(param, loaded_weight)
+    check_dtype(param, loaded_weight)
     if param.numel() == 1:
         param.data.copy_(loaded_weight.reshape(param.shape))
     else:
@@ -59,7 +87,9 @@ def default_weight_loader(param: torch.Tensor, loaded_weight: torch.Tensor, shar
 
 
 def check_loadable(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
-    """Validate a load without writing: the parameter's own ``weight_check`` or the default check."""
+    """Validate a load without writing: the dtype [LOAD-11], then the parameter's own ``weight_check`` or the
+    default check."""
+    check_dtype(param, loaded_weight)
     check = getattr(param, "weight_check", None)
     if check is not None:
         check(param, loaded_weight, shard_id)

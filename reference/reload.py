@@ -9,10 +9,31 @@ layer whose processing keeps its layout replays its loads straight into the
 kernel tensors (each byte written once); any other layer is materialized,
 processed, and copied into its kernel tensors, which stay the same objects
 [RELOAD-1]. A partial layer is never written [RELOAD-6].
+
+Two modes:
+
+* **streaming** (``ReloadSession(model)``, the default of a session: vLLM's semantics). Each
+  ``load`` call is validated whole before it writes [LOAD-6], but a layer is processed and written
+  as soon as its last element arrives, so a later rejection (a bad tensor in a later call, a partial
+  layer or a bad scale found at ``finish``) leaves the layers processed before it with their new
+  values. Memory: only the current call's tensors and one layer's buffered loads.
+* **transactional** (``ReloadSession(model, transactional=True)``; the default of the one-call
+  ``reload_weights``/``api.reload``). ``load`` validates and stages; ``finish`` checks the whole
+  input (partial layers included) before the first write, backs up every tensor and host mirror the
+  reload can write, then applies the staged loads with the streaming machinery (same processing
+  order, same result) and restores the backup if anything still fails, ``KeyboardInterrupt``
+  included: every layer is committed or none [RELOAD-11]. Memory: the staged input tensors are kept
+  alive until ``finish`` (a one-call reload holds them anyway while it validates), plus one copy
+  of the written layers' kernel tensors (``ReloadSession.backup_bytes``); see ``staged_bytes``.
+
+In both modes ``abort()``, leaving a ``with`` block by an exception, or dropping an unfinished
+session (garbage collection) puts back every layer that was not yet written, so no meta (data-less)
+tensor stays registered [RELOAD-12].
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -20,14 +41,14 @@ from typing import Any, cast
 
 import torch
 
-from loadspec.reference.auto_loader import AutoWeightsLoader, write_planned
+from loadspec.reference.auto_loader import AutoWeightsLoader, PlannedLoad, write_planned
 from loadspec.reference.copy_counter import CopyCounter, RegionKey
 from loadspec.reference.errors import LoadspecError, PartialLayerError
 from loadspec.reference.layers.attention import AttentionLayerBase
 from loadspec.reference.lifecycle import is_attention, process_module
 from loadspec.reference.loaders import WeightLoader, default_weight_loader
 from loadspec.reference.mapper import ShardId, WeightsMapper
-from loadspec.reference.vocabulary import SCALE_NAMES
+from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS, SCALE_NAMES
 
 FORMAT_ATTR = "_loadspec_format"
 
@@ -135,25 +156,40 @@ def _set_param(module: torch.nn.Module, name: str, value: torch.nn.Parameter | N
 
 
 class ReloadSession:
-    """One layerwise reload of ``model`` [RELOAD-1..10]; use as a context manager or call ``finish``."""
+    """One layerwise reload of ``model`` [RELOAD-1..12]; use as a context manager or call ``finish``.
+
+    ``transactional=False`` (default) streams as vLLM does; ``transactional=True`` stages every
+    ``load`` and writes at ``finish`` only after the whole input validated, restoring the model
+    exactly if anything fails (see the module docstring for both modes and their memory cost).
+    """
 
     layer_class = LayerLoad
 
-    def __init__(self, model: torch.nn.Module, *, mapper: WeightsMapper | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, *, mapper: WeightsMapper | None = None,
+                 transactional: bool = False) -> None:
         fmt = getattr(model, FORMAT_ATTR, None)
         if fmt is None:
             raise LoadspecError("the model was not recorded: call record_model_format(model) after building it")
         self.model = model
         self.mapper: WeightsMapper | None = getattr(model, "mapper", None) if mapper is None else mapper
         self.format: ModelFormat = fmt
+        self.transactional = transactional
         self.report = ReloadReport()
         # live: the order so far [ORDER-1, ORDER-4]; Module.__setattr__ is typed for tensors and modules only
         model.loadspec_order = self.report.processed  # type: ignore[assignment]
         self._modules = dict(model.named_modules())
         self.layers: dict[str, LayerLoad] = {}
         self._processed_owner: dict[int, str] = {}
+        self._meta_owner: dict[int, tuple[LayerLoad, str]] = {}
+        self._staged: list[PlannedLoad] = []
+        self.staged_bytes = 0
+        """Bytes of the input tensors a transactional session holds until ``finish``."""
+        self.backup_bytes = 0
+        """Bytes of the kernel tensors a transactional ``finish`` copied before writing."""
         self._finished = False
+        self._begun = False
         self._begin()
+        self._begun = True
 
     # --------------------------------------------------------------- begin
     def _begin(self) -> None:
@@ -169,6 +205,7 @@ class ReloadSession:
                 # vLLM's convention: the loader is an attribute of the parameter, which torch's type does not declare
                 meta.weight_loader = self._counting_loader(layer, name, template)  # type: ignore[attr-defined]
                 module.register_parameter(name, meta)
+                self._meta_owner[id(meta)] = (layer, name)
         self._place_aliases()
 
     def _place_aliases(self) -> None:
@@ -177,8 +214,14 @@ class ReloadSession:
 
     def _counting_loader(self, layer: LayerLoad, name: str, template: TensorTemplate) -> WeightLoader:
         original = template.loader
+        # The loader rides on a parameter registered in the model: a strong reference to the session would keep
+        # an abandoned session alive as long as the model, and its meta tensors with it [RELOAD-12].
+        session_ref = weakref.ref(self)
 
         def counting_loader(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
+            session = session_ref()
+            if session is None:
+                raise LoadspecError(f"{layer.name}.{name}: the reload session that registered it is gone")
             if layer.processed:
                 raise LoadspecError(
                     f"{layer.name}.{name}: delivered after layer {layer.name!r} was already processed "
@@ -190,8 +233,8 @@ class ReloadSession:
             regions = layer.regions.setdefault(name, {})
             regions.update(counter.per_destination)
             layer.loads.append((name, loaded_weight, shard_id))
-            if not self.defers(layer.module) and layer.counted() >= layer.total:
-                self._process_layer(layer)  # the last element arrived [ORDER-4]
+            if not session.defers(layer.module) and layer.counted() >= layer.total:
+                session._process_layer(layer)  # the last element arrived [ORDER-4]
 
         counting_loader.original_loader = original  # type: ignore[attr-defined]  # a function attribute, for inspection
         return counting_loader
@@ -202,11 +245,19 @@ class ReloadSession:
 
     # ---------------------------------------------------------------- load
     def load(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Deliver weights; may be called any number of times [RELOAD-10]. A rejected call writes nothing [LOAD-6]."""
+        """Deliver weights; may be called any number of times [RELOAD-10]. A rejected call writes nothing [LOAD-6].
+
+        Streaming: the call's weights are written (and completed layers processed) before it returns.
+        Transactional: they are only validated and staged; ``finish`` writes them.
+        """
         if self._finished:
             raise LoadspecError("this reload session is finished")
         planned = AutoWeightsLoader(self.model).plan(weights, mapper=self.mapper, guard=self._reject_processed)
-        write_planned(planned)
+        if self.transactional:
+            self._staged.extend(planned)
+            self.staged_bytes += sum(load.tensor.numel() * load.tensor.element_size() for load in planned)
+        else:
+            write_planned(planned)
         loaded = {load.name for load in planned}
         self.report.loaded |= loaded
         return loaded
@@ -289,9 +340,18 @@ class ReloadSession:
 
     # -------------------------------------------------------------- finish
     def finish(self) -> ReloadReport:
-        """Process deferred attention, restore untouched layers, reject partial ones [RELOAD-3..6, ORDER-1]."""
+        """Process deferred attention, restore untouched layers, reject partial ones [RELOAD-3..6, ORDER-1].
+
+        Transactional: first check the staged input as a whole (partial layers), back up, then write;
+        any failure restores the model exactly [RELOAD-11].
+        """
         if self._finished:
             return self.report
+        if self.transactional:
+            return self._finish_transactional()
+        return self._finish_streaming()
+
+    def _finish_streaming(self) -> ReloadReport:
         self._finished = True
         failures: list[LoadspecError] = []
         partial: list[str] = []
@@ -327,11 +387,113 @@ class ReloadSession:
         self._restore_kernel(layer)
         return layer.missing()
 
+    # ------------------------------------------------------ transactional
+    def _dry_count(self, staged: list[PlannedLoad]) -> list[str]:
+        """What every staged non-attention layer would lack, counted against the meta templates (no write)."""
+        regions: dict[str, dict[str, dict[RegionKey, int]]] = {}
+        for load in staged:
+            owner = self._meta_owner.get(id(load.param))
+            if owner is None:
+                continue  # not a reloadable template (cannot happen for a planned load; nothing to count)
+            layer, name = owner
+            args = (load.param, load.tensor) if load.shard_id is None else (load.param, load.tensor, load.shard_id)
+            counter = CopyCounter()
+            with counter:
+                layer.templates[name].loader(*args)  # against the meta template: counts, writes nothing
+            regions.setdefault(layer.name, {}).setdefault(name, {}).update(counter.per_destination)
+        missing: list[str] = []
+        for layer_name, got in regions.items():
+            layer = self.layers[layer_name]
+            if is_attention(layer.module):
+                continue
+            for name, template in layer.templates.items():
+                counted = min(sum(got.get(name, {}).values()), template.numel)
+                if counted < template.numel:
+                    missing.append(f"{layer_name}.{name} ({counted} of {template.numel} elements)")
+        return missing
+
+    def _backup(self, staged: list[PlannedLoad]
+                ) -> list[tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, object]]]:
+        """Copies of every kernel tensor and host mirror the staged reload can write."""
+        touched = {owner[0].name for load in staged if (owner := self._meta_owner.get(id(load.param)))}
+        saved: list[tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, object]]] = []
+        for layer in self.layers.values():
+            if layer.name not in touched and not is_attention(layer.module):
+                continue
+            module = layer.module
+            tensors = {name: tensor.detach().clone() for name, tensor in
+                       [*layer.kernel.items(), *((n, b) for n, b in module._buffers.items() if b is not None)]}
+            mirrors: dict[str, object] = {}
+            for attribute in (*FLOAT_MIRRORS.values(), *CPU_MIRRORS.values()):
+                if hasattr(module, attribute):
+                    value = getattr(module, attribute)
+                    mirrors[attribute] = (value, value.clone()) if isinstance(value, torch.Tensor) else value
+            self.backup_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
+            saved.append((module, tensors, mirrors))
+        return saved
+
+    @torch.no_grad()
+    def _rollback(self, saved: list[tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, object]]]) -> None:
+        """Re-register every kernel tensor and write the backed-up values and mirrors back into them."""
+        self._put_back_registrations()
+        layers = {id(layer.module): layer for layer in self.layers.values()}
+        for module, tensors, mirrors in saved:
+            layer = layers[id(module)]
+            for name, value in tensors.items():
+                target: torch.Tensor | None = layer.kernel.get(name)
+                if target is None:
+                    target = module._buffers[name]
+                if target is not None:
+                    target.data.copy_(value)
+            for attribute, mirror in mirrors.items():
+                if isinstance(mirror, tuple):
+                    original, copy = cast(tuple[torch.Tensor, torch.Tensor], mirror)
+                    original.copy_(copy)
+                    setattr(module, attribute, original)
+                else:
+                    setattr(module, attribute, mirror)
+
+    def _finish_transactional(self) -> ReloadReport:
+        staged, self._staged = self._staged, []
+        try:
+            missing = self._dry_count(staged)
+            if missing:
+                raise PartialLayerError(
+                    "reload delivered only part of these weights (nothing was written: the model keeps its "
+                    f"previous values) [RELOAD-6, RELOAD-11]: {'; '.join(missing)}")
+            saved = self._backup(staged)
+        except BaseException:
+            self.abort()
+            raise
+        try:
+            write_planned(staged)
+            return self._finish_streaming()
+        except BaseException:
+            self._finished = True
+            self._rollback(saved)
+            raise
+
+    def _put_back_registrations(self) -> None:
+        """Register every layer's kernel tensors again and drop any scale parameter left on attention."""
+        for layer in self.layers.values():
+            if is_attention(layer.module):
+                for name in SCALE_NAMES:
+                    if name in layer.module._parameters:
+                        delattr(layer.module, name)
+            else:
+                self._restore_kernel(layer)
+        self._place_aliases()
+
     def abort(self) -> None:
-        """Put every unprocessed layer back as it was; nothing delivered since is applied."""
+        """Put every unprocessed layer back as it was; nothing delivered since is applied [RELOAD-12].
+
+        Streaming: layers already processed keep their new values (vLLM's semantics). Transactional:
+        nothing was written before ``finish``, so the model is exactly as before.
+        """
         if self._finished:
             return
         self._finished = True
+        self._staged = []
         for layer in self.layers.values():
             if not layer.processed:
                 if is_attention(layer.module):
@@ -341,6 +503,11 @@ class ReloadSession:
                 else:
                     self._restore_kernel(layer)
         self._place_aliases()
+
+    def __del__(self) -> None:
+        # An abandoned session (neither finished nor aborted) must not leave meta tensors in the model [RELOAD-12].
+        if getattr(self, "_begun", False) and not getattr(self, "_finished", True):
+            self.abort()
 
     def __enter__(self) -> ReloadSession:
         return self
@@ -354,9 +521,14 @@ class ReloadSession:
 
 
 def reload_weights(model: torch.nn.Module, weights: Iterable[tuple[str, torch.Tensor]], *,
-                   mapper: WeightsMapper | None = None) -> ReloadReport:
-    """Reload ``weights`` into a processed model layer by layer [RELOAD-1..10]."""
-    session = ReloadSession(model, mapper=mapper)
+                   mapper: WeightsMapper | None = None, transactional: bool = True) -> ReloadReport:
+    """Reload ``weights`` into a processed model layer by layer [RELOAD-1..12].
+
+    Transactional by default: the whole input is validated (shapes, dtypes, scale values, duplicate
+    sources, partial layers) before the first write, and any failure leaves the model bit-identical
+    [RELOAD-11]. ``transactional=False`` streams as vLLM does.
+    """
+    session = ReloadSession(model, mapper=mapper, transactional=transactional)
     try:
         session.load(weights)
     except BaseException:

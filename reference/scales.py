@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from loadspec.reference.errors import ScaleShapeError, ShapeMismatchError
+from loadspec.reference.errors import ScaleShapeError, ScaleValueError, ShapeMismatchError
+from loadspec.reference.loaders import check_dtype
 from loadspec.reference.mapper import ShardId
 from loadspec.reference.vocabulary import SCALE_NAMES, SENTINEL
 
-__all__ = ["KVCacheScaleParameter", "check_scale_shape", "is_scale_parameter", "SCALE_NAMES", "SENTINEL"]
+__all__ = ["KVCacheScaleParameter", "check_scale_shape", "check_scale_value", "is_scale_parameter", "SCALE_NAMES",
+           "SENTINEL"]
 
 
 class KVCacheScaleParameter(torch.nn.Parameter):
@@ -24,17 +28,24 @@ class KVCacheScaleParameter(torch.nn.Parameter):
 
     @staticmethod
     def weight_check(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
-        """Validate a load without writing [SCALE-4]; a shard id (a ``stacked`` mapper entry) is rejected."""
+        """Validate a load without writing: shape [SCALE-4], dtype [LOAD-11], value [LOAD-13].
+
+        A shard id (a ``stacked`` mapper entry) is rejected. This is what the automatic loader runs over the
+        whole input before it writes anything; ``weight_loader`` itself, like vLLM's, stores any float value.
+        """
         name = getattr(param, "loadspec_name", None)
         if shard_id is not None:
             who = name or "KV-cache scale"
             raise ShapeMismatchError(f"{who}: is not a fused parameter, but got shard {shard_id!r}")
         check_scale_shape(loaded_weight, name=name)
+        check_dtype(param, loaded_weight)
+        check_scale_value(loaded_weight, name=name)
 
     @staticmethod
     def weight_loader(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
         """Copy a one-element tensor into ``param`` with ``copy_`` [SCALE-3..6]."""
         check_scale_shape(loaded_weight, name=getattr(param, "loadspec_name", None))
+        check_dtype(param, loaded_weight)
         param.data.copy_(loaded_weight.reshape(()))
 
 
@@ -45,6 +56,21 @@ def check_scale_shape(loaded_weight: torch.Tensor, *, name: str | None = None) -
         raise ScaleShapeError(
             f"{who}KV-cache scale expects a scalar weight, got shape {tuple(loaded_weight.shape)}"
         )
+
+
+def check_scale_value(loaded_weight: torch.Tensor, *, name: str | None = None) -> None:
+    """Raise ``ScaleValueError`` unless a checkpoint KV-cache scale is finite and positive [LOAD-13, KVPROC-7].
+
+    Exactly -1.0 is rejected like any other negative value: the sentinel means "this checkpoint gave no
+    scale" and is only ever created by ``create_weights``, never read from a checkpoint.
+    """
+    value = float(loaded_weight.detach().reshape(()).to("cpu", torch.float32))  # as the parameter stores it
+    if math.isfinite(value) and value > 0.0:
+        return
+    who = f"{name}: " if name else ""
+    why = ("-1.0 is the unloaded sentinel, which a checkpoint cannot give" if value == SENTINEL
+           else "a KV-cache scale must be finite and positive")
+    raise ScaleValueError(f"{who}checkpoint KV-cache scale {value!r} rejected: {why} [LOAD-13]")
 
 
 def is_scale_parameter(tensor: torch.Tensor) -> bool:

@@ -12,13 +12,30 @@ from typing import TypeAlias
 
 import torch
 
-from loadspec.reference.errors import ShapeMismatchError
-from loadspec.reference.loaders import check_default
+from loadspec.reference.errors import LinearScaleValueError, ShapeMismatchError
+from loadspec.reference.loaders import check_default, check_dtype
 from loadspec.reference.mapper import ShardId
 from loadspec.reference.vocabulary import FP8_DTYPE, FP8_MAX
 
 Shards: TypeAlias = "Mapping[ShardId, tuple[int, int]]"
 """Shard id -> ``(offset, size)`` rows of a fused parameter along dim 0."""
+
+
+LINEAR_SCALE_MAX = float(torch.finfo(torch.float32).max) / FP8_MAX
+"""Largest accepted ``weight_scale``/``input_scale`` (about 7.6e35) [LOAD-12]: the bound is that the largest FP8
+value times the scale stays finite in float32, so the dequantized weight (or the activation range) is finite."""
+
+
+def check_linear_scale(loaded_weight: torch.Tensor, *, name: str | None) -> None:
+    """Raise ``LinearScaleValueError`` unless every element is finite, positive and at most ``LINEAR_SCALE_MAX``."""
+    values = loaded_weight.detach().to("cpu", torch.float32)  # as the float32 scale parameter stores them
+    bad = ~(torch.isfinite(values) & (values > 0) & (values <= LINEAR_SCALE_MAX))
+    if bool(bad.any()):
+        first = float(values.reshape(-1)[bad.reshape(-1)][0])
+        raise LinearScaleValueError(
+            f"{name or 'linear scale'}: {int(bad.sum())} of {values.numel()} element(s) are not a usable scale "
+            f"(e.g. {first!r}); a weight_scale or input_scale must be finite, positive and at most "
+            f"{LINEAR_SCALE_MAX:.3g} [LOAD-12]")
 
 
 def quantize_fp8(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -30,12 +47,14 @@ class ShardLoader:
     """Loads a fused parameter shard by shard along dim 0 [LOAD-1, LOAD-2]; a plain load fills it whole.
 
     ``shards`` maps a shard id to ``(offset, size)`` rows of the parameter.
-    ``per_shard_scalar`` marks a per-tensor scale holding one element per shard.
+    ``per_shard_scalar`` marks a per-tensor scale holding one element per shard; ``scale`` marks any linear
+    scale, whose values are validated [LOAD-12]. Dtypes are checked against the parameter's [LOAD-11].
     """
 
-    def __init__(self, shards: Shards, *, per_shard_scalar: bool = False) -> None:
+    def __init__(self, shards: Shards, *, per_shard_scalar: bool = False, scale: bool = False) -> None:
         self.shards = dict(shards)
         self.per_shard_scalar = per_shard_scalar
+        self.scale = scale or per_shard_scalar
 
     def _target(self, param: torch.Tensor, shard_id: ShardId | None) -> torch.Tensor:
         if shard_id is None:
@@ -48,8 +67,12 @@ class ShardLoader:
         return param.data.narrow(0, offset, size)
 
     def weight_check(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
-        """Validate a (shard) load without writing."""
+        """Validate a (shard) load without writing: shape, dtype and, for a scale, its values."""
         target = self._target(param, shard_id)
+        check_dtype(param, loaded_weight)
+        name = getattr(param, "loadspec_name", None)
+        if self.scale:
+            check_linear_scale(loaded_weight, name=f"{name} shard {shard_id!r}" if shard_id is not None else name)
         if self.per_shard_scalar and shard_id is not None:
             if loaded_weight.numel() != 1:
                 raise ShapeMismatchError(
@@ -133,16 +156,21 @@ class Fp8LinearMethod:
         scale = torch.nn.Parameter(torch.empty(len(shards), dtype=torch.float32, device=device), requires_grad=False)
         return _attach(scale, ShardLoader(index, per_shard_scalar=True))
 
+    @staticmethod
+    def _fp8_weight(param: torch.nn.Parameter) -> torch.nn.Parameter:
+        param.weight_dtypes = frozenset({FP8_DTYPE})  # type: ignore[attr-defined]  # only e4m3fn [LOAD-11]
+        return param
+
     def create_weights(self, layer: Linear, shards: Shards, out_features: int, in_features: int, dtype: torch.dtype,
                        device: torch.device | str | None) -> None:
         weight = torch.nn.Parameter(torch.empty(out_features, in_features, dtype=FP8_DTYPE, device=device),
                                     requires_grad=False)
-        layer.register_parameter("weight", _attach(weight, ShardLoader(shards)))
+        layer.register_parameter("weight", self._fp8_weight(_attach(weight, ShardLoader(shards))))
         if self.strategy == "tensor":
             scale = self._per_shard_scalars(shards, device)
         else:
             scale = _attach(torch.nn.Parameter(torch.empty(out_features, dtype=torch.float32, device=device),
-                                               requires_grad=False), ShardLoader(shards))
+                                               requires_grad=False), ShardLoader(shards, scale=True))
         layer.register_parameter("weight_scale", scale)
         if self.static_input:
             layer.register_parameter("input_scale", self._per_shard_scalars(shards, device))
