@@ -16,7 +16,6 @@ from loadspec.reference.spec import DEFAULT_SPEC
 from loadspec.strategies.synthetic import synthetic_checkpoint
 
 
-@pytest.mark.rule("COUNT-1")
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 @pytest.mark.parametrize("shape", [(), (1,), (3, 4)], ids=str)
@@ -27,7 +26,6 @@ def test_copy_counter_counts_a_host_to_cuda_copy(shape):
     assert counter.copied == destination.numel()
 
 
-@pytest.mark.rule("COUNT-6")
 def test_session_layer_counts_a_shard_delivered_twice_once():
     model = api.build(DEFAULT_SPEC)
     api.first_load(model, synthetic_checkpoint(DEFAULT_SPEC).items())
@@ -42,7 +40,6 @@ def test_session_layer_counts_a_shard_delivered_twice_once():
     session.abort()
 
 
-@pytest.mark.rule("COUNT-4")
 @pytest.mark.parametrize("attention", ["mha", "mla"])
 def test_reload_report_counts_equal_each_layers_total(attention):
     spec = DEFAULT_SPEC.with_(attention=attention, tie_embeddings=True)

@@ -59,9 +59,9 @@ def assert_mirrors_match(layer):
 
 
 TRUTH_TABLE = [  # (loaded k, loaded v) -> (k out, v out)   [KVPROC-2, -4, -5]
-    pytest.param({"k": 0.5, "v": 0.25}, (0.5, 0.25), marks=pytest.mark.rule("KVPROC-2"), id="both"),
-    pytest.param({"k": 0.5}, (0.5, 0.5), marks=pytest.mark.rule("KVPROC-4"), id="k-only"),
-    pytest.param({"v": 0.25}, (0.25, 0.25), marks=pytest.mark.rule("KVPROC-5"), id="v-only"),
+    pytest.param({"k": 0.5, "v": 0.25}, (0.5, 0.25), id="both"),
+    pytest.param({"k": 0.5}, (0.5, 0.5), id="k-only"),
+    pytest.param({"v": 0.25}, (0.25, 0.25), id="v-only"),
 ]
 
 
@@ -74,7 +74,6 @@ def test_oracle_truth_table_with_mirrors(dtype, loaded, expected, device):
     assert_mirrors_match(layer)
 
 
-@pytest.mark.rule("KVPROC-3")
 @pytest.mark.parametrize("dtype", QUANTIZED)
 def test_none_loaded_warns_missing_kv_scales_unless_e5m2(dtype):
     layer = attention(dtype)
@@ -87,7 +86,6 @@ def test_none_loaded_warns_missing_kv_scales_unless_e5m2(dtype):
     assert len(warned) == (0 if "e5m2" in dtype else 1)
 
 
-@pytest.mark.rule("KVPROC-6")
 @pytest.mark.parametrize("dtype", ["auto", "bfloat16", *QUANTIZED])
 def test_oracle_q_and_prob_values_with_mirrors(dtype):
     loaded = attention(dtype)
@@ -102,7 +100,6 @@ def test_oracle_q_and_prob_values_with_mirrors(dtype):
 BAD_VALUES = [math.nan, math.inf, -math.inf, 0.0, -0.5, -2.0]
 
 
-@pytest.mark.rule("KVPROC-7", "KVPROC-11")
 @pytest.mark.parametrize("value", BAD_VALUES, ids=repr)
 @pytest.mark.parametrize("scale", ["k", "v", "q", "prob"])
 def test_bad_value_raises_scale_value_error_and_changes_nothing(model_state, scale, value):
@@ -118,7 +115,6 @@ def test_bad_value_raises_scale_value_error_and_changes_nothing(model_state, sca
     assert_unchanged(f"layer after rejecting {scale}_scale={value!r}", before, model_state(layer), "KVPROC-7")
 
 
-@pytest.mark.rule("KVPROC-7")
 @pytest.mark.filterwarnings("ignore::loadspec.reference.kv_cache.MissingKVScalesWarning")
 @given(value=st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([SENTINEL, 0.0, -0.0]))
 def test_resolve_accepts_only_finite_positive_or_sentinel(value):
@@ -134,7 +130,6 @@ def test_resolve_accepts_only_finite_positive_or_sentinel(value):
             layer.quant_method.resolve(layer)
 
 
-@pytest.mark.rule("KVPROC-8", "KVPROC-11")
 @pytest.mark.parametrize("dtype", PER_TOKEN_HEAD_KV_DTYPES)
 def test_per_token_head_dtypes_keep_the_mirrors_equal(dtype):
     layer = attention(dtype)
@@ -143,7 +138,6 @@ def test_per_token_head_dtypes_keep_the_mirrors_equal(dtype):
     assert_mirrors_match(layer)
 
 
-@pytest.mark.rule("KVPROC-9")
 @pytest.mark.parametrize("dtype", ["auto", "bfloat16"])
 def test_unquantized_dtypes_keep_a_prefilled_k_scale_buffer(dtype):
     layer = attention(dtype)
@@ -154,7 +148,6 @@ def test_unquantized_dtypes_keep_a_prefilled_k_scale_buffer(dtype):
     assert (out["k_scale"], out["v_scale"]) == (0.75, 1.0)
 
 
-@pytest.mark.rule("KVPROC-13", "KVPROC-11")
 def test_cpu_mirror_tensors_are_updated_in_place(device):
     layer = attention(device=device)
     cpu_mirrors = [(id(t), t.data_ptr(), t.device.type) for t in (layer._k_scale_cpu, layer._v_scale_cpu)]

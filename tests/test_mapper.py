@@ -19,19 +19,16 @@ from loadspec.reference.mapper import WeightsMapper
 from loadspec.strategies.mappers import mappers, weight_names
 
 
-@pytest.mark.rule("MAP-1")
 def test_oracle_stacked_stage_runs_before_suffix_keeping_the_shard_id():
     stacked = WeightsMapper(suffix={".qkv_proj.w": ".fused"}) | WeightsMapper(stacked={".q_proj.": (".qkv_proj.", "q")})
     assert stacked.map_name_with_shard("l.q_proj.w") == ("l.fused", "q")
 
 
-@pytest.mark.rule("MAP-3")
 def test_oracle_stacked_entry_replaces_the_first_occurrence_and_suffix_only_a_trailing_one():
     assert WeightsMapper(stacked={"x": ("y", 0)}).map_name("x.x.x") == "y.x.x"
     assert WeightsMapper(suffix={".x": ".y"}).map_name("x.x.z") == "x.x.z"
 
 
-@pytest.mark.rule("MAP-5")
 @given(a=mappers(), b=mappers())
 def test_composed_mapper_stage_dicts_take_the_right_operands_entries(a, b):
     before = (repr(a), repr(b))
@@ -43,7 +40,6 @@ def test_composed_mapper_stage_dicts_take_the_right_operands_entries(a, b):
     assert (repr(a), repr(b)) == before
 
 
-@pytest.mark.rule("MAP-9")
 @pytest.mark.parametrize("kwargs", [{"suffix": {"": "x"}}, {"prefix": {"": "x"}}, {"substr": {"": "x"}},
                                     {"regex": {"(": "x"}}, {"stacked": {"": ("x", 0)}},
                                     {"stacked": {"a": "not-a-pair"}}], ids=str)
@@ -52,13 +48,11 @@ def test_invalid_entries_raise_mapper_error(kwargs):
         WeightsMapper(**kwargs)
 
 
-@pytest.mark.rule("MAP-9")
 def test_regex_strings_are_compiled():
     mapper = WeightsMapper(regex={r"\.kv_scale$": ".attn.k_scale"})
     assert all(isinstance(p, re.Pattern) for p in mapper.regex)
 
 
-@pytest.mark.rule("MAP-10")
 @given(mapper=mappers(), name=weight_names())
 def test_apply_yields_the_callers_tensor_objects_with_their_values(mapper, name):
     tensor = torch.arange(3.0)
@@ -67,13 +61,11 @@ def test_apply_yields_the_callers_tensor_objects_with_their_values(mapper, name)
     assert torch.equal(tensor, torch.arange(3.0))
 
 
-@pytest.mark.rule("MAP-11")
 def test_oracle_last_matching_stacked_entry_wins():
     mapper = WeightsMapper(stacked={".q_proj.": (".qkv_proj.", "q"), ".qkv_proj.": (".fused.", "all")})
     assert mapper.map_name_with_shard("l.q_proj.weight") == ("l.fused.weight", "all")
 
 
-@pytest.mark.rule("MAP-11")
 def test_apply_yields_the_shard_id_with_the_weight():
     [(name, _, shard)] = list(WeightsMapper(stacked={".k_proj.": (".qkv_proj.", "k")}).apply(
         [("l.k_proj.weight", torch.zeros(1))]))

@@ -36,7 +36,7 @@ def load_scales(spec, producer_id: str) -> list[dict[str, float]]:
             for i in range(len(spec.layers))]
 
 
-PRODUCER_PARAMS = [pytest.param(p.id, marks=pytest.mark.rule(p.rule), id=p.id) for p in PRODUCERS.values()]
+PRODUCER_PARAMS = [pytest.param(p.id, id=p.id) for p in PRODUCERS.values()]
 
 
 @pytest.mark.parametrize("producer_id", PRODUCER_PARAMS)
@@ -46,14 +46,12 @@ def test_oracle_first_load_values_per_producer(producer_id):
         assert got == expected_outputs(producer_id)
 
 
-@pytest.mark.rule("NAMES-8")
 @pytest.mark.parametrize("quant_method", QUANT_METHODS)
 def test_oracle_mla_values_under_every_config(quant_method):
     spec = DEFAULT_SPEC.with_(attention="mla", quant_method=quant_method)
     assert load_scales(spec, "compressed-tensors")[0] == expected_outputs("compressed-tensors")
 
 
-@pytest.mark.rule("NAMES-9")
 def test_oracle_mixer_values():
     spec = DEFAULT_SPEC.with_(container="mixer", quant_method="modelopt")
     checkpoint = synthetic_checkpoint(spec, producer="modelopt", kv_scales=VALUES)
@@ -61,7 +59,6 @@ def test_oracle_mixer_values():
     assert load_scales(spec, "modelopt")[0] == expected_outputs("modelopt")
 
 
-@pytest.mark.rule("NAMES-10")
 def test_effective_mapper_cache_scale_entry_wins_on_an_equal_key():
     model = api.build(DEFAULT_SPEC)
     clash = r"\.(self_attn|mixer)\.(q|k|v|prob)_scale$"
@@ -73,7 +70,6 @@ def test_effective_mapper_cache_scale_entry_wins_on_an_equal_key():
     assert unmerged.map_name("m.self_attn.k_scale") == "m.self_attn.k_scale"
 
 
-@pytest.mark.rule("NAMES-13")
 @pytest.mark.parametrize("wrapper", [(), ("language_model",), ("outer", "language_model")], ids=str)
 @pytest.mark.parametrize("producer_id", ["compressed-tensors", "modelopt", "quark", "fused-qkv"])
 def test_oracle_values_under_wrapper_prefixes(wrapper, producer_id):

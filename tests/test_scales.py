@@ -16,7 +16,6 @@ from loadspec.reference.vocabulary import SENTINEL
 BAD_SHAPES = [(0,), (2,), (3, 1, 1), (1, 2)]
 
 
-@pytest.mark.rule("SCALE-4")
 @pytest.mark.parametrize("shape", BAD_SHAPES, ids=str)
 def test_non_scalar_raises_scale_shape_error_naming_the_parameter(shape):
     param = KVCacheScaleParameter()

@@ -71,7 +71,6 @@ def test_every_graph_builds(spec):
     assert spec.kv_cache_dtype != "fp8_e5m2"  # not in the default choices
 
 
-@pytest.mark.rule("KVPROC-10")
 @given(spec=layer_graphs(kv_cache_dtypes=("fp8_e5m2", "fp8_e4m3")))
 def test_e5m2_graphs_have_no_quant_method_and_build(spec):
     api.build(spec)
@@ -116,7 +115,6 @@ def test_spec_json_round_trip(spec):
 
 
 # ---------------------------------------------------------- checkpoint_layouts
-@pytest.mark.rule("LOAD-3")
 @given(data=st.data())
 def test_graph_first_loads_its_own_layouts(data):
     spec = data.draw(layer_graphs(), label="spec")
@@ -130,7 +128,6 @@ def test_graph_first_loads_its_own_layouts(data):
     assert len(names) == len(set(names)), "a layout repeats a name"
 
 
-@pytest.mark.rule("RELOAD-2", "RELOAD-10")
 @given(data=st.data())
 def test_reload_of_another_layout_equals_its_fresh_load(data):
     spec = data.draw(layer_graphs(), label="spec")
@@ -146,7 +143,6 @@ def test_reload_of_another_layout_equals_its_fresh_load(data):
     assert_same_state("kernel state after the reload", api.export(model), api.export(fresh), "RELOAD-2")
 
 
-@pytest.mark.rule("LOAD-4", "LOAD-7", "LOAD-10")
 @given(data=st.data())
 def test_missing_or_extra_tensors_make_the_first_load_fail(data):
     spec = data.draw(layer_graphs(max_layers=2), label="spec")
@@ -254,14 +250,12 @@ def test_sharded_layout_has_several_files_and_a_consistent_index(data, tmp_path_
 
 
 # -------------------------------------------------------------------- scales
-@pytest.mark.rule("SCALE-3")
 @given(shape=scale_shapes())
 def test_valid_scale_shapes_have_one_element(shape):
     assert math.prod(shape) == 1
     check_scale_shape(torch.ones(shape))
 
 
-@pytest.mark.rule("SCALE-4")
 @given(shape=scale_shapes(valid=False))
 def test_invalid_scale_shapes_do_not_have_one_element(shape):
     assert math.prod(shape) != 1
@@ -289,7 +283,6 @@ def test_no_sentinel_unless_allowed(value):
     assert value != SENTINEL
 
 
-@pytest.mark.rule("KVPROC-7")
 @pytest.mark.parametrize("kind, predicate", [
     ("nan", math.isnan), ("+inf", lambda v: v == math.inf), ("-inf", lambda v: v == -math.inf),
     ("+0", lambda v: v == 0 and math.copysign(1, v) > 0), ("-0", lambda v: v == 0 and math.copysign(1, v) < 0),
