@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CONTRACT_VERSION = "2026.11"
+CONTRACT_VERSION = "2026.12"
 
 MUST = "MUST"
 SHOULD = "SHOULD"
@@ -239,6 +239,26 @@ RULES: tuple[Rule, ...] = (
     Rule("LOAD-10", MUST,
          "A name that continues below a parameter is rejected with a ValueError naming it.",
          f"{_UTILS} AutoWeightsLoader._load_param: 'Attempted to load nested weight ...'"),
+    Rule("LOAD-11", SHOULD,
+         "A checkpoint tensor whose dtype its parameter's loader does not accept is rejected with a ValueError naming the weight and the dtype, and nothing is written: an FP8 weight accepts only float8_e4m3fn (not e5m2, bf16 or fp32), and float parameters and every scale accept only float16, bfloat16, float32 and float64 (no FP8, integer, bool or complex).",
+         f"{_WU} default_weight_loader; {_KV} KVCacheScaleParameter.weight_loader (param.data.copy_)",
+         "vLLM's loaders check shapes only and convert the dtype with copy_: a bf16 or fp32 tensor is rounded into an FP8 weight, an e5m2 weight is reinterpreted numerically (values beyond e4m3's range become NaN), integer, bool and complex tensors are cast (complex dropping its imaginary part with a warning)."),
+    Rule("LOAD-12", SHOULD,
+         "A linear weight_scale or input_scale in a checkpoint must be finite, positive and at most float32's maximum / 448 (about 7.6e35, so the largest FP8 value times the scale stays finite); a checkpoint with any other element is rejected with a ValueError naming the weight, on a first load and on a reload, before anything is written.",
+         f"{_FP8} Fp8LinearMethod.process_weights_after_loading; {_WU} default_weight_loader",
+         "vLLM never checks linear scale values: a NaN, infinite, zero or negative scale (or a finite 1e38) is loaded and processed into NaN, infinite or zero weights without an error."),
+    Rule("LOAD-13", SHOULD,
+         "A KV-cache scale in a checkpoint must be finite and positive: NaN, +-inf, 0, negative values and exactly -1.0 (the sentinel, which only create_weights may produce) are rejected with a ValueError naming the weight, on a first load and on a reload, before any weight of the model is written.",
+         f"{_KV} BaseKVCacheMethod.process_weights_after_loading (sentinel test k_scale < 0)",
+         "vLLM reads any negative checkpoint scale, -1.0 included, as 'not loaded' (k=v=-1.0 gives 1.0; k=-1.0 with v>0 is an AssertionError), and finds a NaN or zero k_scale only as a bare AssertionError in processing, after every linear was written and processed; a NaN v_scale beside a positive k_scale silently becomes k."),
+    Rule("LOAD-14", SHOULD,
+         "Two checkpoint tensors that give a value for the same parameter (the same name twice, an engine-format qkv_proj.weight beside q/k/v_proj.weight, lm_head.weight beside embed_tokens.weight on a tied model) are rejected with a ValueError naming both sources, before anything is written.",
+         f"{_UTILS} AutoWeightsLoader.load_weights; {_WU} default_weight_loader",
+         "vLLM writes each tensor as it arrives, so the last source wins silently on a first load (a tied model's lm_head.weight overwrites the embedding unless the model skips 'lm_head.'), and a reload counts both towards the layer's size."),
+    Rule("LOAD-15", SHOULD,
+         "An attention layer's output scale buffers (_q_scale, _k_scale, _v_scale, _prob_scale) are not loadable by name: a checkpoint tensor addressing one is rejected with a ValueError naming it (an exception to LOAD-9), since only processing writes them, from the validated scale parameters.",
+         f"{_ATTN} set_default_quant_scales (register_buffer persistent=True); {_UTILS} AutoWeightsLoader._load_module",
+         "In vLLM they are persistent buffers, so a checkpoint tensor '...attn._k_scale' is loaded by name: it bypasses the scale checks (a NaN is accepted) and the host mirrors (_k_scale_float, _k_scale_cpu) keep the old value."),
     # ---------------------------------------------------------------- COUNT
     Rule("COUNT-1", MUST,
          "The copy counter counts every element written by copy_, one-element and 0-d copies included.",
@@ -307,6 +327,14 @@ RULES: tuple[Rule, ...] = (
     Rule("RELOAD-10", MUST,
          "The final state of a reload does not depend on the order or grouping of the weights (shuffled, interleaved across layers, one tensor per call).",
          f"{_LW} online_process_loader (#40317; P14)"),
+    Rule("RELOAD-11", SHOULD,
+         "A one-call reload that is rejected (a partial layer, a bad tensor in the last layer), or whose weights iterable raises at any position, leaves every kernel tensor and host mirror bit-identical: every layer is reloaded or none.",
+         f"{_LW} online_process_loader, finalize_layerwise_processing; vllm/v1/worker/gpu_model_runner.py reload_weights",
+         "vLLM's reload streams: a layer is processed and written back when its last element arrives, so a later failure (an exception from the iterator, a partial layer or a bad scale found at finalize) leaves a model mixing reloaded and old layers, and a partial layer is processed with uninitialized memory (RELOAD-6)."),
+    Rule("RELOAD-12", SHOULD,
+         "A reload session that is abandoned unfinished (dropped and garbage-collected without finish) leaves no data-less (meta) tensor registered in the model, and every layer it did not complete keeps its values.",
+         f"{_LW} initialize_layerwise_reload (restore_layer_on_meta); {_META} restore_layer_on_meta",
+         "vLLM has no abort: initialize_layerwise_reload puts every layer's parameters on the meta device and only finalize_layerwise_reload materializes them, so a reload given up half-way (an exception in the caller, a crashed trainer) leaves meta tensors registered and the model unusable."),
     # ------------------------------------------------------------------ E2E
     Rule("E2E-1", MUST,
          "A model built with dummy weights and then reloaded from an FP8-KV checkpoint of SmolLM2-135M, in the layout of any producer whose NAMES rule is a MUST (compressed-tensors, ModelOpt, Quark, AutoFP8, legacy kv_scale, fused qkv), scores perplexity below 10 on 'The capital of France is the city of Paris' with the prefix 'The capital of France is' masked.",

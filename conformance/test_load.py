@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal, assert_raises_value_error, assert_unchanged, fail, snapshot
-from loadspec.conformance.drivers import built, graphs_for, heavy, layouts_for
+from loadspec.conformance.drivers import built, draw_case, graphs_for, heavy, layouts_for
 from loadspec.conformance.reproducers import Case, record_case
 from loadspec.strategies.layouts import checkpoint_layouts
 
@@ -164,3 +167,140 @@ def test_persistent_buffers_loadable_non_persistent_not(impl):
 def test_name_below_a_parameter_rejected(impl):
     assert_raises_value_error("loading below a parameter", lambda: impl.auto_load(
         tree(), [("layers.0.norm.weight.extra", torch.ones(1))]), "LOAD-10", mentions=["weight.extra"])
+
+
+# ------------------------------------------------------- validation before any write (issue 14)
+def _model_state(impl, model) -> dict:
+    return snapshot(impl.kernel_tensors(model), impl.host_mirrors(model))
+
+
+def _rejected_before_any_write(impl, spec, base, weights, phase, what, rule, mentions):
+    """``weights`` are rejected by a first load (of a fresh model) or a reload (of ``base``), naming
+    ``mentions``, and the model is bit-identical afterwards."""
+    model = impl.build_model(spec, device="cpu") if phase == "first_load" else built(impl, spec, base.tensors())
+    before = _model_state(impl, model)
+    call = (impl.first_load if phase == "first_load" else impl.reload)
+    try:
+        call(model, weights)
+    except ValueError as exc:
+        missing = [m for m in mentions if m not in str(exc)]
+        if missing:
+            fail(f"{phase} with {what}: error message", str(exc), f"a message naming {missing}", rule)
+    except Exception as exc:  # noqa: BLE001
+        fail(f"{phase} with {what}", f"{type(exc).__name__}: {exc}", "a ValueError naming the weight", rule)
+    else:
+        fail(f"{phase} with {what}", "accepted", "a ValueError naming the weight", rule)
+    assert_unchanged(f"model after the rejected {phase} with {what}", before, _model_state(impl, model), rule)
+
+
+FP8_OPTIONS = {"linear_quants": ("fp8_per_tensor", "fp8_per_channel"), "quant_methods": ("fp8",),
+               "allow_unquantized": False}
+
+
+def _fp8_case(impl, request, data):
+    fp8 = tuple(q for q in FP8_OPTIONS["linear_quants"] if q in impl.capabilities)
+    if not fp8:
+        pytest.skip("needs capability fp8_per_tensor or fp8_per_channel (a checkpoint with FP8 weights)")
+    return draw_case(impl, request, data, "base", "new", **{**FP8_OPTIONS, "linear_quants": fp8})
+
+
+PHASES = st.sampled_from(["first_load", "reload"])
+
+
+@pytest.mark.rule("LOAD-11")
+@pytest.mark.requires("model")
+@heavy()
+@given(data=st.data())
+def test_dtype_mismatch_rejected_before_any_write(impl, request, data):
+    spec, layouts = _fp8_case(impl, request, data)
+    weights = layouts["new"].tensors()
+    kinds = {"fp8 weight": [n for n, t in weights if t.dtype == torch.float8_e4m3fn],
+             "float weight": [n for n, t in weights if n.endswith("norm.weight")],
+             "scale": [n for n, t in weights if n.endswith("weight_scale")]}
+    kind = data.draw(st.sampled_from([k for k, names in kinds.items() if names]), label="parameter kind")
+    name = data.draw(st.sampled_from(kinds[kind]), label="weight")
+    dtypes = {"fp8 weight": [torch.float8_e5m2, torch.bfloat16, torch.float32, torch.int8],
+              "float weight": [torch.int64, torch.bool, torch.complex64, torch.float8_e4m3fn],
+              "scale": [torch.int32, torch.bool, torch.float8_e4m3fn]}[kind]
+    dtype = data.draw(st.sampled_from(dtypes), label="dtype")
+    original = dict(weights)[name]
+    bad = torch.ones(original.shape, dtype=dtype)
+    _rejected_before_any_write(impl, spec, layouts["base"], [(n, bad if n == name else t) for n, t in weights],
+                               data.draw(PHASES, label="phase"), f"a {dtype} {name}", "LOAD-11", [name])
+
+
+HOSTILE = [math.nan, math.inf, -math.inf, 0.0, -0.5, -1.0]
+
+
+@pytest.mark.rule("LOAD-12")
+@pytest.mark.requires("model")
+@heavy()
+@given(data=st.data())
+def test_bad_linear_scale_rejected_before_any_write(impl, request, data):
+    spec, layouts = _fp8_case(impl, request, data)
+    weights = layouts["new"].tensors()
+    scales = [n for n, _ in weights if n.endswith(("weight_scale", "input_scale"))]
+    name = data.draw(st.sampled_from(scales), label="linear scale")
+    value = data.draw(st.sampled_from([*HOSTILE, 1e38]), label="value")
+    original = dict(weights)[name]
+    bad = original.clone().reshape(-1)
+    bad[data.draw(st.integers(0, bad.numel() - 1), label="element")] = value
+    bad = bad.reshape(original.shape)
+    _rejected_before_any_write(impl, spec, layouts["base"], [(n, bad if n == name else t) for n, t in weights],
+                               data.draw(PHASES, label="phase"), f"{name} holding {value}", "LOAD-12", [name])
+
+
+@pytest.mark.rule("LOAD-13")
+@pytest.mark.requires("model")
+@heavy()
+@given(data=st.data())
+def test_bad_kv_scale_in_a_checkpoint_rejected_before_any_write(impl, request, data):
+    spec, layouts = draw_case(impl, request, data, "base", "new", allow_unquantized=False)
+    value = data.draw(st.sampled_from(HOSTILE), label="k_scale value (-1.0: the sentinel)")
+    new = replace(layouts["new"], kv_scales={**layouts["new"].kv_scales, "k": value, "v": value})  # fused kv_scale
+    names = [n for n in new.kv_scale_names if n.startswith(spec.layer_prefix(0))]
+    _rejected_before_any_write(impl, spec, layouts["base"], new.tensors(), data.draw(PHASES, label="phase"),
+                               f"k_scale=v_scale={value} in every layer", "LOAD-13", [])
+    assert names  # the layout wrote layer 0's k_scale, so there was something to reject
+
+
+@pytest.mark.rule("LOAD-14")
+@pytest.mark.requires("model")
+@heavy()
+@given(data=st.data())
+def test_two_sources_for_one_parameter_rejected_naming_both(impl, request, data):
+    spec, layouts = draw_case(impl, request, data, "base", "new")
+    weights = layouts["new"].tensors()
+    by_name = dict(weights)
+    kinds = ["same name twice"]
+    q, k, v = (f"{spec.layer_prefix(0)}{spec.container}.{p}_proj.weight" for p in "qkv")
+    if spec.attention == "mha" and all(n in by_name for n in (q, k, v)):
+        kinds.append("engine-format qkv_proj beside q/k/v_proj")
+    if spec.tie_embeddings:
+        kinds.append("lm_head beside the tied embedding")
+    kind = data.draw(st.sampled_from(kinds), label="duplicate")
+    if kind == "same name twice":
+        name = data.draw(st.sampled_from([n for n, _ in weights]), label="weight given twice")
+        extra, mentions = (name, by_name[name].clone()), [name]
+    elif kind.startswith("engine-format"):
+        fused = f"{spec.layer_prefix(0)}{spec.container}.qkv_proj.weight"
+        qkv = torch.cat([by_name[n].float() for n in (q, k, v)]).to(by_name[q].dtype)
+        extra, mentions = (fused, qkv), [fused, q]
+    else:
+        embed = f"{spec.prefix}embed_tokens.weight"
+        extra, mentions = (spec.lm_head_name, by_name[embed].clone()), [spec.lm_head_name, embed]
+    _rejected_before_any_write(impl, spec, layouts["base"], [*weights, extra], data.draw(PHASES, label="phase"),
+                               kind, "LOAD-14", mentions)
+
+
+@pytest.mark.rule("LOAD-15")
+@pytest.mark.requires("model")
+@heavy()
+@given(data=st.data())
+def test_output_scale_buffers_not_loadable_by_name(impl, request, data):
+    spec, layouts = draw_case(impl, request, data, "base", "new")
+    buffer = data.draw(st.sampled_from(["_k_scale", "_v_scale", "_q_scale", "_prob_scale"]), label="buffer")
+    name = f"{spec.attention_prefix(0)}{buffer}"
+    value = data.draw(st.sampled_from([math.nan, 0.5]), label="value")
+    _rejected_before_any_write(impl, spec, layouts["base"], [*layouts["new"].tensors(), (name, torch.tensor(value))],
+                               data.draw(PHASES, label="phase"), f"{name}={value}", "LOAD-15", [name])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import math
 from dataclasses import replace
 
 import pytest
@@ -191,3 +193,74 @@ def test_order_and_grouping_do_not_matter(impl, request, data):
     fresh = built(impl, spec, weights)
     assert_same_state("kernel state after a shuffled, bucketed reload", impl.export_kernel_state(model),
                       impl.export_kernel_state(fresh), "RELOAD-10")
+
+
+def _fp8_case(impl, request, data, *roles):
+    fp8 = tuple(q for q in ("fp8_per_tensor", "fp8_per_channel") if q in impl.capabilities)
+    if not fp8:
+        pytest.skip("needs capability fp8_per_tensor or fp8_per_channel (a layer whose processing transforms it)")
+    return draw_case(impl, request, data, *roles, linear_quants=fp8, quant_methods=("fp8",),
+                     allow_unquantized=False)
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by a weights iterable the test breaks on purpose."""
+
+
+def _breaking(weights, at):
+    yield from weights[:at]
+    raise InjectedFailure(f"the weights iterable failed before item {at} of {len(weights)}")
+
+
+@pytest.mark.rule("RELOAD-11")
+@heavy()
+@given(data=st.data())
+def test_rejected_or_interrupted_reload_changes_nothing(impl, request, data):
+    spec, layouts = _fp8_case(impl, request, data, "base", "reload")
+    weights = layouts["reload"].tensors()
+    last = spec.layer_prefix(len(spec.layers) - 1)
+    scales = [n for n, _ in weights if n.startswith(last) and n.endswith("weight_scale")]
+    at = data.draw(st.integers(1, len(weights)), label="position the iterable fails at")
+    cases = {  # every example checks all three: one of them is always a failure found late
+        "a partial last layer": ([(n, t) for n, t in weights if n != scales[-1]], ValueError),
+        "a NaN weight_scale in the last layer": (
+            [(n, torch.full_like(t, math.nan) if n == scales[-1] else t) for n, t in weights], ValueError),
+        f"an iterable raising before item {at}": (_breaking(weights, at), InjectedFailure),
+    } if scales else {f"an iterable raising before item {at}": (_breaking(weights, at), InjectedFailure)}
+    model = built(impl, spec, layouts["base"].tensors())
+    for what, (delivery, expected) in cases.items():
+        before = model_state(impl, model)
+        try:
+            impl.reload(model, delivery)
+        except expected:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            fail(f"reload with {what}", f"{type(exc).__name__}: {exc}", expected.__name__, "RELOAD-11")
+        else:
+            fail(f"reload with {what}", "accepted", f"{expected.__name__}", "RELOAD-11")
+        meta = [n for n, t in impl.kernel_tensors(model).items() if t.is_meta]
+        if meta:
+            fail(f"kernel tensors after a reload with {what}", f"meta (no data): {meta[:5]}", "real tensors",
+                 "RELOAD-11")
+        assert_unchanged(f"model after a reload with {what}", before, model_state(impl, model), "RELOAD-11")
+
+
+@pytest.mark.rule("RELOAD-12")
+@pytest.mark.requires("reload_sessions")
+@heavy()
+@given(data=st.data())
+def test_abandoned_session_leaves_no_meta_tensors(impl, request, data):
+    spec, layouts = _fp8_case(impl, request, data, "base", "reload")
+    model = built(impl, spec, layouts["base"].tensors())
+    before = model_state(impl, model)
+    # weight_scale tensors only: no FP8 layer is complete, so none may be written
+    bucket = [(n, t) for n, t in layouts["reload"].tensors() if n.endswith("weight_scale")]
+    session = impl.open_reload(model)
+    session.load(bucket)
+    del session  # the caller gives up without finish (an exception, a crashed trainer)
+    gc.collect()
+    meta = [n for n, t in impl.kernel_tensors(model).items() if t.is_meta]
+    if meta:
+        fail("kernel tensors after abandoning a reload session", f"meta (no data): {meta[:5]}", "real tensors",
+             "RELOAD-12")
+    assert_unchanged("model after abandoning a reload session", before, model_state(impl, model), "RELOAD-12")

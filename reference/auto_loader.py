@@ -145,14 +145,18 @@ class AutoWeightsLoader:
                     + (f" shard {shard_id!r}" if shard_id is not None else "")
                     + "; a checkpoint must give it once [LOAD-14]")
             seen[key] = source
-            for other_source, other_name, other_shard in per_param.get(id(param), ()):
-                if other_shard is None or shard_id is None or other_shard == shard_id:
-                    what = f"{name!r}" if other_name == name else f"{other_name!r} and {name!r} (one tensor)"
-                    raise DuplicateSourceError(
-                        f"{other_source!r} and {source!r} are two sources for {what}: "
-                        f"{'the whole parameter' if other_shard is None else f'shard {other_shard!r}'} and "
-                        f"{'the whole parameter' if shard_id is None else f'shard {shard_id!r}'}; "
-                        f"a checkpoint must give each value once [LOAD-14]")
+            clashes = [(other_source, other_name, other_shard)
+                       for other_source, other_name, other_shard in per_param.get(id(param), ())
+                       if other_shard is None or shard_id is None or other_shard == shard_id]
+            if clashes:
+                def part(shard: ShardId | None) -> str:
+                    return "the whole parameter" if shard is None else f"shard {shard!r}"
+                what = name if all(n == name for _, n, _ in clashes) else " / ".join(
+                    dict.fromkeys([*(n for _, n, _ in clashes), name]))
+                given = "; ".join(f"{src!r} gives {part(shard)}" for src, _, shard in clashes)
+                raise DuplicateSourceError(
+                    f"{given}, and {source!r} gives {part(shard_id)}: two sources for {what!r} (one tensor); "
+                    f"a checkpoint must give each value once [LOAD-14]")
             per_param.setdefault(id(param), []).append((source, name, shard_id))
             if guard is not None:
                 guard(source, name, param)

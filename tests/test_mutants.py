@@ -28,10 +28,17 @@ MUTANTS = {
     "mutants.non_idempotent:NonIdempotentAdapter": "test_map.py",
     "mutants.missing_modelopt:MissingModelOptAdapter": "test_names.py",
     "mutants.streaming_loader:StreamingLoaderAdapter": "test_load.py",
+    "mutants.lenient_dtype:LenientDtypeAdapter": "test_load.py",
+    "mutants.unchecked_linear_scales:UncheckedLinearScalesAdapter": "test_load.py",
+    "mutants.sentinel_in_band:SentinelInBandAdapter": "test_load.py",
+    "mutants.last_source_wins:LastSourceWinsAdapter": "test_load.py",
+    "mutants.loadable_output_buffers:LoadableOutputBuffersAdapter": "test_load.py",
     "mutants.naive_count:NaiveCountAdapter": "test_count.py",
     "mutants.registration_order:RegistrationOrderAdapter": "test_order.py",
     "mutants.reallocating_reload:ReallocatingAdapter": "test_reload.py",
     "mutants.garbage_partial:GarbagePartialAdapter": "test_reload.py",
+    "mutants.streaming_reload:StreamingReloadAdapter": "test_reload.py",
+    "mutants.abandoned_meta:AbandonedMetaAdapter": "test_reload.py",
     "mutants.divided_scales:DividedScalesAdapter": "test_e2e.py",
 }
 

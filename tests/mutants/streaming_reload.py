@@ -1,0 +1,10 @@
+"""RELOAD-11: a one-call reload streams (vLLM): layers complete before a late failure keep their new values."""
+
+from loadspec.reference.reload import ReloadSession
+from mutants._base import SessionMutant
+
+
+class StreamingReloadAdapter(SessionMutant):
+    name = report_id = "mutant-streaming-reload"
+    targets = ("RELOAD-11",)
+    session_class = ReloadSession  # streaming: SessionMutant.reload runs it without transactional=True
