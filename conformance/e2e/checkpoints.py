@@ -104,8 +104,8 @@ def check_config(path: Path, config: object, checkpoint: Checkpoint) -> None:
     if not problems and isinstance(config, dict):
         expected = _expected_shapes(config)
         layers = config["num_hidden_layers"]
-        beyond = sorted({int(m.group(1)) for name in headers for m in [_LAYER_INDEX.search(name)] if m}
-                        - set(range(layers)))
+        beyond = sorted({index for name in headers for m in [_LAYER_INDEX.search(name)] if m
+                         for index in [int(m.group(1))] if index >= layers})
         if beyond:
             problems.append(f"num_hidden_layers={layers}, but the checkpoint has tensors of layer(s) "
                             f"{', '.join(map(str, beyond[:5]))}")

@@ -62,6 +62,8 @@ class ConfigError(ValueError):
 
 MAX_CONFIG_PARAMETERS = 2**40
 """The most parameters ``spec_from_hf_config`` accepts from a config alone (no checkpoint to compare with)."""
+MAX_CONFIG_LAYERS = 4096
+"""The most decoder layers ``spec_from_hf_config`` builds a ``ModelSpec`` of (real Llamas have a few hundred)."""
 _SIZES = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
 _OPTIONAL_SIZES = ("num_key_value_heads", "head_dim")
 
@@ -146,6 +148,8 @@ def spec_from_hf_config(config: dict, *, linear_quant: str | None = None,
     (``inspect_checkpoint`` passes a bound from the checkpoint's own tensor headers).
     """
     problems = config_problems(config)
+    if not problems and config["num_hidden_layers"] > MAX_CONFIG_LAYERS:
+        problems.append(f"num_hidden_layers={config['num_hidden_layers']}, over the {MAX_CONFIG_LAYERS} accepted")
     if not problems and max_parameters is not None and config_parameter_count(config) > max_parameters:
         problems.append(f"the config describes {config_parameter_count(config):,} parameters, over the "
                         f"{max_parameters:,} accepted")
@@ -404,6 +408,6 @@ def perplexity(state: dict, spec: ModelSpec, tokenizer, text: str, prefix: str =
 
 
 __all__ = ["forward_logits", "perplexity", "continuation_ids", "spec_from_hf_config", "config_problems",
-           "config_parameter_count", "ConfigError", "MAX_CONFIG_PARAMETERS", "kernel_state_names",
+           "config_parameter_count", "ConfigError", "MAX_CONFIG_PARAMETERS", "MAX_CONFIG_LAYERS", "kernel_state_names",
            "linear_name", "fake_quantize_kv", "dequantize_weight", "dequantized_state", "scaled_mm_linear",
            "check_kv_scale", "rms_norm", "rope_cos_sin", "apply_rope", "FUSED_PROJS", "LINEARS"]
