@@ -89,3 +89,44 @@ conformance-vllm: setup-vllm
 	if [ $$rc -eq 1 ]; then echo "loadspec: vLLM $(VLLM_VERSION) fails some rules (pytest exit 1, expected):" \
 		"see $(VLLM_REPORT)/conformance.md and reports/vllm-$(VLLM_VERSION)/README.md"; exit 0; fi; \
 	exit $$rc
+
+# ---------------------------------------------------------------- SGLang (CPU)
+#   make setup-sglang        - build .venv-sglang: SGLang 0.5.23's loader code on CPU + loadspec
+#                              (conformance/adapters/sglang_engine/sglang_env.sh; a no-op once complete)
+#   make conformance-sglang  - run the conformance suite against SGLang's real loader code, twice: the default
+#                              loader (--impl=sglang) writes reports/sglang-$(SGLANG_VERSION)/conformance.{json,md},
+#                              the opt-in v2 loader (SGLANG_ENABLE_WEIGHT_LOADER_V2=1) writes .../v2/
+#   make test-sglang         - the same into reports/ci/, then the outcome changes against the committed reports
+# As for vLLM, pytest's exit code 1 ("tests failed") counts as success once both report files were written.
+SGLANG_VENV ?= .venv-sglang
+SGLANG_VERSION := 0.5.23
+SGLANG_REPORT ?= reports/sglang-$(SGLANG_VERSION)
+SGLANG_V2_IMPL := loadspec.conformance.adapters.sglang_engine:SglangV2Adapter
+
+# $(1): --impl, $(2): report directory
+define run_sglang
+	@rm -f $(2)/conformance.json $(2)/conformance.md
+	@$(SGLANG_VENV)/bin/pytest conformance --impl=$(1) --loadspec-report=$(2); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "loadspec: pytest collected no tests (conformance --impl=$(1)): failing"; exit 1; fi; \
+	if [ ! -f $(2)/conformance.json ] || [ ! -f $(2)/conformance.md ]; then \
+		echo "loadspec: no report in $(2) (pytest exit $$rc): failing"; exit 1; fi; \
+	if [ $$rc -eq 1 ]; then echo "loadspec: SGLang $(SGLANG_VERSION) ($(1)) fails some rules (pytest exit 1, expected):" \
+		"see $(2)/conformance.md and reports/sglang-$(SGLANG_VERSION)/README.md"; exit 0; fi; \
+	exit $$rc
+endef
+
+.PHONY: setup-sglang conformance-sglang test-sglang
+setup-sglang:
+	bash conformance/adapters/sglang_engine/sglang_env.sh $(SGLANG_VENV)
+
+conformance-sglang: setup-sglang
+	$(call run_sglang,sglang,$(SGLANG_REPORT))
+	$(call run_sglang,$(SGLANG_V2_IMPL),$(SGLANG_REPORT)/v2)
+
+SGLANG_CI_REPORT = reports/ci/sglang-$(SGLANG_VERSION)
+test-sglang:
+	@$(MAKE) --no-print-directory conformance-sglang SGLANG_REPORT=$(SGLANG_CI_REPORT)
+	@$(SGLANG_VENV)/bin/python -m loadspec.conformance.report diff reports/sglang-$(SGLANG_VERSION)/conformance.json \
+		$(SGLANG_CI_REPORT)/conformance.json
+	@$(SGLANG_VENV)/bin/python -m loadspec.conformance.report diff reports/sglang-$(SGLANG_VERSION)/v2/conformance.json \
+		$(SGLANG_CI_REPORT)/v2/conformance.json

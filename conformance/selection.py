@@ -19,6 +19,7 @@ ENV_VAR = "LOADSPEC_IMPL"
 BUILTIN = {
     "reference": "loadspec.conformance.adapters.reference:ReferenceAdapter",
     "vllm": "loadspec.conformance.adapters.vllm:VllmAdapter",
+    "sglang": "loadspec.conformance.adapters.sglang_engine:SglangAdapter",
 }
 
 
