@@ -65,7 +65,7 @@ clean:
 
 # ---------------------------------------------------------------- vLLM (CPU)
 #   make setup-vllm        - build .venv-vllm: vLLM 0.33.0 on CPU + compressed-tensors + loadspec
-#                            (conformance/adapters/vllm_env.sh; a no-op once complete)
+#                            (conformance/adapters/vllm_engine/vllm_env.sh; a no-op once complete)
 #   make conformance-vllm  - run the conformance suite against vLLM's real loader code and write
 #                            reports/vllm-$(VLLM_VERSION)/conformance.{json,md}
 # vLLM fails some rules (that is what the report is for), so pytest's exit code 1
@@ -78,7 +78,7 @@ VLLM_REPORT ?= reports/vllm-$(VLLM_VERSION)
 
 .PHONY: setup-vllm conformance-vllm
 setup-vllm:
-	bash conformance/adapters/vllm_env.sh $(VLLM_VENV)
+	bash conformance/adapters/vllm_engine/vllm_env.sh $(VLLM_VENV)
 
 conformance-vllm: setup-vllm
 	@rm -f $(VLLM_REPORT)/conformance.json $(VLLM_REPORT)/conformance.md

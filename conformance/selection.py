@@ -18,7 +18,7 @@ ENTRY_POINT_GROUP = "loadspec.adapters"
 ENV_VAR = "LOADSPEC_IMPL"
 BUILTIN = {
     "reference": "loadspec.conformance.adapters.reference:ReferenceAdapter",
-    "vllm": "loadspec.conformance.adapters.vllm:VllmAdapter",
+    "vllm": "loadspec.conformance.adapters.vllm_engine:VllmAdapter",
     "sglang": "loadspec.conformance.adapters.sglang_engine:SglangAdapter",
 }
 

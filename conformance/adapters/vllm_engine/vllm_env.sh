@@ -2,7 +2,7 @@
 # Create the isolated virtual environment in which loadspec runs vLLM's real
 # loader code on a CPU-only machine (recipe: /work/shared/notes/vllm-on-cpu.md).
 #
-#   conformance/adapters/vllm_env.sh [VENV_DIR]      (default: <repo>/.venv-vllm)
+#   conformance/adapters/vllm_engine/vllm_env.sh [VENV_DIR]      (default: <repo>/.venv-vllm)
 #
 # vLLM's pins (torch, transformers, pydantic, ...) must not constrain loadspec's
 # main environment, hence a venv of its own.  The script is idempotent: a marker
@@ -18,8 +18,8 @@
 # 'compressed_tensors'") is raised by CompressedTensorsConfig, by QuarkConfig (it
 # imports compressed_tensors.quantization), and by Attention(cache_dtype="fp8_e5m2",
 # quant_config=Fp8Config(...)), whose e5m2 check imports CompressedTensorsConfig.
-# WITH_COMPRESSED_TENSORS=0 gives the notes' exact recipe (the probe then reports
-# those checks as N/A).
+# WITH_COMPRESSED_TENSORS=0 gives the notes' exact recipe, in which vLLM's loader
+# modules import but the adapter (it imports both configs) does not.
 #
 # Step 6 installs loadspec itself into the venv (pip install --no-deps -e <repo>)
 # plus the test tools it needs there (hypothesis, pytest, pytest-benchmark,
@@ -30,12 +30,13 @@
 #
 # Use afterwards:
 #   make conformance-vllm                        (the suite against vLLM; writes reports/vllm-0.33.0/)
-#   VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 .venv-vllm/bin/python -P conformance/adapters/vllm_probe.py
-# (-P keeps conformance/adapters/ off sys.path: its vllm.py, the adapter, would
-# otherwise shadow the vllm package.)
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+if [[ ! -f "$REPO_ROOT/pyproject.toml" ]]; then
+  echo "vllm_env: $REPO_ROOT is not a loadspec checkout (no pyproject.toml): run this script from one" >&2
+  exit 1
+fi
 VENV="${1:-$REPO_ROOT/.venv-vllm}"
 PYTHON="${PYTHON:-python3}"
 PIP_FLAGS="${PIP_FLAGS:-}"
@@ -107,8 +108,8 @@ step "$NSTEPS/$NSTEPS ${TEST_SPECS[*]} + --no-deps -e $REPO_ROOT"
 "${PIP[@]}" --no-deps -e "$REPO_ROOT"
 
 step "smoke test: importing the loader modules"
-VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 "$VENV/bin/python" - <<'EOF'
-import importlib
+VLLM_TARGET_DEVICE=cpu HF_HUB_OFFLINE=1 WITH_COMPRESSED_TENSORS="$WITH_COMPRESSED_TENSORS" "$VENV/bin/python" - <<'EOF'
+import importlib, os
 for m in ("vllm.model_executor.models.utils",
           "vllm.model_executor.layers.quantization.kv_cache",
           "vllm.model_executor.model_loader.weight_utils",
@@ -117,7 +118,9 @@ for m in ("vllm.model_executor.models.utils",
           "vllm.model_executor.layers.attention"):
     importlib.import_module(m)
 import torch, vllm
-import loadspec.conformance.plugin, loadspec.reference.engine  # noqa: F401  (loadspec is installed)
+import loadspec.conformance.plugin  # noqa: F401  (loadspec is installed)
+if os.environ["WITH_COMPRESSED_TENSORS"] == "1":
+    import loadspec.conformance.adapters.vllm_engine  # noqa: F401  (the adapter imports)
 print("vllm_env: smoke test ok: vllm", vllm.__version__, "torch", torch.__version__)
 EOF
 
