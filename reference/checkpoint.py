@@ -75,6 +75,7 @@ DTYPES: dict[str, torch.dtype] = {
     "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
 }
 """Safetensors dtype codes this reader accepts, and their torch dtypes."""
+_ITEMSIZE = {dtype: torch.empty((), dtype=dtype).element_size() for dtype in DTYPES.values()}
 
 
 def _fail(where: Path | str, reason: str, tensor: str | None = None) -> CheckpointFormatError:
@@ -120,8 +121,7 @@ class Shard:
         if info.numel == 0:
             return torch.empty(info.shape, dtype=info.dtype)
         assert self._map is not None  # a shard with a non-empty tensor has a non-empty file
-        itemsize = torch.empty((), dtype=info.dtype).element_size()
-        if info.start % itemsize:  # misaligned: copy the bytes into an aligned buffer
+        if info.start % _ITEMSIZE[info.dtype]:  # misaligned: copy the bytes into an aligned buffer
             flat = torch.frombuffer(bytearray(self._map[info.start:info.end]), dtype=info.dtype)
         else:
             flat = torch.frombuffer(self._map, dtype=info.dtype, count=info.numel, offset=info.start)
@@ -347,7 +347,7 @@ def _tensor_header(path: Path, name: str, entry: object, base: int, data_size: i
     if not 0 <= begin <= end <= data_size:
         raise _fail(path, f"data_offsets [{begin}, {end}] are not within the {data_size}-byte data section", name)
     dtype = DTYPES[code]
-    expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    expected = math.prod(shape) * _ITEMSIZE[dtype]
     if end - begin != expected:
         raise _fail(path, f"data_offsets [{begin}, {end}] hold {end - begin} bytes, but {code} of shape "
                           f"{tuple(shape)} needs {expected}", name)

@@ -213,7 +213,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     """
     path = Path(path)
     config_file = path / "config.json"
-    if not config_file.is_file():
+    if not os.path.lexists(config_file):  # present but not a regular file inside: read_config says why
         raise CheckpointError(f"{path}: no config.json: not a Hugging Face checkpoint directory")
     try:
         config = read_config(path)
