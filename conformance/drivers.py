@@ -31,9 +31,26 @@ class AttentionResult:
     error: Exception | None = None
 
 
-def process_scales(adapter, *, kv_cache_dtype: str, values: dict, device: str = "cpu") -> AttentionResult:
-    """Build an attention layer, load ``values`` (kind -> float, ``None`` = absent), process it."""
-    layer = adapter.make_attention(kv_cache_dtype=kv_cache_dtype, device=device)
+_RUN_DEVICE = ["cpu"]
+
+
+def set_run_device(device: str) -> None:
+    """Set the device this run builds on (the plugin's ``--device``)."""
+    _RUN_DEVICE[0] = device
+
+
+def run_device() -> str:
+    """The device this run builds every layer and model on: ``--device`` (``$LOADSPEC_DEVICE``), else ``cpu``.
+
+    The suite's ``device`` fixture returns it; ``built`` and ``process_scales`` default to it.
+    """
+    return _RUN_DEVICE[0]
+
+
+def process_scales(adapter, *, kv_cache_dtype: str, values: dict, device: str | None = None) -> AttentionResult:
+    """Build an attention layer (on ``device``, default the run's), load ``values`` (kind -> float, ``None`` =
+    absent), process it."""
+    layer = adapter.make_attention(kv_cache_dtype=kv_cache_dtype, device=device or run_device())
     params = adapter.attention_scale_parameters(layer)
     for kind, value in values.items():
         if value is not None:
@@ -70,9 +87,9 @@ def graphs_for(adapter, **options):
     return make_strategies_namespace(adapter).layer_graphs(**options).filter(must_producers)
 
 
-def built(adapter, spec, weights, *, device: str = "cpu"):
-    """A model of ``spec`` first-loaded with ``weights``."""
-    model = adapter.build_model(spec, device=device)
+def built(adapter, spec, weights, *, device: str | None = None):
+    """A model of ``spec`` built on ``device`` (default: the run's) and first-loaded with ``weights``."""
+    model = adapter.build_model(spec, device=device or run_device())
     adapter.first_load(model, weights)
     return model
 

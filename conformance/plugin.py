@@ -17,7 +17,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, settings
 
-from loadspec.conformance import selection
+from loadspec.conformance import drivers, selection
 from loadspec.conformance.adapter import CAPABILITIES
 from loadspec.conformance.adapters.reference import ReferenceAdapter
 from loadspec.conformance.report import RuleReport, TestResult
@@ -39,7 +39,10 @@ settings.register_profile("loadspec-meta", max_examples=PROFILES["loadspec-ci"],
                           phases=[Phase.explicit, Phase.generate], suppress_health_check=_QUIET)
 
 _ADAPTER = pytest.StashKey[object]()
+DEVICE_ENV_VAR = "LOADSPEC_DEVICE"
+DEVICES = ("cpu", "cuda")
 _SUITE_DIR = Path(__file__).resolve().parent
+_BENCHMARKS_DIR = _SUITE_DIR / "benchmarks"  # not the suite: collected only when named (pytest conformance/benchmarks)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,6 +50,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--impl", metavar="NAME_OR_MODULE", default=None,
                     help=f"implementation under test: a registered name, a module or module:attribute "
                          f"(default: ${selection.ENV_VAR}, else 'reference')")
+    group.addoption("--device", metavar="cpu|cuda", default=None,
+                    help=f"where every suite test builds its layers and models (default: ${DEVICE_ENV_VAR}, else "
+                         f"'cpu'); cuda needs a CUDA GPU and the adapter's 'cuda' capability")
     group.addoption("--rule", metavar="ID_OR_FAMILY", action="append", default=[],
                     help="run only tests citing these rules (e.g. --rule SCALE-3 --rule RELOAD); repeatable")
     group.addoption("--checkpoint", metavar="PATH_OR_HUB_ID", default=None,
@@ -75,7 +81,30 @@ def pytest_configure(config: pytest.Config) -> None:
     except selection.AdapterSelectionError as exc:
         raise pytest.UsageError(f"loadspec: {exc}") from None
     config.stash[_ADAPTER] = adapter
+    drivers.set_run_device(chosen_device(config, adapter))
     config.pluginmanager.register(RuleReporter(config, adapter), "loadspec-report")
+
+
+def chosen_device(config: pytest.Config, adapter) -> str:
+    """``--device``, else ``$LOADSPEC_DEVICE``, else ``cpu``; a usage error when it cannot run here."""
+    device = config.getoption("--device") or os.environ.get(DEVICE_ENV_VAR) or "cpu"
+    source = "--device" if config.getoption("--device") else f"${DEVICE_ENV_VAR}"
+    if device not in DEVICES:
+        raise pytest.UsageError(f"loadspec: {source}={device!r}: not a device; choose one of {', '.join(DEVICES)}")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise pytest.UsageError(f"loadspec: {source}=cuda: no CUDA device on this machine "
+                                    f"(torch {torch.__version__}: torch.cuda.is_available() is False)")
+        if "cuda" not in adapter.capabilities:
+            raise pytest.UsageError(f"loadspec: {source}=cuda: {adapter.name} does not declare capability 'cuda'")
+    return device
+
+
+def device_description(device: str) -> dict[str, str]:
+    """The device a run builds on, for report headers: ``{"device": ..., "gpu": ...}`` (gpu only on CUDA)."""
+    if device != "cuda":
+        return {"device": device}
+    return {"device": device, "gpu": torch.cuda.get_device_name(), "cuda": str(torch.version.cuda)}
 
 
 def _profile_chosen(config: pytest.Config) -> bool:
@@ -96,8 +125,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     adapter = adapter_of(config)
     caps = ", ".join(sorted(adapter.capabilities))
     env = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("LOADSPEC")]
+    where = device_description(drivers.run_device())
+    device = where["device"] + (f" ({where['gpu']}, CUDA {where['cuda']})" if "gpu" in where else "")
     return [f"loadspec: implementation {adapter.name} {adapter.version}; contract {CONTRACT_VERSION}",
-            f"loadspec: capabilities: {caps}"] + ([f"loadspec: env: {' '.join(env)}"] if env else [])
+            f"loadspec: capabilities: {caps}", f"loadspec: device: {device}"] + \
+        ([f"loadspec: env: {' '.join(env)}"] if env else [])
 
 
 # ------------------------------------------------------------------ fixtures
@@ -113,15 +145,23 @@ def ref():
     return ReferenceAdapter()
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "device" in metafunc.fixturenames and _in_suite(metafunc.definition):
-        cuda = pytest.param("cuda", marks=[pytest.mark.requires("cuda"), pytest.mark.skipif(
-            not torch.cuda.is_available(), reason="no CUDA GPU on this machine")])
-        metafunc.parametrize("device", ["cpu", cuda])
+@pytest.fixture(scope="session")
+def device() -> str:
+    """The device this run builds every layer and model on (``--device``); drivers' helpers default to it."""
+    return drivers.run_device()
 
 
 def _in_suite(item) -> bool:
-    return _SUITE_DIR in Path(str(item.path)).resolve().parents
+    parents = Path(str(item.path)).resolve().parents
+    return _SUITE_DIR in parents and _BENCHMARKS_DIR not in parents
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """``pytest conformance`` runs the suite without the benchmarks; ``pytest conformance/benchmarks`` runs them."""
+    if collection_path.resolve() != _BENCHMARKS_DIR:
+        return None
+    named = [Path(str(arg).split("::", 1)[0]).resolve() for arg in config.args]
+    return not any(path == _BENCHMARKS_DIR or _BENCHMARKS_DIR in path.parents for path in named) or None
 
 
 # ---------------------------------------------------------------- collection
@@ -234,7 +274,8 @@ def session_gaps(session: pytest.Session, exitstatus: int, deselected: int, coll
 class RuleReporter:
     """Files each test outcome under the rules it cites and writes the report at the end of a suite run.
 
-    The default directory (``reports/<report_id>``, committed for the reference and vLLM) is
+    The default directory (``reports/<report_id>``, ``reports/<report_id>-cuda`` for ``--device cuda``;
+    committed for the reference and vLLM) is
     written only by a complete run; ``--loadspec-report DIR`` writes any run, marked partial.
     """
 
@@ -242,8 +283,10 @@ class RuleReporter:
         self.config = config
         implementation = {"name": adapter.name, "version": adapter.version,
                           "capabilities": sorted(adapter.capabilities), "notes": getattr(adapter, "notes", "")}
-        self.report = RuleReport(implementation)
+        self.report = RuleReport(implementation, device_description(drivers.run_device()))
         self.report_id = getattr(adapter, "report_id", adapter.name)
+        if drivers.run_device() != "cpu":  # reports/reference-cuda: a CUDA run never overwrites the CPU report
+            self.report_id += f"-{drivers.run_device()}"
         self.suite_run = False
         self.deselected = self.collection_errors = 0
         self.written: tuple[Path, Path] | None = None

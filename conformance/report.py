@@ -62,8 +62,9 @@ class RuleResult:
 class RuleReport:
     """Collects test outcomes by rule and writes the report files."""
 
-    def __init__(self, implementation: dict) -> None:
+    def __init__(self, implementation: dict, device: dict | None = None) -> None:
         self.implementation = implementation
+        self.device = device or {"device": "cpu"}  # {"device", "gpu", "cuda"}: where the run built its models
         self.rules = {r.id: RuleResult(r.id, r.level, r.text, r.vllm_differs) for r in RULES}
         self.session_gaps: list[str] = []  # set by the plugin: deselected tests, an early stop, ...
 
@@ -101,7 +102,7 @@ class RuleReport:
             "implementation": self.implementation,
             "contract_version": CONTRACT_VERSION,
             "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "platform": {"python": platform.python_version(), "machine": platform.machine()},
+            "platform": {"python": platform.python_version(), "machine": platform.machine(), **self.device},
             "summary": self.summary(),
             "complete": not self.incomplete_reasons(),
             "incomplete_reasons": self.incomplete_reasons(),
@@ -113,7 +114,10 @@ class RuleReport:
         impl = self.implementation
         lines = [f"# Conformance report: {impl.get('name')} {impl.get('version', '')}".rstrip(), "",
                  f"Contract version {CONTRACT_VERSION}. Summary: "
-                 + ", ".join(f"{n} {k}" for k, n in self.summary().items() if n) + ".", "", self._completeness(), ""]
+                 + ", ".join(f"{n} {k}" for k, n in self.summary().items() if n) + ".", "", self._completeness(), "",
+                 f"Device: {self.device.get('device', 'cpu')}"
+                 + (f" ({self.device['gpu']}, CUDA {self.device.get('cuda')})" if self.device.get("gpu") else "")
+                 + ".", ""]
         for key in ("capabilities", "notes"):
             if impl.get(key):
                 value = impl[key]

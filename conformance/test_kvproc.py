@@ -18,6 +18,7 @@ from loadspec.conformance.drivers import (
     must_kv_scales,
     must_producers,
     process_scales,
+    run_device,
 )
 from loadspec.conformance.reproducers import Case, record_case
 from loadspec.reference.vocabulary import SCALE_KINDS
@@ -55,7 +56,7 @@ def check_against_reference(impl, ref, request, *, dtype, values, rule, keys=("k
 
 @pytest.mark.rule("KVPROC-1")
 def test_create_weights_gives_fresh_sentinels(impl):
-    layer = impl.make_attention(kv_cache_dtype="fp8_e4m3", device="cpu")
+    layer = impl.make_attention(kv_cache_dtype="fp8_e4m3", device=run_device())
     params = impl.attention_scale_parameters(layer)
     assert_equal("scale parameters", sorted(params), ["k_scale", "prob_scale", "q_scale", "v_scale"], "KVPROC-1")
     assert_equal("sentinels", {n: p.item() for n, p in params.items()}, {n: -1.0 for n in params}, "KVPROC-1")
@@ -112,7 +113,7 @@ INVALID = [math.nan, math.inf, -math.inf, 0.0, -0.5, -3.0]
 def test_invalid_value_rejected_and_outputs_kept(impl, request, kind, value):
     values = {"k": 0.5, "v": 0.25, "q": 0.125, "prob": 0.0625, kind: value}
     record_case(request, Case(request.node.nodeid, {"kv_cache_dtype": "fp8_e4m3", **values}))
-    layer = impl.make_attention(kv_cache_dtype="fp8_e4m3", device="cpu")
+    layer = impl.make_attention(kv_cache_dtype="fp8_e4m3", device=run_device())
     before = outputs_as_floats(impl.attention_outputs(layer)), impl.attention_mirrors(layer)
     params = impl.attention_scale_parameters(layer)
     for name, v in values.items():
@@ -152,7 +153,7 @@ def test_unquantized_dtypes_leave_k_and_v(impl, request, dtype):
 @pytest.mark.rule("KVPROC-10")
 def test_e5m2_with_loading_method_rejected(impl):
     try:
-        impl.make_attention(kv_cache_dtype="fp8_e5m2", device="cpu")
+        impl.make_attention(kv_cache_dtype="fp8_e5m2", device=run_device())
     except ValueError as exc:
         assert_equal("error names fp8_e5m2", "fp8_e5m2" in str(exc), True, "KVPROC-10")
     else:
@@ -177,7 +178,7 @@ def test_host_mirrors_equal_device_scales(impl, request, data):
 
 @pytest.mark.rule("KVPROC-12")
 def test_processing_deletes_params_and_is_idempotent(impl):
-    layer = impl.make_attention(kv_cache_dtype="fp8_e4m3", device="cpu")
+    layer = impl.make_attention(kv_cache_dtype="fp8_e4m3", device=run_device())
     params = impl.attention_scale_parameters(layer)
     for kind, value in {"k": 0.5, "v": 0.25, "q": 0.125}.items():
         impl.load_scale(params[f"{kind}_scale"], torch.tensor(value))
@@ -209,7 +210,7 @@ def model_holding(adapter, spec, weights, start: str):
     """A model of ``spec`` holding ``weights``: first-loaded, or dummy-loaded and then reloaded."""
     if start == "first load":
         return built(adapter, spec, weights)
-    model = adapter.build_model(spec, device="cpu")
+    model = adapter.build_model(spec, device=run_device())
     adapter.dummy_load(model)
     adapter.reload(model, weights)
     return model

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal, assert_raises_value_error, assert_unchanged, fail, snapshot
-from loadspec.conformance.drivers import built, draw_case, graphs_for, heavy, layouts_for
+from loadspec.conformance.drivers import built, draw_case, graphs_for, heavy, layouts_for, run_device
 from loadspec.conformance.reproducers import Case, record_case
 from loadspec.strategies.layouts import checkpoint_layouts
 
@@ -134,7 +134,7 @@ def test_first_load_with_missing_weights_rejected(impl, request, data):
     record_case(request, Case(request.node.nodeid, layouts={"base": layout}))
     missing = next(name for name in layout.missing if not name.endswith("_scale"))
     stem = missing.rsplit(".", 2)[0]
-    model = impl.build_model(spec, device="cpu")
+    model = impl.build_model(spec, device=run_device())
     assert_raises_value_error(f"first load without {missing}", lambda: impl.first_load(model, layout.tensors()),
                               "LOAD-7", mentions=[stem])
 
@@ -177,7 +177,7 @@ def _model_state(impl, model) -> dict:
 def _rejected_before_any_write(impl, spec, base, weights, phase, what, rule, mentions):
     """``weights`` are rejected by a first load (of a fresh model) or a reload (of ``base``), naming
     ``mentions``, and the model is bit-identical afterwards."""
-    model = impl.build_model(spec, device="cpu") if phase == "first_load" else built(impl, spec, base.tensors())
+    model = impl.build_model(spec, device=run_device()) if phase == "first_load" else built(impl, spec, base.tensors())
     before = _model_state(impl, model)
     call = (impl.first_load if phase == "first_load" else impl.reload)
     try:

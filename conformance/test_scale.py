@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal, assert_raises_value_error
+from loadspec.conformance.drivers import run_device
 from loadspec.strategies.scales import scale_dtypes, scale_shapes, scale_values
 
 pytestmark = pytest.mark.requires("primitives")
@@ -28,7 +29,7 @@ def test_new_scale_is_float32_under_any_default_dtype(impl, default):
     previous = torch.get_default_dtype()
     torch.set_default_dtype(default)
     try:
-        param = impl.new_scale_parameter(device="cpu")
+        param = impl.new_scale_parameter(device=run_device())
     finally:
         torch.set_default_dtype(previous)
     assert_equal(f"scale.dtype under default {default}", param.dtype, torch.float32, "SCALE-2")
@@ -41,7 +42,7 @@ def test_any_one_element_tensor_loads(impl, ref, data):
     dtype = data.draw(scale_dtypes(), label="dtype")
     value = data.draw(scale_values(allow_sentinel=False), label="value")
     weight = torch.full(shape, value, dtype=dtype)
-    param, expected = impl.new_scale_parameter(device="cpu"), ref.new_scale_parameter(device="cpu")
+    param, expected = impl.new_scale_parameter(device=run_device()), ref.new_scale_parameter(device=run_device())
     impl.load_scale(param, weight)
     ref.load_scale(expected, weight)
     assert_equal(f"scale after loading {tuple(shape)} {dtype} {value!r}", param.item(),
@@ -52,7 +53,7 @@ def test_any_one_element_tensor_loads(impl, ref, data):
 @given(data=st.data())
 def test_non_scalar_rejected_naming_shape(impl, data):
     shape = data.draw(scale_shapes(valid=False), label="shape")
-    param = impl.new_scale_parameter(device="cpu")
+    param = impl.new_scale_parameter(device=run_device())
     assert_raises_value_error(f"loading shape {tuple(shape)}", lambda: impl.load_scale(param, torch.ones(shape)),
                               "SCALE-4", mentions=[str(tuple(shape))])
     assert_equal("scale after a rejected load", param.item(), -1.0, "SCALE-4")
@@ -61,7 +62,7 @@ def test_non_scalar_rejected_naming_shape(impl, data):
 @pytest.mark.rule("SCALE-5")
 @pytest.mark.parametrize("shape", [(), (1,), (1, 1, 1)], ids=str)
 def test_scale_load_counts_one_element(impl, shape):
-    param = impl.new_scale_parameter(device="cpu")
+    param = impl.new_scale_parameter(device=run_device())
     counted = impl.count_copies(impl.load_scale, param, torch.full(shape, 0.5))
     assert_equal(f"elements counted loading a {shape} scale", counted, 1, "SCALE-5")
 
@@ -76,7 +77,7 @@ def test_scale_load_keeps_device_dtype_and_storage(impl, device):
 
 @pytest.mark.rule("SCALE-7")
 def test_instance_loader_shadows_class_loader(impl):
-    param = impl.new_scale_parameter(device="cpu")
+    param = impl.new_scale_parameter(device=run_device())
     calls = []
     param.weight_loader = lambda p, w, *rest: calls.append(w)
     impl.load_scale(param, torch.tensor(2.0))
