@@ -15,7 +15,7 @@ define run_pytest
 	if [ $$rc -eq 5 ]; then echo "loadspec: pytest collected no tests ($(1)): failing"; exit 1; fi; exit $$rc
 endef
 
-.PHONY: setup conformance test test-loadspec test-vllm bench clean
+.PHONY: setup conformance test test-loadspec test-vllm bench bench-cuda bench-quick bench-compare bench-e2e nightly-gpu clean
 setup: $(VENV)/.loadspec-installed
 
 $(VENV)/.loadspec-installed: pyproject.toml
@@ -46,6 +46,7 @@ test: test-loadspec test-vllm
 
 test-loadspec: setup
 	@$(call run_pytest,tests --benchmark-disable --loadspec-report=none)
+	@$(MAKE) --no-print-directory bench-quick
 
 # The suite against vLLM in CI: it must run to the end and write its report (exit 0 or 1, see
 # conformance-vllm); how its per-rule outcomes compare with the committed report is printed, not gated.
@@ -55,10 +56,39 @@ test-vllm:
 	@$(VLLM_VENV)/bin/python -m loadspec.conformance.report diff reports/vllm-$(VLLM_VERSION)/conformance.json \
 		$(VLLM_CI_REPORT)/conformance.json
 
-# Benchmarks (pytest-benchmark): measured for real, saved under reports/benchmarks/.
+# Reload benchmarks (conformance/benchmarks, pytest-benchmark) for any adapter on any device; see
+# reports/benchmarks/README.md. Each writes reports/benchmarks/$(IMPL)-$(DEVICE)/{summary.json,summary.md,
+# scaling.png,benchmark.json}.
+#   make bench          - CPU, medium sizes (on CPU only the ratios to the copy loop mean anything)
+#   make bench-cuda     - CUDA, full sizes (models of >= 1 GiB from pinned host memory)
+#   make bench-quick    - tiny sizes, untimed (--benchmark-disable): that the benchmarks work; part of test-loadspec
+#   make bench-compare  - BASELINE=... NEW=... [THRESHOLD=0.25]: exit 1 on a regression beyond the threshold
+#   make nightly-gpu    - .ci/nightly-gpu: the suite with --device cuda, bench-cuda, compare with the baseline
+DEVICE ?= cpu
+BENCH_SIZE ?= medium
+BENCH_DIR = reports/benchmarks/$(IMPL)-$(DEVICE)
+THRESHOLD ?= 0.25
+BASELINE ?= $(BENCH_DIR)/summary.json
 bench: setup
-	@mkdir -p reports/benchmarks
-	@$(call run_pytest,tests/test_bench_reload.py tests/test_bench_e2e.py --benchmark-only --benchmark-json=reports/benchmarks/cpu.json)
+	@mkdir -p $(BENCH_DIR)
+	@$(call run_pytest,conformance/benchmarks --impl=$(IMPL) --device=$(DEVICE) --loadspec-bench-size=$(BENCH_SIZE) \
+		--loadspec-bench-dir=$(BENCH_DIR) --benchmark-json=$(BENCH_DIR)/benchmark.json)
+
+bench-cuda:
+	@$(MAKE) --no-print-directory bench DEVICE=cuda BENCH_SIZE=full
+
+bench-quick: setup
+	@$(call run_pytest,conformance/benchmarks -q --impl=$(IMPL) --benchmark-disable --loadspec-bench-size=quick)
+
+bench-compare:
+	$(PY) -m loadspec.conformance.benchmarks compare $(BASELINE) $(NEW) --threshold $(THRESHOLD)
+
+nightly-gpu: setup
+	PYTHON=$(PY) IMPL=$(IMPL) THRESHOLD=$(THRESHOLD) ./.ci/nightly-gpu
+
+# The end-to-end check timed once (tests/test_bench_e2e.py); its figures are in reports/benchmarks/README.md.
+bench-e2e: setup
+	@$(call run_pytest,tests/test_bench_e2e.py --benchmark-only)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .hypothesis .benchmarks
