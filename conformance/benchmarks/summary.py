@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from loadspec.conformance.adapters.reference import loadspec_version
 from loadspec.conformance.benchmarks.harness import GIB, MIB, Result, device_description
 
 
@@ -56,8 +57,6 @@ def build(adapter, device: str, size: str, results: list[Result]) -> dict[str, A
     if line:
         fits["bytes"] = {"s_per_gib": line["slope"] * GIB, "gib_s": 1 / (line["slope"] * GIB) if line["slope"] > 0
                          else None, "intercept_ms": line["intercept"] * 1e3, "points": sizes}
-    from loadspec.conformance.adapters.reference import loadspec_version
-
     return {
         "implementation": {"name": adapter.name, "version": adapter.version,
                            "report_id": getattr(adapter, "report_id", adapter.name)},
