@@ -391,6 +391,15 @@ def hostile_cases(base: BaseCheckpoint, families: tuple[str, ...] = FAMILIES) ->
 
 
 _WRONG_INTS: list[Any] = ["2", 2.0, True, False, None, [2], {"n": 2}, 0, -1, -(2**63)]
+_BAD_QCONFIGS: list[Any] = [
+    "fp8", [], 5, True, {"quant_method": 5}, {"quant_method": "int4"}, {"quant_method": None, "weight_strategy": 5},
+    {"quant_method": "compressed-tensors", "config_groups": [1]},
+    {"quant_method": "compressed-tensors", "config_groups": {"g": 5}},
+    {"quant_method": "compressed-tensors", "config_groups": {"g": {"weights": "float"}}},
+    {"quant_method": "quark", "global_quant_config": 5},
+    {"quant_method": "quark", "global_quant_config": {"weight": []}},
+    {"quant_method": "modelopt", "quant_algo": ["FP8"]}, {"quant_method": "fp8", "weight_block_size": "128"},
+]
 _CONFIG_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size",
                 "num_key_value_heads", "head_dim")
 
@@ -399,7 +408,7 @@ _CONFIG_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "inte
 def config_cases(draw: st.DrawFn, config: dict[str, Any]) -> HostileCase:
     """Draws hostile ``config.json`` files for a checkpoint whose valid config is ``config``."""
     kind = draw(st.sampled_from(["file", "wrong type", "huge", "lying size", "tie", "float field", "ratio",
-                                 "fewer layers", "special"]), label="lie")
+                                 "fewer layers", "special", "quantization_config"]), label="lie")
     name = "config.json"
 
     def with_(**changes: Any) -> dict[str, bytes | None]:
@@ -439,6 +448,9 @@ def config_cases(draw: st.DrawFn, config: dict[str, Any]) -> HostileCase:
         key = draw(st.sampled_from(["rms_norm_eps", "rope_theta"]), label="key")
         value = draw(st.sampled_from(["1e-5", -1.0, 0.0, None if key == "x" else True, [1.0], {}]), label="value")
         return HostileCase("config", f"{key} = {value!r}", (name, key), with_(**{key: value}))
+    if kind == "quantization_config":
+        value = draw(st.sampled_from(_BAD_QCONFIGS), label="value")
+        return HostileCase("config", f"quantization_config = {value!r}", (name,), with_(quantization_config=value))
     if kind == "ratio":
         return HostileCase("config", "num_key_value_heads does not divide num_attention_heads", (name,),
                            with_(num_key_value_heads=config["num_attention_heads"] + 1))

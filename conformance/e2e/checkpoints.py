@@ -134,13 +134,13 @@ def _check_scheme(path: Path, qconfig: dict, headers: dict) -> None:
         check_quantization_config(qconfig)
         quant_config_from_dict(qconfig)
     except (ValueError, TypeError, AttributeError, KeyError) as exc:  # a malformed scheme object is unsupported too
-        raise CheckpointError(f"{path}: unsupported quantization_config scheme: {exc}; {why}") from None
+        raise CheckpointError(f"{path / CONFIG_FILE}: unsupported quantization_config scheme: {exc}; {why}") from None
     if qconfig.get("weight_block_size"):
-        raise CheckpointError(f"{path}: unsupported quantization_config scheme: block-wise FP8 weights "
+        raise CheckpointError(f"{path / CONFIG_FILE}: unsupported quantization_config scheme: block-wise FP8 weights "
                               f"(weight_block_size={qconfig['weight_block_size']}); {why}")
     static = sorted(n for n in headers if n.endswith(".input_scale"))
     if static and qconfig.get("quant_method") not in STATIC_INPUT_METHODS:
-        raise CheckpointError(f"{path}: unsupported quantization_config scheme: static activation scales "
+        raise CheckpointError(f"{path / CONFIG_FILE}: unsupported quantization_config scheme: static activation scales "
                               f"({len(static)} input_scale tensors, e.g. {static[0]}); {why}")
 
 
@@ -228,7 +228,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
         spec = spec_from_hf_config(config, kv_cache_dtype=KV_CACHE_DTYPE, max_parameters=None,
                                    quant_method=qconfig.get("quant_method") if qconfig else None)
     except ValueError as exc:
-        raise CheckpointError(f"{path}: unsupported model: {exc}") from None
+        raise CheckpointError(f"{path / CONFIG_FILE}: unsupported model: {exc}") from None
 
     layers = len(spec.layers)
     kv_scales, found_names, missing = _kv_scales(path, checkpoint, layers)

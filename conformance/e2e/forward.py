@@ -182,16 +182,30 @@ def spec_from_hf_config(config: dict, *, linear_quant: str | None = None,
 
 
 def _linear_quant_of(qconfig: dict | None) -> str:
+    """``fp8_per_channel`` or ``fp8_per_tensor`` from ``quantization_config``; a malformed one is a ``ConfigError``."""
     if not qconfig:
         return "none"
+
+    def part(value: object, where: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"config.json: quantization_config {where} is a {type(value).__name__}, "
+                              f"but should be an object")
+        return value
+
     strategy = qconfig.get("weight_strategy")
     if strategy is None and qconfig.get("quant_method") == "compressed-tensors":
-        groups: dict[str, Any] = qconfig.get("config_groups") or {}
-        first_group: dict[str, Any] = next(iter(groups.values()), {})
-        strategy = first_group.get("weights", {}).get("strategy")
+        groups = part(qconfig.get("config_groups"), "config_groups")
+        first_group = part(next(iter(groups.values()), {}), "config group")
+        strategy = part(first_group.get("weights"), "config group weights").get("strategy")
     if strategy is None and qconfig.get("quant_method") == "quark":
-        scheme = qconfig.get("global_quant_config", {}).get("weight", {}).get("qscheme", "per_tensor")
-        strategy = scheme.removeprefix("per_")
+        weight = part(part(qconfig.get("global_quant_config"), "global_quant_config").get("weight"),
+                      "global_quant_config.weight")
+        scheme = weight.get("qscheme", "per_tensor")
+        strategy = scheme.removeprefix("per_") if isinstance(scheme, str) else scheme
+    if strategy is not None and not isinstance(strategy, str):
+        raise ConfigError(f"config.json: quantization_config weight strategy {strategy!r} is not a string")
     linear_quants: dict[str | None, str] = {"channel": "fp8_per_channel"}
     return linear_quants.get(strategy, "fp8_per_tensor")
 
