@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal, fail, outputs_as_floats
@@ -21,10 +21,10 @@ from loadspec.conformance.drivers import (
     run_device,
 )
 from loadspec.conformance.reproducers import Case, record_case
-from loadspec.reference.vocabulary import SCALE_KINDS
+from loadspec.reference.vocabulary import QUANT_METHODS, SCALE_KINDS
 from loadspec.strategies.layouts import checkpoint_layouts
 from loadspec.strategies.producers import PRODUCERS
-from loadspec.strategies.scales import scale_values
+from loadspec.strategies.scales import kv_scale_sets, scale_values
 
 pytestmark = pytest.mark.requires("primitives")
 
@@ -261,6 +261,30 @@ def test_every_configs_kv_method_resolves_scales(impl, ref, request, kinds, kv_c
             assert_equal(f"{name} under {spec.quant_method} after {start} (kv_cache_dtype={spec.kv_cache_dtype}, "
                          f"loaded {loaded_scales})", float(got[name]), float(expected[name]),
                          config_rule(kind, spec, loaded_scales))
+
+
+@pytest.mark.rule("KVPROC-4")
+@pytest.mark.requires("model")
+@pytest.mark.parametrize("start", ["first load", "dummy load, reload"])
+@pytest.mark.parametrize("method", QUANT_METHODS)
+@settings(max_examples=max(3, settings.default.max_examples // 12))
+@given(data=st.data())
+def test_k_only_in_every_configs_model(impl, ref, request, method, start, data):
+    """Each config's KV method, with k loaded and v not, ends with v = k [KVPROC-4].
+
+    One case per quantization config, so no config's KV method is left to the luck of the draw.
+    """
+    spec = data.draw(graphs_for(impl, quant_methods=(method,), allow_unquantized=False, params_dtypes=("float32",),
+                                kv_cache_dtypes=("fp8", "fp8_e4m3")), label="graph")
+    scales = kv_scale_sets(kinds=("q", "k", "prob"), required=("k",), values=scale_values(allow_sentinel=False))
+    layout = data.draw(checkpoint_layouts(spec, producers=must_producers(spec), kv_scales=scales), label="checkpoint")
+    record_case(request, Case(request.node.nodeid, layouts={"base": layout}))
+    got, expected = (adapter.export_kernel_state(model_holding(adapter, spec, layout.tensors(), start))
+                     for adapter in (impl, ref))
+    for index in range(len(spec.layers)):
+        name = f"{spec.attention_prefix(index)}v_scale"
+        assert_equal(f"{name} under {method} after {start} ({layout.producer} layout, loaded k only)",
+                     float(got[name]), float(expected[name]), "KVPROC-4")
 
 
 def naming_k_and_v(spec) -> tuple[str, ...]:
