@@ -1,4 +1,4 @@
-"""The SGLang adapter: ``--impl=sglang`` (and ``--impl=sglang-v2``) run the suite against SGLang's real loader code on CPU.
+"""The SGLang adapter: ``--impl=sglang`` runs the suite against SGLang's real loader code on CPU.
 
 It runs in the virtual environment ``sglang_env.sh`` (next to this file) builds
 (``make setup-sglang``); its reports and the causes of its failures are in
@@ -8,8 +8,9 @@ It runs in the virtual environment ``sglang_env.sh`` (next to this file) builds
   RoPE placeholder, the FP8 stand-in), the one-rank runtime and the processing-order recorder;
 * ``model``: the model tier (SGLang's ``LlamaForCausalLM`` from a ``ModelSpec``, first load, dummy
   load, reload through ``WeightUpdater``, export);
-* ``adapter``: ``SglangAdapter`` (the default loader path) and ``SglangV2Adapter``
-  (``SGLANG_ENABLE_WEIGHT_LOADER_V2=1``), the primitives tier and the protocol's entry points.
+* ``adapter``: ``SglangAdapter`` (the default loader path), ``SglangV2Adapter``
+  (``SGLANG_ENABLE_WEIGHT_LOADER_V2=1``) and the diagnostic ``SglangKvOnlyAdapter`` (no FP8
+  linears), the primitives tier and the protocol's entry points.
 """
 
 import importlib.util
@@ -19,6 +20,10 @@ if importlib.util.find_spec("sglang") is None:
                       "`make conformance-sglang` (or .venv-sglang/bin/pytest conformance --impl=sglang)")
 
 from loadspec.conformance.adapters.sglang_engine import runtime  # noqa: F401, E402, I001  (first: the shims)
-from loadspec.conformance.adapters.sglang_engine.adapter import SglangAdapter, SglangV2Adapter  # noqa: E402
+from loadspec.conformance.adapters.sglang_engine.adapter import (  # noqa: E402
+    SglangAdapter,
+    SglangKvOnlyAdapter,
+    SglangV2Adapter,
+)
 
-__all__ = ["SglangAdapter", "SglangV2Adapter"]
+__all__ = ["SglangAdapter", "SglangV2Adapter", "SglangKvOnlyAdapter"]

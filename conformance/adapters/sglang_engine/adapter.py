@@ -13,17 +13,9 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
+from typing import cast
 
 import torch
-
-from loadspec.conformance.adapter import Weights
-from loadspec.conformance.adapters.sglang_engine import model as sglang_model
-from loadspec.conformance.adapters.sglang_engine.runtime import runtime, sglang
-from loadspec.reference.spec import ModelSpec
-from loadspec.reference.vocabulary import SCALE_NAMES
-from loadspec.strategies.capabilities import FP8_PER_TENSOR, MODEL, PRIMITIVES, REDUCED_PRECISION_PARAMS, TIED_EMBEDDINGS
-from loadspec.strategies.producers import quantization_config
-
 from sglang.srt.layers.quantization import QUANTIZATION_METHODS  # noqa: I001  (after the shims)
 from sglang.srt.layers.quantization.fp8 import Fp8Config
 from sglang.srt.layers.quantization.kv_cache import BaseKVCacheMethod
@@ -31,6 +23,19 @@ from sglang.srt.layers.quantization.online_quantization import CopyNumelCounter
 from sglang.srt.layers.radix_attention import RadixAttention
 from sglang.srt.model_loader.weight_utils import default_weight_loader, maybe_remap_kv_scale_name
 from sglang.srt.models.utils import AutoWeightsLoader, WeightsMapper
+
+from loadspec.conformance.adapter import Weights
+from loadspec.conformance.adapters.sglang_engine import model as sglang_model
+from loadspec.conformance.adapters.sglang_engine.runtime import runtime, sglang
+from loadspec.reference.spec import ModelSpec
+from loadspec.reference.vocabulary import SCALE_NAMES
+from loadspec.strategies.capabilities import (
+    FP8_PER_TENSOR,
+    MODEL,
+    PRIMITIVES,
+    REDUCED_PRECISION_PARAMS,
+    TIED_EMBEDDINGS,
+)
 
 V2_ENV = "SGLANG_ENABLE_WEIGHT_LOADER_V2"
 
@@ -48,7 +53,13 @@ NOTES = (
     "(RotaryEmbedding.__init__ imports that fallback kernel on an unknown device; no forward runs); (3) stand-in: "
     "sglang.kernels.ops.quantization.fp8_kernel.scaled_fp8_quant (sgl_kernel's CUDA op on non-HIP builds) is a "
     "pure-torch version (static: x / scale, clamped to +-448, cast to float8_e4m3fn; dynamic: scale amax/448), "
-    "in fp8_kernel and every module that imported it. Recorder installed (records, then calls the original): "
+    "in fp8_kernel and every module that imported it; (4) stand-in: _check_scheme_supported of "
+    "CompressedTensorsConfig and "
+    "QuarkConfig answers True (they ask the GPU's compute capability, which a CPU torch cannot answer), so their "
+    "FP8 linears get the W8A8 scheme a capable GPU gives them; (5) the producer table's Quark quantization_config gets "
+    "what a Quark FP8 export also writes and SGLang's QuarkConfig reads: an empty layer_type_quant_config, "
+    "dynamic per-tensor FP8 input_tensors, and the global weight/input schemes in each per-layer entry. "
+    "Recorder installed (records, then calls the original): "
     "per-instance process_weights_after_loading of every quant method, for processing_order. "
     "Runtime: reset_context + publish(ServerArgs(device='cpu', tp/ep/pp 1)) + a 1-rank gloo group + "
     "initialize_model_parallel. Primitives: scale parameter = BaseKVCacheMethod.create_weights on a holder module "
@@ -125,7 +136,7 @@ class SglangAdapter:
         holder = torch.nn.Module()
         with torch.device(device):
             BaseKVCacheMethod(Fp8Config(is_checkpoint_fp8_serialized=True)).create_weights(holder)
-        return holder.k_scale
+        return cast(torch.Tensor, holder.k_scale)
 
     def load_scale(self, param: torch.Tensor, weight: torch.Tensor) -> None:
         getattr(param, "weight_loader", default_weight_loader)(param, weight)
@@ -187,8 +198,7 @@ class SglangAdapter:
                   skip_prefixes=(), skip_substrs=()) -> set[str]:
         if quant_method is not None:
             config_class = QUANTIZATION_METHODS[quant_method]
-            module.quant_config = config_class.from_config(
-                quantization_config(sglang_model.PRODUCER_OF[quant_method]))
+            module.quant_config = config_class.from_config(sglang_model.checkpoint_quantization_config(quant_method))
         loader = AutoWeightsLoader(module, skip_prefixes=list(skip_prefixes), skip_substrs=list(skip_substrs))
         return loader.load_weights(weights, mapper=mapper)
 
@@ -240,4 +250,21 @@ class SglangV2Adapter(SglangAdapter):
     v2 = True
 
 
-__all__ = ["SglangAdapter", "SglangV2Adapter", "CAPABILITIES", "NOTES", "KVScaleRemap", "V2_ENV"]
+class SglangKvOnlyAdapter(SglangAdapter):
+    """Diagnostic: the default loader without ``fp8_per_tensor``, so models keep unquantized linears.
+
+    SGLang's FP8 linear processing drops ``weight_loader`` (every reload of a model with an FP8
+    linear fails on it first); this run shows what SGLang's reload does with FP8 KV-cache scales
+    and bf16/fp32 weights alone. Not a second implementation: the same classes, fewer capabilities.
+    """
+
+    capabilities = CAPABILITIES - {FP8_PER_TENSOR}
+    loader = ("the default (legacy) loader path, diagnostic run without FP8 linears (fp8_per_tensor not declared; "
+              "FP8 KV-cache scales only)")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.report_id = f"sglang-{self.version}-kv-only"
+
+
+__all__ = ["SglangAdapter", "SglangV2Adapter", "SglangKvOnlyAdapter", "CAPABILITIES", "NOTES", "KVScaleRemap", "V2_ENV"]

@@ -23,17 +23,9 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import LlamaConfig
-
-from loadspec.conformance.adapters.sglang_engine.runtime import rope_placeholder, runtime, watch_processing
-from loadspec.conformance.adapters.sglang_engine.runtime import sglang as _sglang  # noqa: F401  (shims first)
-from loadspec.reference.spec import ModelSpec
-from loadspec.reference.vocabulary import FLOAT_MIRRORS, FP8_DTYPE, SCALE_KINDS, scale_name, torch_dtype
-from loadspec.strategies.producers import quantization_config
-from loadspec.strategies.synthetic import hf_linears
-
 from sglang.srt.configs.load_config import LoadConfig  # noqa: I001  (after the shims)
 from sglang.srt.configs.model_config import ModelConfig
 from sglang.srt.layers.layernorm import RMSNorm
@@ -49,6 +41,14 @@ from sglang.srt.model_loader.loader import (
 )
 from sglang.srt.model_loader.utils import set_default_torch_dtype
 from sglang.srt.model_loader.weight_utils import initialize_dummy_weights
+from transformers import LlamaConfig
+
+from loadspec.conformance.adapters.sglang_engine.runtime import rope_placeholder, runtime, watch_processing
+from loadspec.conformance.adapters.sglang_engine.runtime import sglang as _sglang  # noqa: F401  (shims first)
+from loadspec.reference.spec import ModelSpec
+from loadspec.reference.vocabulary import FLOAT_MIRRORS, FP8_DTYPE, SCALE_KINDS, scale_name, torch_dtype
+from loadspec.strategies.producers import quantization_config
+from loadspec.strategies.synthetic import hf_linears
 
 PRODUCER_OF = {"fp8": "autofp8", "compressed-tensors": "compressed-tensors", "modelopt": "modelopt",
                "quark": "quark"}
@@ -69,18 +69,40 @@ UNSUPPORTED = {
 # ---------------------------------------------------------------------------------- build
 def hf_config(spec: ModelSpec) -> LlamaConfig:
     """The ``config.json`` of a checkpoint of ``spec``: a Llama config with its ``quantization_config``."""
-    config = LlamaConfig(
+    fields: dict[str, Any] = dict(
         hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size, num_hidden_layers=len(spec.layers),
         num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads, head_dim=spec.head_dim,
         vocab_size=spec.vocab_size, rms_norm_eps=spec.rms_norm_eps, rope_theta=spec.rope_theta,
         tie_word_embeddings=spec.tie_embeddings, max_position_embeddings=128, architectures=["LlamaForCausalLM"],
         torch_dtype=spec.params_dtype)
+    config = LlamaConfig(**fields)
     if spec.quant_method is not None:
         ignored = [name for index in range(len(spec.layers))
                    for name, (_, _, scheme) in hf_linears(spec, index).items() if scheme == "none"]
-        config.quantization_config = quantization_config(
-            PRODUCER_OF[spec.quant_method], weight_strategy="tensor",
-            ignored=(*ignored, spec.lm_head_name.removesuffix(".weight")))
+        config.quantization_config = checkpoint_quantization_config(
+            spec.quant_method, ignored=(*ignored, spec.lm_head_name.removesuffix(".weight")))
+    return config
+
+
+def checkpoint_quantization_config(quant_method: str, *, ignored=()) -> dict:
+    """The producer's ``quantization_config`` for ``quant_method`` (per-tensor FP8 weights).
+
+    The producer table's Quark config names the weights' scheme globally and the k/v outputs per
+    layer, and nothing else. A Quark FP8 export also writes ``layer_type_quant_config`` (empty when
+    no layer type is special), the activation scheme (``input_tensors``: the suite's checkpoints
+    carry no ``input_scale``, so dynamic per-tensor FP8) and, in each per-layer entry, that layer's
+    weight and input schemes. SGLang's ``QuarkConfig`` reads all three (without the first,
+    ``_find_matched_config`` raises ``TypeError: argument of type 'NoneType' is not iterable``;
+    without the others, "No quark compatible scheme was found"), so they are added here.
+    """
+    config = quantization_config(PRODUCER_OF[quant_method], weight_strategy="tensor", ignored=tuple(ignored))
+    if quant_method == "quark":
+        config.setdefault("layer_type_quant_config", {})
+        glob = config["global_quant_config"]
+        glob.setdefault("input_tensors", {**glob["weight"], "is_dynamic": True})
+        for entry in config["layer_quant_config"].values():
+            entry.setdefault("weight", glob["weight"])
+            entry.setdefault("input_tensors", glob["input_tensors"])
     return config
 
 
@@ -108,7 +130,7 @@ def quant_config_for(directory: str, load_config: LoadConfig):
 
 
 def build(spec: ModelSpec, *, device: str = "cpu") -> torch.nn.Module:
-    """``LlamaForCausalLM`` of ``spec`` built as ``DefaultModelLoader.load_model`` builds it, with its ``WeightUpdater``."""
+    """SGLang's ``LlamaForCausalLM`` of ``spec`` (built as ``DefaultModelLoader.load_model`` does) and its updater."""
     reason = unsupported(spec)
     if reason is not None:
         raise NotImplementedError(reason)
@@ -159,7 +181,7 @@ def first_load(model, source) -> set[str]:
 
 
 def dummy_load(model) -> None:
-    """``initialize_dummy_weights``, ``post_load_weights`` and the processing loop of ``DummyModelLoader.load_model``."""
+    """``initialize_dummy_weights``, ``post_load_weights``, the processing loop (``DummyModelLoader.load_model``)."""
     model.loadspec_events = []
     with _dtype_scope(model), torch.device(model.loadspec_device):
         initialize_dummy_weights(model)
@@ -188,7 +210,7 @@ def reload(model, source) -> None:
 
 
 class ReloadSession:
-    """``begin_weight_update``, ``update_weights_from_tensor`` per ``load``, ``end_weight_update(run_post_load=False)``."""
+    """``begin_weight_update``; ``update_weights_from_tensor`` per load; ``end_weight_update(run_post_load=False)``."""
 
     def __init__(self, model) -> None:
         self.model = model
@@ -239,8 +261,8 @@ def attention_mirrors(module: RadixAttention) -> dict[str, float]:
 def _export_linear(name: str, module: LinearBase, state: dict[str, torch.Tensor]) -> None:
     weight = module.weight
     if weight.dtype == FP8_DTYPE:
-        if tuple(weight.shape) == (module.input_size_per_partition, module.output_size_per_partition):
-            weight = weight.t()  # processing keeps the FP8 weight as an (in, out) view
+        if weight.dim() == 2 and not weight.is_contiguous() and weight.t().is_contiguous():
+            weight = weight.t()  # processing keeps the FP8 weight as an (in, out) view of its (out, in) storage
         scale = module.weight_scale
         state[f"{name}.weight_scale"] = _cpu(scale.reshape(()) if scale.numel() == 1 else scale.reshape(-1)).float()
         input_scale = getattr(module, "input_scale", None)
@@ -286,4 +308,4 @@ def host_mirrors(model) -> dict[str, float]:
 
 __all__ = ["build", "first_load", "dummy_load", "reload", "ReloadSession", "WeightUpdateRejected",
            "export_kernel_state", "kernel_tensors", "host_mirrors", "attention_scales", "attention_mirrors",
-           "hf_config", "unsupported", "UNSUPPORTED", "PRODUCER_OF"]
+           "hf_config", "checkpoint_quantization_config", "unsupported", "UNSUPPORTED", "PRODUCER_OF"]

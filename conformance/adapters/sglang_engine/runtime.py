@@ -16,6 +16,10 @@ Facts from ``shared/notes/sglang-on-cpu.md`` (sections 3 and 4); the code is the
   arithmetic of SGLang's own HIP fallbacks (static: ``x / scale``, clamp to +-448, cast to
   e4m3fn; dynamic per tensor: scale ``amax / 448``). It replaces the name in every module that
   imported it.
+* ``install_capability_standin``: ``_check_scheme_supported`` of ``CompressedTensorsConfig`` and
+  ``QuarkConfig`` asks the GPU's compute capability, which a CPU torch cannot answer ("Torch not
+  compiled with CUDA enabled"; ``(None, None)`` for Quark); the stand-in answers as a GPU meeting
+  the scheme's minimum does, so FP8 linears get the scheme they get there (``*W8A8Fp8``).
 * ``SglangRuntime``: a one-rank gloo group, a published ``ServerArgs(device="cpu")`` and the
   model-parallel groups, as ``sglang.test.layer_ut_utils.init_single_process_dist`` sets them up.
 * The processing-order recorder [ORDER-1..4]: a per-instance wrapper of each quant method's
@@ -59,6 +63,10 @@ with warnings.catch_warnings():  # "Only CUDA, HIP and XPU support AWQ currently
         model_parallel_is_initialized,
     )
     from sglang.srt.layers.quantization.base_config import QuantizeMethodBase  # noqa: E402
+    from sglang.srt.layers.quantization.compressed_tensors.compressed_tensors import (  # noqa: E402
+        CompressedTensorsConfig,
+    )
+    from sglang.srt.layers.quantization.quark.quark import QuarkConfig  # noqa: E402
     from sglang.srt.runtime_context import SpawnRanks, publish, reset_context  # noqa: E402
     from sglang.srt.server_args import ServerArgs  # noqa: E402
 
@@ -109,20 +117,36 @@ def scaled_fp8_quant(input, scale=None, num_token_padding=None, use_per_token_if
     return _quantize(x, scale), scale
 
 
-scaled_fp8_quant.loadspec_standin = True
+scaled_fp8_quant.loadspec_standin = True  # type: ignore[attr-defined]
 
 
 def install_fp8_standin() -> list[str]:
-    """Put the stand-in in place of ``fp8_kernel.scaled_fp8_quant``, there and in every loaded module that imported it."""
+    """The stand-in in place of ``fp8_kernel.scaled_fp8_quant``, there and in every loaded module importing it."""
     original = getattr(fp8_kernel.scaled_fp8_quant, "__wrapped__", fp8_kernel.scaled_fp8_quant)
-    fp8_kernel.scaled_fp8_quant = scaled_fp8_quant  # modules imported later take the stand-in
+    fp8_kernel.scaled_fp8_quant = scaled_fp8_quant  # type: ignore[attr-defined]  # later imports take it
     replaced = []
     for name, module in list(sys.modules.items()):
         if name.startswith("sglang") and getattr(module, "scaled_fp8_quant", None) is original:
-            module.scaled_fp8_quant = scaled_fp8_quant
+            module.scaled_fp8_quant = scaled_fp8_quant  # type: ignore[attr-defined]
             replaced.append(name)
-    scaled_fp8_quant.__wrapped__ = original
+    scaled_fp8_quant.__wrapped__ = original  # type: ignore[attr-defined]
     return replaced
+
+
+# ----------------------------------------------------------------------------- GPU capability stand-in
+def install_capability_standin() -> None:
+    """``_check_scheme_supported`` of the compressed-tensors and Quark configs answers True (a capable GPU)."""
+    for config_class in (CompressedTensorsConfig, QuarkConfig):
+        original = config_class._check_scheme_supported
+        if getattr(original, "loadspec_standin", False):
+            continue
+
+        def _check_scheme_supported(self, min_capability: int, error: bool = True, **kwargs) -> bool:
+            return True
+
+        _check_scheme_supported.loadspec_standin = True  # type: ignore[attr-defined]
+        _check_scheme_supported.__wrapped__ = original  # type: ignore[attr-defined]
+        config_class._check_scheme_supported = _check_scheme_supported
 
 
 # ----------------------------------------------------------------------------- processing order
@@ -153,7 +177,7 @@ def _wrap_quant_method(method: QuantizeMethodBase) -> None:
 def watch_processing(model: torch.nn.Module) -> None:
     """Name every module of ``model`` for the recorder and wrap its quant method's processing (record, then call)."""
     ref = weakref.ref(model)
-    model.loadspec_events = []
+    model.loadspec_events = []  # type: ignore[assignment]
     with _LOCK:
         for name, module in model.named_modules():
             _OWNERS[module] = (ref, name)
@@ -178,6 +202,7 @@ class SglangRuntime:
                                          distributed_init_method=f"tcp://127.0.0.1:{port}")
             initialize_model_parallel(backend="gloo")
         self.standin_modules = install_fp8_standin()
+        install_capability_standin()
 
 
 _RUNTIME: SglangRuntime | None = None
@@ -192,4 +217,4 @@ def runtime() -> SglangRuntime:
 
 
 __all__ = ["SglangRuntime", "runtime", "rope_placeholder", "install_fp8_standin", "install_torchvision_shim",
-           "scaled_fp8_quant", "watch_processing", "sglang"]
+           "scaled_fp8_quant", "install_capability_standin", "watch_processing", "sglang"]
