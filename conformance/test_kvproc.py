@@ -267,7 +267,7 @@ def test_every_configs_kv_method_resolves_scales(impl, ref, request, kinds, kv_c
 @pytest.mark.requires("model")
 @pytest.mark.parametrize("start", ["first load", "dummy load, reload"])
 @pytest.mark.parametrize("method", QUANT_METHODS)
-@settings(max_examples=max(3, settings.default.max_examples // 12))
+@settings(max_examples=max(3, settings().max_examples // 12))
 @given(data=st.data())
 def test_k_only_in_every_configs_model(impl, ref, request, method, start, data):
     """Each config's KV method, with k loaded and v not, ends with v = k [KVPROC-4].
