@@ -91,6 +91,19 @@ nightly-gpu: setup
 bench-e2e: setup
 	@$(call run_pytest,tests/test_bench_e2e.py --benchmark-only)
 
+# The reference and vLLM on CPU, back to back in .venv-vllm on one machine, and one table of both
+# (reports/benchmarks/vllm-vs-reference-cpu/table.md; cases vLLM's capabilities allow, medium sizes).
+VS_DIR = reports/benchmarks/vllm-vs-reference-cpu
+VS_CASES = test_throughput or test_per_tensor or scaling_with_tensor
+.PHONY: bench-vllm-vs-reference
+bench-vllm-vs-reference: setup-vllm
+	@for impl in reference vllm; do mkdir -p $(VS_DIR)/$$impl; \
+		VLLM_TARGET_DEVICE=cpu $(VLLM_VENV)/bin/pytest conformance/benchmarks -q --impl=$$impl --device=cpu \
+		--loadspec-bench-size=medium -k "$(VS_CASES)" --loadspec-bench-dir=$(VS_DIR)/$$impl \
+		--benchmark-json=$(VS_DIR)/$$impl/benchmark.json || exit 1; done
+	$(VLLM_VENV)/bin/python -m loadspec.conformance.benchmarks side-by-side $(VS_DIR)/reference/summary.json \
+		$(VS_DIR)/vllm/summary.json > $(VS_DIR)/table.md
+
 clean:
 	rm -rf $(VENV) build *.egg-info .hypothesis .benchmarks
 

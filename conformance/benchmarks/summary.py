@@ -4,7 +4,7 @@
 a case got worse than the threshold allows: its ratio to the ceiling measured in the same run (machine-robust:
 both sides of the ratio ran on the same machine), its peak extra memory, and, when both runs name the same
 GPU, its absolute GiB/s. ``python -m loadspec.conformance.benchmarks render summary.json`` redraws the
-Markdown and PNG from a summary.
+Markdown and PNG from a summary; ``side-by-side A.json B.json`` prints one table of two adapters' summaries.
 """
 
 from __future__ import annotations
@@ -107,9 +107,10 @@ def markdown(document: dict[str, Any]) -> str:
             lines.append(f"- reload time vs tensor count: {fits['tensors']['us_per_tensor']:.1f} µs per tensor "
                          f"(intercept {fits['tensors']['intercept_ms']:.3g} ms)")
         if "bytes" in fits:
+            marginal = (f"{fits['bytes']['gib_s']:.3g} GiB/s marginal" if fits["bytes"]["gib_s"] else
+                        "no positive slope: the points are noise")
             lines.append(f"- reload time vs bytes: {fits['bytes']['s_per_gib'] * 1e3:.3g} ms per GiB "
-                         f"({_fmt(fits['bytes']['gib_s'])} GiB/s marginal; intercept "
-                         f"{fits['bytes']['intercept_ms']:.3g} ms)")
+                         f"({marginal}; intercept {fits['bytes']['intercept_ms']:.3g} ms)")
     return "\n".join(lines) + "\n"
 
 
@@ -142,7 +143,7 @@ def plot(document: dict[str, Any], path: Path) -> Path | None:
         assert line is not None
         span = [min(xs), max(xs)]
         label = (f"fit: {fits[key]['us_per_tensor']:.1f} µs/tensor" if key == "tensors" else
-                 f"fit: {_fmt(fits[key]['gib_s'])} GiB/s")
+                 f"fit: {fits[key]['gib_s']:.3g} GiB/s" if fits[key]["gib_s"] else "fit: no positive slope")
         ax.plot([x * scale for x in span], [(line["slope"] * x + line["intercept"]) * 1e3 for x in span], "-",
                 label=label)
         ax.set_xlabel(xlabel)
@@ -168,6 +169,24 @@ def write(document: dict[str, Any], directory: Path) -> list[Path]:
 # ------------------------------------------------------------------- compare
 def _key(case: dict[str, Any]) -> str:
     return f"{case['case']}[{case['variant']}]"
+
+
+def side_by_side(left: dict[str, Any], right: dict[str, Any]) -> str:
+    """Two summaries of the same cases (two adapters, one machine) as one Markdown table, with the ratio of their
+    times (right / left) and each one's ratio to the ceiling measured in its own run."""
+    a, b = (f"{d['implementation']['name']} {d['implementation']['version']}" for d in (left, right))
+    theirs = {_key(c): c for c in right["cases"]}
+    lines = [f"| case | {a} ms | {b} ms | {b} / {a} (time) | {a} ratio to ceiling | {b} ratio to ceiling "
+             f"| {a} overhead µs/tensor | {b} overhead µs/tensor |", "|---|---|---|---|---|---|---|---|"]
+    for mine in left["cases"]:
+        other = theirs.get(_key(mine))
+        if other is None:
+            continue
+        lines.append(f"| {_key(mine)} | {mine['seconds'] * 1e3:.3g} | {other['seconds'] * 1e3:.3g} | "
+                     f"{other['seconds'] / mine['seconds']:.2f} | {_fmt(mine.get('ratio'), '{:.3f}')} | "
+                     f"{_fmt(other.get('ratio'), '{:.3f}')} | {_fmt(mine.get('overhead_us_per_tensor'), '{:.0f}')} | "
+                     f"{_fmt(other.get('overhead_us_per_tensor'), '{:.0f}')} |")
+    return "\n".join(lines) + "\n"
 
 
 def compare(baseline: dict[str, Any], new: dict[str, Any], threshold: float, *, allow_missing: bool = False
@@ -220,9 +239,15 @@ def main(argv: list[str] | None = None) -> int:
                      help="allowed relative loss per figure (default 0.25: a ratio may drop by 25%%)")
     cmp.add_argument("--allow-missing", action="store_true",
                      help="baseline cases the new run lacks (a -k subset) are notes, not regressions")
+    both = commands.add_parser("side-by-side", help="one Markdown table of two summaries of the same cases")
+    both.add_argument("left", type=Path)
+    both.add_argument("right", type=Path)
     render = commands.add_parser("render", help="rewrite summary.md and scaling.png beside a summary.json")
     render.add_argument("summary", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "side-by-side":
+        print(side_by_side(json.loads(args.left.read_text()), json.loads(args.right.read_text())), end="")
+        return 0
     if args.command == "render":
         document = json.loads(args.summary.read_text())
         for path in write(document, args.summary.parent):
