@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,3 +113,15 @@ def test_buckets_cut_at_the_size_and_keep_order():
     parts = harness.buckets(weights, 1)
     assert [len(p) for p in parts] == [4, 4, 1]
     assert [name for part in parts for name, _ in part] == [name for name, _ in weights]
+
+
+@pytest.mark.slow
+def test_the_suite_does_not_collect_the_benchmarks_unless_named():
+    root = Path(__file__).resolve().parents[1]
+
+    def collected(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "--loadspec-report=none", *args],
+                              cwd=root, capture_output=True, text=True, timeout=300).stdout
+
+    assert "conformance/benchmarks" not in collected("conformance", "-k", "test_scale or benchmark")
+    assert "conformance/benchmarks/test_reload_benchmarks.py::test_throughput" in collected("conformance/benchmarks")
