@@ -46,7 +46,7 @@ import torch
 
 from loadspec.reference.auto_loader import AutoWeightsLoader, PlannedLoad, write_planned
 from loadspec.reference.copy_counter import CopyCounter, RegionKey
-from loadspec.reference.errors import LoadspecError, PartialLayerError
+from loadspec.reference.errors import DuplicateSourceError, LoadspecError, PartialLayerError
 from loadspec.reference.layers.attention import AttentionLayerBase
 from loadspec.reference.lifecycle import is_attention, process_module
 from loadspec.reference.loaders import WeightLoader, default_weight_loader
@@ -456,9 +456,23 @@ class ReloadSession:
                 else:
                     setattr(module, attribute, mirror)
 
+    @staticmethod
+    def _check_across_calls(staged: list[PlannedLoad]) -> None:
+        """Reject two sources for one parameter delivered in different ``load`` calls [LOAD-14]."""
+        given: dict[int, list[PlannedLoad]] = {}
+        for load in staged:
+            for other in given.get(id(load.param), ()):
+                if other.shard_id is None or load.shard_id is None or other.shard_id == load.shard_id:
+                    raise DuplicateSourceError(
+                        f"{other.source!r} and {load.source!r} (in another load call) both give "
+                        f"{load.name!r}" + (f" shard {load.shard_id!r}" if load.shard_id is not None else "")
+                        + "; a reload must give each value once [LOAD-14]")
+            given.setdefault(id(load.param), []).append(load)
+
     def _finish_transactional(self) -> ReloadReport:
         staged, self._staged = self._staged, []
         try:
+            self._check_across_calls(staged)
             missing = self._dry_count(staged)
             if missing:
                 raise PartialLayerError(

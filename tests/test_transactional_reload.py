@@ -358,3 +358,17 @@ def test_transactional_memory_cost_is_measured(spec):
     streaming.load(weights)
     streaming.finish()
     assert streaming.staged_bytes == streaming.backup_bytes == 0
+
+
+def test_a_weight_given_in_two_buckets_of_a_transactional_session_is_rejected(model_state):
+    model = loaded()
+    before = model_state(model)
+    weights = new_weights()
+    name = "model.layers.0.self_attn.q_proj.weight"
+    again = [(n, t) for n, t in weights if n == name]
+    with pytest.raises(DuplicateSourceError, match="another load call"):
+        with ReloadSession(model, transactional=True) as session:
+            session.load(weights)
+            session.load(again)
+    assert no_meta(model)
+    assert_unchanged("model after a weight given twice across buckets", before, model_state(model), "LOAD-14")
