@@ -259,6 +259,10 @@ RULES: tuple[Rule, ...] = (
          "An attention layer's output scale buffers (_q_scale, _k_scale, _v_scale, _prob_scale) are not loadable by name: a checkpoint tensor addressing one is rejected with a ValueError naming it (an exception to LOAD-9), since only processing writes them, from the validated scale parameters.",
          f"{_ATTN} set_default_quant_scales (register_buffer persistent=True); {_UTILS} AutoWeightsLoader._load_module",
          "In vLLM they are persistent buffers, so a checkpoint tensor '...attn._k_scale' is loaded by name: it bypasses the scale checks (a NaN is accepted) and the host mirrors (_k_scale_float, _k_scale_cpu) keep the old value."),
+    Rule("LOAD-16", SHOULD,
+         "A checkpoint directory with a corrupt shard (e.g. truncated) or an index entry naming a file outside the directory is rejected by a first load and by a reload with a ValueError naming the file, before any weight is written; no file outside the directory is read.",
+         "vllm/model_executor/model_loader/weight_utils.py safetensors_weights_iterator, filter_duplicate_safetensors_files",
+         "vLLM iterates the directory's *.safetensors files with safetensors' own reader: a truncated shard raises safetensors' SafetensorError (not a ValueError) when the iteration reaches that shard, after the tensors of earlier shards were written; the index is only used to filter shard files, so an entry naming a file elsewhere is ignored rather than rejected."),
     # ---------------------------------------------------------------- COUNT
     Rule("COUNT-1", MUST,
          "The copy counter counts every element written by copy_, one-element and 0-d copies included.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 from loadspec.conformance.assertions import assert_equal, assert_raises_value_error, assert_unchanged, fail, snapshot
 from loadspec.conformance.drivers import built, draw_case, graphs_for, heavy, layouts_for, run_device
 from loadspec.conformance.reproducers import Case, record_case
-from loadspec.strategies.layouts import checkpoint_layouts
+from loadspec.reference.spec import ModelSpec, uniform_layers
+from loadspec.strategies.layouts import CheckpointLayout, checkpoint_layouts
 
 
 def tree() -> torch.nn.Module:
@@ -304,3 +306,44 @@ def test_output_scale_buffers_not_loadable_by_name(impl, request, data):
     value = data.draw(st.sampled_from([math.nan, 0.5]), label="value")
     _rejected_before_any_write(impl, spec, layouts["base"], [*layouts["new"].tensors(), (name, torch.tensor(value))],
                                data.draw(PHASES, label="phase"), f"{name}={value}", "LOAD-15", [name])
+
+
+DAMAGES = ["truncated shard", "index entry outside the directory"]
+
+
+def damage_directory(directory, damage: str) -> str:
+    """Damage a sharded checkpoint directory in place; return what the error must name."""
+    index_path = directory / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    name, shard = sorted(index["weight_map"].items())[-1]
+    if damage == "truncated shard":
+        data = (directory / shard).read_bytes()
+        (directory / shard).write_bytes(data[: len(data) // 2])
+        return shard
+    sibling = directory.parent / "sibling"  # a valid copy of the shard, next to (outside) the checkpoint
+    sibling.mkdir()
+    (sibling / shard).write_bytes((directory / shard).read_bytes())
+    index["weight_map"][name] = f"../sibling/{shard}"
+    index_path.write_text(json.dumps(index))
+    return "sibling"
+
+
+@pytest.mark.rule("LOAD-16")
+@pytest.mark.requires("model", "fp8_per_tensor")
+@pytest.mark.parametrize("call", ["first_load", "reload"])
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_checkpoint_directory_is_rejected_before_any_write(impl, tmp_path, damage, call):
+    """A truncated shard, or an index naming a file outside the directory, is a ValueError naming it [LOAD-16]."""
+    spec = ModelSpec(layers=uniform_layers(2, qkv_quant="fp8_per_tensor", down_quant="fp8_per_tensor"))
+    layout = CheckpointLayout(spec, producer="autofp8", kv_scales={"k": 0.5, "v": 0.25}, max_shard_size=4096)
+    directory = layout.write(tmp_path / "checkpoint")
+    if call == "reload":
+        model = built(impl, spec, layout.tensors())
+    else:
+        model = impl.build_model(spec, device=run_device())
+    names = damage_directory(directory, damage)
+    before = snapshot(impl.kernel_tensors(model), impl.host_mirrors(model))
+    assert_raises_value_error(f"{call} of a checkpoint directory ({damage})",
+                              lambda: getattr(impl, call)(model, directory), "LOAD-16", mentions=(names,))
+    assert_unchanged(f"model after a rejected {call}", before,
+                     snapshot(impl.kernel_tensors(model), impl.host_mirrors(model)), "LOAD-16")
