@@ -490,15 +490,19 @@ class ReloadSession:
             self._rollback(saved)
             raise
 
+    def _put_back(self, layer: LayerLoad) -> None:
+        """Drop the scale parameters left on an attention layer; register any other layer's kernel tensors again."""
+        if is_attention(layer.module):
+            for name in SCALE_NAMES:
+                if name in layer.module._parameters:
+                    delattr(layer.module, name)
+        else:
+            self._restore_kernel(layer)
+
     def _put_back_registrations(self) -> None:
         """Register every layer's kernel tensors again and drop any scale parameter left on attention."""
         for layer in self.layers.values():
-            if is_attention(layer.module):
-                for name in SCALE_NAMES:
-                    if name in layer.module._parameters:
-                        delattr(layer.module, name)
-            else:
-                self._restore_kernel(layer)
+            self._put_back(layer)
         self._place_aliases()
 
     def abort(self) -> None:
@@ -513,12 +517,7 @@ class ReloadSession:
         self._staged = []
         for layer in self.layers.values():
             if not layer.processed:
-                if is_attention(layer.module):
-                    for name in SCALE_NAMES:
-                        if name in layer.module._parameters:
-                            delattr(layer.module, name)
-                else:
-                    self._restore_kernel(layer)
+                self._put_back(layer)
         self._place_aliases()
 
     def __del__(self) -> None:

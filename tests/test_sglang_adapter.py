@@ -50,9 +50,11 @@ def test_without_sglang_pytest_impl_sglang_is_a_usage_error(tmp_path):
 
 def test_env_script_is_strict_and_idempotent():
     script = (ADAPTER_DIR / "sglang_env.sh").read_text()
+    common = (ADAPTER_DIR.parent / "env_common.sh").read_text()  # the marker logic both env scripts source
     assert "set -euo pipefail" in script
     assert "torch==2.13.0" in script and "--no-deps" in script and "sglang==0.5.23" in script
-    assert "MARKER=" in script and "nothing to do" in script  # a complete venv is left alone
+    assert "/../env_common.sh" in script and "env_exit_if_complete" in script
+    assert "MARKER=" in script and "nothing to do" in common  # a complete venv is left alone
 
 
 @needs_sglang

@@ -13,6 +13,7 @@ from typing import cast
 import torch
 
 from loadspec.conformance.adapter import CAPABILITIES, Weights
+from loadspec.conformance.adapters import glue
 from loadspec.reference import api
 from loadspec.reference.auto_loader import AutoWeightsLoader
 from loadspec.reference.cache_scale_mappers import cache_scale_mapper
@@ -24,7 +25,6 @@ from loadspec.reference.mapper import WeightsMapper
 from loadspec.reference.quant_config import QuantConfig
 from loadspec.reference.scales import KVCacheScaleParameter
 from loadspec.reference.spec import ModelSpec
-from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS, OUTPUT_BUFFERS, SCALE_NAMES
 
 
 def loadspec_version() -> str:
@@ -62,7 +62,7 @@ class ReferenceAdapter:
                          quant_config=QuantConfig("fp8"), device=device)
 
     def attention_scale_parameters(self, layer: Attention) -> dict[str, torch.Tensor]:
-        return {name: getattr(layer, name) for name in SCALE_NAMES if name in layer._parameters}
+        return glue.scale_parameters(layer)
 
     # make_attention's quant config always gives the layer a KV-cache method.
     def create_scale_weights(self, layer: Attention) -> None:
@@ -72,11 +72,10 @@ class ReferenceAdapter:
         cast(KVCacheMethod, layer.quant_method).process_weights_after_loading(layer)
 
     def attention_outputs(self, layer: Attention) -> dict[str, torch.Tensor]:
-        return {name: getattr(layer, buffer) for name, buffer in OUTPUT_BUFFERS.items()}
+        return glue.output_buffers(layer)
 
     def attention_mirrors(self, layer: AttentionLayerBase) -> dict[str, float]:
-        return {attribute: float(getattr(layer, attribute))
-                for attribute in (*FLOAT_MIRRORS.values(), *CPU_MIRRORS.values())}
+        return glue.vocabulary_mirrors(layer)
 
     def make_mapper(self, **entries) -> WeightsMapper:
         return WeightsMapper(**{k: v for k, v in entries.items() if v is not None})
@@ -132,17 +131,10 @@ class ReferenceAdapter:
         return api.export(model)
 
     def kernel_tensors(self, model) -> dict[str, torch.Tensor]:
-        tensors = {}
-        for module_name, module in model.named_modules():
-            for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
-                if tensor is not None:
-                    tensors[f"{module_name}.{name}"] = tensor
-        return tensors
+        return glue.kernel_tensors(model, dotted_root=True)
 
     def host_mirrors(self, model) -> dict[str, float]:
-        return {f"{module_name}.{attribute}": value
-                for module_name, module in model.named_modules() if isinstance(module, AttentionLayerBase)
-                for attribute, value in self.attention_mirrors(module).items()}
+        return glue.host_mirrors(model, AttentionLayerBase, self.attention_mirrors)
 
     def processing_order(self, model) -> list[str]:
         return list(model.loadspec_order)

@@ -11,6 +11,10 @@ It runs in the virtual environment ``sglang_env.sh`` (next to this file) builds
 * ``adapter``: ``SglangAdapter`` (the default loader path), ``SglangV2Adapter``
   (``SGLANG_ENABLE_WEIGHT_LOADER_V2=1``) and the diagnostic ``SglangKvOnlyAdapter`` (no FP8
   linears), the primitives tier and the protocol's entry points.
+
+What every adapter shares (the export walk, kernel tensors, host mirrors, the processing-order
+bookkeeping, the FP8 arithmetic) is in ``conformance/adapters/glue.py``; ``env_common.sh`` beside
+it holds what ``sglang_env.sh`` shares with ``vllm_env.sh``.
 """
 
 import importlib.util

@@ -25,6 +25,7 @@ from sglang.srt.model_loader.weight_utils import default_weight_loader, maybe_re
 from sglang.srt.models.utils import AutoWeightsLoader, WeightsMapper
 
 from loadspec.conformance.adapter import Weights
+from loadspec.conformance.adapters import glue
 from loadspec.conformance.adapters.sglang_engine import model as sglang_model
 from loadspec.conformance.adapters.sglang_engine.runtime import runtime, sglang
 from loadspec.reference.spec import ModelSpec
@@ -148,7 +149,7 @@ class SglangAdapter:
                                   prefix=f"loadspec{next(self._ids)}.attn")
 
     def attention_scale_parameters(self, layer: RadixAttention) -> dict[str, torch.Tensor]:
-        return {name: getattr(layer, name) for name in SCALE_NAMES if name in layer._parameters}
+        return glue.scale_parameters(layer)
 
     def create_scale_weights(self, layer: RadixAttention) -> None:
         layer.quant_method.create_weights(layer)

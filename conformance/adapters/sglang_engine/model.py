@@ -43,10 +43,12 @@ from sglang.srt.model_loader.utils import set_default_torch_dtype
 from sglang.srt.model_loader.weight_utils import initialize_dummy_weights
 from transformers import LlamaConfig
 
+from loadspec.conformance.adapters import glue
+from loadspec.conformance.adapters.glue import ExportLayout, cpu
 from loadspec.conformance.adapters.sglang_engine.runtime import rope_placeholder, runtime, watch_processing
 from loadspec.conformance.adapters.sglang_engine.runtime import sglang as _sglang  # noqa: F401  (shims first)
 from loadspec.reference.spec import ModelSpec
-from loadspec.reference.vocabulary import FLOAT_MIRRORS, FP8_DTYPE, SCALE_KINDS, scale_name, torch_dtype
+from loadspec.reference.vocabulary import FLOAT_MIRRORS, SCALE_KINDS, scale_name, torch_dtype
 from loadspec.strategies.producers import quantization_config
 from loadspec.strategies.synthetic import hf_linears
 
@@ -230,10 +232,6 @@ class ReloadSession:
 
 
 # ------------------------------------------------------------------------------- export
-def _cpu(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().to("cpu", copy=True)
-
-
 UNIT = 1.0
 """What SGLang's attention applies for a scale it has no tensor for: none (q, prob; k and v without a KV method)."""
 
@@ -243,7 +241,7 @@ def attention_scales(module: RadixAttention) -> dict[str, torch.Tensor]:
     out = {}
     for kind in SCALE_KINDS:
         tensor = getattr(module, scale_name(kind), None) if kind in ("k", "v") else None
-        out[scale_name(kind)] = (_cpu(tensor).reshape(()).float() if isinstance(tensor, torch.Tensor)
+        out[scale_name(kind)] = (cpu(tensor).reshape(()).float() if isinstance(tensor, torch.Tensor)
                                  else torch.tensor(UNIT, dtype=torch.float32))
     return out
 
@@ -258,17 +256,21 @@ def attention_mirrors(module: RadixAttention) -> dict[str, float]:
     return out
 
 
-def _export_linear(name: str, module: LinearBase, state: dict[str, torch.Tensor]) -> None:
-    weight = module.weight
-    if weight.dtype == FP8_DTYPE:
-        if weight.dim() == 2 and not weight.is_contiguous() and weight.t().is_contiguous():
-            weight = weight.t()  # processing keeps the FP8 weight as an (in, out) view of its (out, in) storage
-        scale = module.weight_scale
-        state[f"{name}.weight_scale"] = _cpu(scale.reshape(()) if scale.numel() == 1 else scale.reshape(-1)).float()
-        input_scale = getattr(module, "input_scale", None)
-        if isinstance(input_scale, torch.Tensor):  # static activation scale (ModelOpt FP8)
-            state[f"{name}.input_scale"] = _cpu(input_scale.max()).reshape(()).float()
-    state[f"{name}.weight"] = _cpu(weight).contiguous()
+def _transposed(module: LinearBase, weight: torch.Tensor) -> bool:
+    """Processing keeps the FP8 weight as an (in, out) view of its (out, in) storage."""
+    return weight.dim() == 2 and not weight.is_contiguous() and weight.t().is_contiguous()
+
+
+def _input_scale(module: LinearBase) -> torch.Tensor | None:
+    """The static activation scale (ModelOpt FP8), its largest value."""
+    input_scale = getattr(module, "input_scale", None)
+    return input_scale.max() if isinstance(input_scale, torch.Tensor) else None
+
+
+EXPORT = ExportLayout(attention=RadixAttention, attention_scales=attention_scales, linear=LinearBase,
+                      transposed=_transposed, input_scale=_input_scale, embedding=VocabParallelEmbedding,
+                      norm=RMSNorm, remove_duplicate=False)
+"""SGLang's canonical export: modules walked with tied ones under each name."""
 
 
 def export_kernel_state(model) -> dict[str, torch.Tensor]:
@@ -277,33 +279,16 @@ def export_kernel_state(model) -> dict[str, torch.Tensor]:
     FP8 linears: weight ``[out, in]``, a per-tensor scale as ``()``. Attention: ``attention_scales``.
     Embedding and ``lm_head`` (the same module when tied): the first ``vocab_size`` rows.
     """
-    state: dict[str, torch.Tensor] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        if isinstance(module, RadixAttention):
-            state.update({f"{name}.{scale}": tensor for scale, tensor in attention_scales(module).items()})
-        elif isinstance(module, LinearBase):
-            _export_linear(name, module, state)
-        elif isinstance(module, VocabParallelEmbedding):
-            state[f"{name}.weight"] = _cpu(module.weight[: module.org_vocab_size]).contiguous()
-        elif isinstance(module, RMSNorm):
-            state[f"{name}.weight"] = _cpu(module.weight)
-    return state
+    return glue.export_kernel_state(model, EXPORT)
 
 
 def kernel_tensors(model) -> dict[str, torch.Tensor]:
     """Every parameter and buffer by name, tied modules under each of their names."""
-    tensors = {}
-    for module_name, module in model.named_modules(remove_duplicate=False):
-        for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
-            if tensor is not None:
-                tensors[f"{module_name}.{name}" if module_name else name] = tensor
-    return tensors
+    return glue.kernel_tensors(model, remove_duplicate=False)
 
 
 def host_mirrors(model) -> dict[str, float]:
-    return {f"{module_name}.{attribute}": value
-            for module_name, module in model.named_modules() if isinstance(module, RadixAttention)
-            for attribute, value in attention_mirrors(module).items()}
+    return glue.host_mirrors(model, RadixAttention, attention_mirrors)
 
 
 __all__ = ["build", "first_load", "dummy_load", "reload", "ReloadSession", "WeightUpdateRejected",

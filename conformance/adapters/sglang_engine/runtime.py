@@ -45,11 +45,11 @@ def install_torchvision_shim() -> None:
 install_torchvision_shim()
 
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import logging  # noqa: E402
 import socket  # noqa: E402
 import threading  # noqa: E402
 import warnings  # noqa: E402
-import weakref  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -70,7 +70,8 @@ with warnings.catch_warnings():  # "Only CUDA, HIP and XPU support AWQ currently
     from sglang.srt.runtime_context import SpawnRanks, publish, reset_context  # noqa: E402
     from sglang.srt.server_args import ServerArgs  # noqa: E402
 
-from loadspec.reference.vocabulary import FP8_DTYPE, FP8_MAX  # noqa: E402
+from loadspec.conformance.adapters.glue import ProcessingOrder, quantize_fp8  # noqa: E402
+from loadspec.reference.vocabulary import FP8_MAX  # noqa: E402
 
 for _name in ("sglang", "sglang.srt"):  # SGLang logs every ignored model module and missing parameter at WARNING
     logging.getLogger(_name).setLevel(logging.ERROR)
@@ -100,10 +101,6 @@ def rope_placeholder():
 
 
 # ----------------------------------------------------------------------------- FP8 stand-in
-def _quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return (x.to(torch.float32) / scale.to(torch.float32)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-
-
 def scaled_fp8_quant(input, scale=None, num_token_padding=None, use_per_token_if_dynamic=False):
     """Pure-torch ``scaled_fp8_quant``: static per tensor, dynamic per tensor or per token (no padding)."""
     if num_token_padding:
@@ -114,7 +111,7 @@ def scaled_fp8_quant(input, scale=None, num_token_padding=None, use_per_token_if
         scale = amax.clamp(min=1e-12) / FP8_MAX
     elif scale.numel() != 1:
         raise ValueError(f"Expected scalar scale, got numel={scale.numel()}")
-    return _quantize(x, scale), scale
+    return quantize_fp8(x, scale), scale
 
 
 scaled_fp8_quant.loadspec_standin = True  # type: ignore[attr-defined]
@@ -150,24 +147,15 @@ def install_capability_standin() -> None:
 
 
 # ----------------------------------------------------------------------------- processing order
-_OWNERS: weakref.WeakKeyDictionary[torch.nn.Module, tuple] = weakref.WeakKeyDictionary()
+_ORDER = ProcessingOrder()
 _LOCK = threading.Lock()
-
-
-def _record(layer: torch.nn.Module) -> None:
-    owner = _OWNERS.get(layer)
-    if owner is None:
-        return
-    model = owner[0]()
-    if model is not None:
-        model.loadspec_events.append(owner[1])
 
 
 def _wrap_quant_method(method: QuantizeMethodBase) -> None:
     original = method.process_weights_after_loading
 
     def process_weights_after_loading(layer, *args, **kwargs):
-        _record(layer)
+        _ORDER.record(layer)
         return original(layer, *args, **kwargs)
 
     method.process_weights_after_loading = process_weights_after_loading
@@ -176,11 +164,8 @@ def _wrap_quant_method(method: QuantizeMethodBase) -> None:
 
 def watch_processing(model: torch.nn.Module) -> None:
     """Name every module of ``model`` for the recorder and wrap its quant method's processing (record, then call)."""
-    ref = weakref.ref(model)
-    model.loadspec_events = []  # type: ignore[assignment]
     with _LOCK:
-        for name, module in model.named_modules():
-            _OWNERS[module] = (ref, name)
+        for _, module in _ORDER.watch(model):
             method = getattr(module, "quant_method", None)
             if isinstance(method, QuantizeMethodBase) and not getattr(method, "loadspec_recorder", False):
                 _wrap_quant_method(method)
@@ -205,15 +190,10 @@ class SglangRuntime:
         install_capability_standin()
 
 
-_RUNTIME: SglangRuntime | None = None
-
-
+@functools.cache
 def runtime() -> SglangRuntime:
     """The process's ``SglangRuntime``, set up on first use."""
-    global _RUNTIME
-    if _RUNTIME is None:
-        _RUNTIME = SglangRuntime()
-    return _RUNTIME
+    return SglangRuntime()
 
 
 __all__ = ["SglangRuntime", "runtime", "rope_placeholder", "install_fp8_standin", "install_torchvision_shim",

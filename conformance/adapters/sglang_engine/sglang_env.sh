@@ -25,14 +25,9 @@
 #   make conformance-sglang            (the suite against SGLang; writes reports/sglang-0.5.23/)
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
-if [[ ! -f "$REPO_ROOT/pyproject.toml" ]]; then
-  echo "sglang_env: $REPO_ROOT is not a loadspec checkout (no pyproject.toml): run this script from one" >&2
-  exit 1
-fi
-VENV="${1:-$REPO_ROOT/.venv-sglang}"
-PYTHON="${PYTHON:-python3}"
-PIP_FLAGS="${PIP_FLAGS:-}"
+# shellcheck source=../env_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../env_common.sh"   # env_init, env_exit_if_complete, env_begin, step, env_finish
+env_init sglang_env .venv-sglang "${1:-}"
 
 # The recipe, pinned.  Changing any line changes the marker and forces a re-run.
 TORCH_SPEC="torch==2.13.0"
@@ -49,19 +44,8 @@ RECIPE="$TORCH_SPEC | --no-deps $SGLANG_SPEC | --no-deps ${COMPILED_SPECS[*]} | 
 RECIPE="$RECIPE | ${TEST_SPECS[*]} | --no-deps $MODEL_SPEC | --no-deps -e $REPO_ROOT"
 MARKER="$VENV/.loadspec-sglang-env-complete"
 
-if [[ -f "$MARKER" ]] && [[ "$(head -n 1 "$MARKER")" == "$RECIPE" ]]; then
-  echo "sglang_env: $VENV is complete (marker $MARKER); nothing to do."
-  exit 0
-fi
-
-start=$(date +%s)
-step() { echo "sglang_env: [$(( $(date +%s) - start ))s] $*"; }
-
-if [[ ! -x "$VENV/bin/python" ]]; then
-  step "creating venv $VENV with $PYTHON ($("$PYTHON" --version 2>&1))"
-  "$PYTHON" -m venv "$VENV"
-fi
-PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check $PIP_FLAGS)
+env_exit_if_complete   # a complete venv (marker = this recipe): nothing to do
+env_begin
 
 # 1. torch first, so that nothing later resolves a different (CUDA) torch.
 step "1/5 $TORCH_SPEC"
@@ -94,9 +78,4 @@ import sglang
 print("sglang_env: smoke test ok: sglang", sglang.__version__, "torch", torch.__version__)
 PY
 
-{
-  echo "$RECIPE"
-  echo "completed $(date -u +%Y-%m-%dT%H:%M:%SZ) in $(( $(date +%s) - start ))s"
-  "$VENV/bin/python" -m pip freeze --disable-pip-version-check
-} > "$MARKER"
-step "done: $VENV ($(du -sh "$VENV" | cut -f1))"
+env_finish

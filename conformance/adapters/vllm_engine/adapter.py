@@ -21,11 +21,11 @@ from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper
 
 from loadspec.conformance.adapter import Weights
+from loadspec.conformance.adapters import glue
 from loadspec.conformance.adapters.vllm_engine import model as vllm_model
 from loadspec.conformance.adapters.vllm_engine.quant_configs import primitive_quant_config, quant_config_class
 from loadspec.conformance.adapters.vllm_engine.runtime import DEFAULT_DTYPE, runtime
 from loadspec.reference.spec import ModelSpec
-from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS, OUTPUT_BUFFERS, SCALE_NAMES
 
 CAPABILITIES = frozenset({
     "primitives", "model", "reload_sessions", "processing_order", "fp8_per_tensor", "tied_embeddings",
@@ -86,7 +86,7 @@ class VllmAdapter:
                              quant_config=Fp8Config(activation_scheme="dynamic"), prefix=rt.unique("attn"))
 
     def attention_scale_parameters(self, layer: Attention) -> dict[str, torch.Tensor]:
-        return {name: getattr(layer, name) for name in SCALE_NAMES if name in layer._parameters}
+        return glue.scale_parameters(layer)
 
     def create_scale_weights(self, layer: Attention) -> None:
         layer.quant_method.create_weights(layer)
@@ -95,11 +95,10 @@ class VllmAdapter:
         layer.quant_method.process_weights_after_loading(layer)
 
     def attention_outputs(self, layer: Attention) -> dict[str, torch.Tensor]:
-        return {name: getattr(layer, buffer) for name, buffer in OUTPUT_BUFFERS.items()}
+        return glue.output_buffers(layer)
 
     def attention_mirrors(self, layer: Attention) -> dict[str, float]:
-        return {attribute: float(getattr(layer, attribute))
-                for attribute in (*FLOAT_MIRRORS.values(), *CPU_MIRRORS.values())}
+        return glue.vocabulary_mirrors(layer)
 
     # -------------------------------------------------------------- primitives: MAP
     def make_mapper(self, *, regex=None, substr=None, stacked=None, prefix=None, suffix=None) -> WeightsMapper:
@@ -162,17 +161,10 @@ class VllmAdapter:
         return vllm_model.export_kernel_state(model)
 
     def kernel_tensors(self, model) -> dict[str, torch.Tensor]:
-        tensors = {}
-        for module_name, module in model.named_modules():
-            for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
-                if tensor is not None:
-                    tensors[f"{module_name}.{name}" if module_name else name] = tensor
-        return tensors
+        return glue.kernel_tensors(model)
 
     def host_mirrors(self, model) -> dict[str, float]:
-        return {f"{module_name}.{attribute}": value
-                for module_name, module in model.named_modules() if isinstance(module, Attention)
-                for attribute, value in self.attention_mirrors(module).items()}
+        return glue.host_mirrors(model, Attention, self.attention_mirrors)
 
     def processing_order(self, model) -> list[str]:
         return list(model.loadspec_events)

