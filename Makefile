@@ -2,7 +2,7 @@
 #   make conformance  - set up, run the conformance suite on the reference, write reports/reference/
 #   make test         - set up, run the tests of the reference, strategies, plugin and mutants (test-loadspec),
 #                       then the suite against real vLLM and real SGLang on CPU (test-vllm, test-sglang);
-#                       .ci/run runs make lint, then this
+#                       (after make lint: style and type breaks fail in seconds); .ci/run runs exactly this
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
@@ -43,7 +43,7 @@ lint-mypy:
 conformance: setup
 	@$(call run_pytest,conformance --impl=$(IMPL))
 
-test: test-loadspec test-vllm test-sglang
+test: lint test-loadspec test-vllm test-sglang
 
 test-loadspec: setup
 	@$(call run_pytest,tests --benchmark-disable --loadspec-report=none)
