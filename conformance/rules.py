@@ -3,7 +3,7 @@
 Levels: ``MUST`` is what vLLM does (at commit fe4c5dcd4) and its PRs intend;
 ``SHOULD`` is where loadspec is stricter than vLLM, and ``vllm_differs`` says how.
 Tests cite rules with ``@pytest.mark.rule("SCALE-3")``; ``tests/test_rules.py``
-checks that every rule is cited and that the README table matches this data.
+checks that every rule is cited by a suite test and that the generated docs/CONTRACT.md matches this data.
 """
 
 from __future__ import annotations
@@ -364,13 +364,3 @@ def rule(rule_id: str) -> Rule:
         return RULES_BY_ID[rule_id]
     except KeyError:
         raise KeyError(f"unknown rule id {rule_id!r}") from None
-
-
-def markdown_table() -> str:
-    """The rule table as Markdown, as the README shows it."""
-    lines = ["| ID | Level | Rule | vLLM source | How vLLM differs |", "|---|---|---|---|---|"]
-    for r in RULES:
-        cells = [r.id, r.level, r.text, r.source, r.vllm_differs or ""]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines)
-

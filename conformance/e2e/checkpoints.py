@@ -28,6 +28,7 @@ from loadspec.reference.errors import CheckpointFormatError, UnsupportedSchemeEr
 from loadspec.reference.quant_config import quant_config_from_dict
 from loadspec.reference.spec import ModelSpec
 from loadspec.reference.vocabulary import QUANT_METHODS, STATIC_INPUT_METHODS
+from loadspec.strategies.capabilities import spec_capabilities
 from loadspec.strategies.producers import WEIGHT_STRATEGIES
 
 KV_CACHE_DTYPE = "fp8_e4m3"
@@ -258,11 +259,8 @@ def smollm_spec_for(info: CheckpointInfo) -> ModelSpec:
 
 
 def required_capabilities(spec: ModelSpec, device: str = "cpu") -> tuple[str, ...]:
-    """Adapter capabilities a run of ``spec`` on ``device`` needs."""
-    needs = {"model"}
-    needs.update(q for layer in spec.layers for q in layer.linear_quants().values() if q != "none")
-    if spec.tie_embeddings:
-        needs.add("tied_embeddings")
+    """Adapter capabilities a run of ``spec`` on ``device`` needs: ``spec_capabilities`` plus ``cuda`` on CUDA."""
+    needs = set(spec_capabilities(spec))
     if str(device).startswith("cuda"):
         needs.add("cuda")
     return tuple(sorted(needs))
