@@ -122,10 +122,6 @@ class WeightsMapper:
             if mapped is not None:
                 yield mapped[0], tensor, mapped[1]
 
-    def apply_list(self, names: Iterable[str]) -> list[str]:
-        """Mapped names in order, dropped ones removed."""
-        return [m for m in map(self.map_name, names) if m is not None]
-
     def __repr__(self) -> str:
         parts: list[str] = []
         for stage in STAGES:

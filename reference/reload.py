@@ -239,7 +239,6 @@ class ReloadSession:
             if not session.defers(layer.module) and layer.counted() >= layer.total:
                 session._process_layer(layer)  # the last element arrived [ORDER-4]
 
-        counting_loader.original_loader = original  # type: ignore[attr-defined]  # a function attribute, for inspection
         return counting_loader
 
     def defers(self, module: torch.nn.Module) -> bool:
