@@ -1,13 +1,13 @@
-"""The suite kills every mutant on the rule it breaks, and passes the reference on every rule.
+"""The suite kills every mutant on the rules it breaks, on three seeds; every MUST rule has a mutant.
 
-Each mutant wraps the reference adapter with one bug and names the rules it
-breaks (``targets``). The suite runs in a subprocess per mutant (its family's
-module only, fixed Hypothesis seed) and the per-rule report is read back.
+Mutants are discovered from ``tests/mutants/`` (see its ``__init__``). Each runs in a subprocess
+(``python -m mutants``): its ``suite`` modules, only the tests citing its ``targets``, once per seed
+in ``SEEDS`` (a fixed seed and two others: a mutant must not die by a lucky draw). The reference
+itself must pass every rule of the whole suite.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -16,71 +16,70 @@ from pathlib import Path
 
 import pytest
 
+from loadspec.conformance.rules import MUST, RULES, RULES_BY_ID
+
 ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
 PYTEST = Path(sys.executable).with_name("pytest")
+SEEDS = (0, 1, 2)
 
-MUTANTS = {
-    "mutants.scalar_fill:ScalarFillAdapter": "test_scale.py",
-    "mutants.first_element:FirstElementAdapter": "test_scale.py",
-    "mutants.v_only_crash:VOnlyCrashAdapter": "test_kvproc.py",
-    "mutants.stale_mirror:StaleMirrorAdapter": "test_kvproc.py",
-    "mutants.left_wins:LeftWinsAdapter": "test_map.py",
-    "mutants.non_idempotent:NonIdempotentAdapter": "test_map.py",
-    "mutants.missing_modelopt:MissingModelOptAdapter": "test_names.py",
-    "mutants.streaming_loader:StreamingLoaderAdapter": "test_load.py",
-    "mutants.lenient_dtype:LenientDtypeAdapter": "test_load.py",
-    "mutants.unchecked_linear_scales:UncheckedLinearScalesAdapter": "test_load.py",
-    "mutants.sentinel_in_band:SentinelInBandAdapter": "test_load.py",
-    "mutants.last_source_wins:LastSourceWinsAdapter": "test_load.py",
-    "mutants.loadable_output_buffers:LoadableOutputBuffersAdapter": "test_load.py",
-    "mutants.naive_count:NaiveCountAdapter": "test_count.py",
-    "mutants.registration_order:RegistrationOrderAdapter": "test_order.py",
-    "mutants.reallocating_reload:ReallocatingAdapter": "test_reload.py",
-    "mutants.garbage_partial:GarbagePartialAdapter": "test_reload.py",
-    "mutants.streaming_reload:StreamingReloadAdapter": "test_reload.py",
-    "mutants.abandoned_meta:AbandonedMetaAdapter": "test_reload.py",
-    "mutants.divided_scales:DividedScalesAdapter": "test_e2e.py",
-}
+sys.path.insert(0, str(TESTS))
+from mutants import discover  # noqa: E402  (tests/ is not a package; mutants is found through sys.path)
+
+MUTANTS = discover()
 
 
-def run_suite(impl: str, report_dir: Path, *paths: str) -> dict[str, str]:
-    """Run the suite (``paths`` under ``conformance/``, default all of it) on ``impl``; return each rule's outcome."""
-    path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
-    suite = [str(ROOT / "conformance" / p) for p in paths] or [str(ROOT / "conformance")]  # never testpaths
-    command = [str(PYTEST), *suite, f"--impl={impl}",
-               f"--loadspec-report={report_dir}", "--hypothesis-seed=0",
-               "--hypothesis-profile=loadspec-meta", "-q", "-p", "no:warnings"]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    report = report_dir / "conformance.json"
-    assert report.exists(), f"no report from {' '.join(command)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return {rule["id"]: rule["outcome"] for rule in json.loads(report.read_text())["rules"]}
+def _env() -> dict[str, str]:
+    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
 
 
-def targets_of(target: str) -> tuple[str, ...]:
-    module, _, attribute = target.partition(":")
-    return getattr(importlib.import_module(module), attribute).targets
+def outcomes_per_seed(target: str, out: Path) -> dict[str, dict[str, str]]:
+    """``{seed: {rule: outcome}}`` for the mutant ``target`` on every seed in ``SEEDS``."""
+    command = [sys.executable, "-m", "mutants", target, "--seeds", *map(str, SEEDS), "--out", str(out)]
+    result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1800)
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0 and lines, (
+        f"{' '.join(command)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return json.loads(lines[-1])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.split(":")[0].split(".")[1])
-def test_suite_kills_the_mutant_on_its_rule(mutant, tmp_path):
-    outcomes = run_suite(mutant, tmp_path, MUTANTS[mutant])
-    survived = {rule: outcomes[rule] for rule in targets_of(mutant) if outcomes[rule] != "fail"}
-    assert not survived, f"mutant {mutant} survived: rule outcomes {survived}, but should be 'fail'"
+@pytest.mark.parametrize("target", MUTANTS, ids=lambda t: t.split(":")[0].split(".")[1])
+def test_suite_kills_the_mutant_on_every_seed(target, tmp_path):
+    outcomes = outcomes_per_seed(target, tmp_path)
+    survived = {f"seed {seed}": {rule: rules.get(rule, "not run") for rule in MUTANTS[target].targets
+                                 if rules.get(rule) != "fail"}
+                for seed, rules in outcomes.items()}
+    survived = {seed: rules for seed, rules in survived.items() if rules}
+    assert not survived, f"mutant {target} survived: {survived}, but every target should be 'fail' on seeds {SEEDS}"
 
 
-@pytest.mark.slow
-def test_every_rule_family_has_a_mutant():
-    from loadspec.conformance.rules import FAMILIES, RULES_BY_ID
+def test_mutants_declare_known_rules_and_suite_modules():
+    problems = [f"{target}: unknown rule {rule}" for target, cls in MUTANTS.items() for rule in cls.targets
+                if rule not in RULES_BY_ID]
+    problems += [f"{target}: no suite module {module}" for target, cls in MUTANTS.items()
+                 for module in getattr(cls, "suite", ()) if not (ROOT / "conformance" / module).is_file()]
+    problems += [f"{target}: no suite modules" for target, cls in MUTANTS.items() if not getattr(cls, "suite", ())]
+    assert not problems, "\n".join(problems)
 
-    killed = {RULES_BY_ID[rule].family for mutant in MUTANTS for rule in targets_of(mutant)}
-    missing = set(FAMILIES) - killed
-    assert not missing, f"rule families without a mutant: {sorted(missing)}"
+
+def test_every_must_rule_has_a_mutant(capsys):
+    killed = {rule for cls in MUTANTS.values() for rule in cls.targets}
+    unkilled = [rule for rule in RULES if rule.id not in killed]
+    with capsys.disabled():
+        print(f"\nrules no mutant targets ({len(unkilled)}): {' '.join(rule.id for rule in unkilled) or 'none'}")
+    missing = [rule.id for rule in unkilled if rule.level == MUST]
+    assert not missing, f"MUST rules without a mutant: {missing}, but every MUST rule should have one"
 
 
 @pytest.mark.slow
 def test_reference_passes_every_rule(tmp_path):
-    outcomes = run_suite("reference", tmp_path)
-    bad = {rule: outcome for rule, outcome in outcomes.items() if outcome not in ("pass",)}
+    command = [str(PYTEST), str(ROOT / "conformance"), "--impl=reference", f"--loadspec-report={tmp_path}",
+               "--hypothesis-seed=0", "--hypothesis-profile=loadspec-meta", "-q", "-p", "no:warnings"]
+    result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1800)
+    report = tmp_path / "conformance.json"
+    assert report.exists(), f"no report from {' '.join(command)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    bad = {rule["id"]: rule["outcome"] for rule in json.loads(report.read_text())["rules"]
+           if rule["outcome"] != "pass"}
     assert not bad, f"reference rule outcomes {bad}, but should all be 'pass'"

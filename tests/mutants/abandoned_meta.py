@@ -12,4 +12,5 @@ class NoCleanupSession(ReloadSession):
 class AbandonedMetaAdapter(SessionMutant):
     name = report_id = "mutant-abandoned-meta"
     targets = ("RELOAD-12",)
+    suite = ("test_reload.py",)
     session_class = NoCleanupSession

@@ -36,6 +36,7 @@ class DividingReloadSession(ReloadSession):
 class DividedScalesAdapter(ReferenceAdapter):
     name = report_id = "mutant-divided-scales"
     targets = ("E2E-1", "E2E-3")
+    suite = ("test_e2e.py",)
 
     def first_load(self, model, weights):
         return super().first_load(model, divided_kv_scales(weights_of(weights)))

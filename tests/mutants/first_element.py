@@ -6,6 +6,7 @@ from mutants._base import ScaleLoaderMutant
 class FirstElementAdapter(ScaleLoaderMutant):
     name = report_id = "mutant-first-element"
     targets = ("SCALE-4",)
+    suite = ("test_scale.py",)
 
     @staticmethod
     def scale_loader(param, weight, shard_id=None):

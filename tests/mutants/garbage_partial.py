@@ -13,4 +13,5 @@ class GarbagePartialSession(ReloadSession):
 class GarbagePartialAdapter(SessionMutant):
     name = report_id = "mutant-garbage-partial"
     targets = ("RELOAD-6",)
+    suite = ("test_reload.py",)
     session_class = GarbagePartialSession

@@ -13,4 +13,5 @@ def _plan_each(self, weights, *, mapper=None, guard=None):
 class LastSourceWinsAdapter(PatchedAdapter):
     name = report_id = "mutant-last-source-wins"
     targets = ("LOAD-14",)
+    suite = ("test_load.py",)
     patches = ((AutoWeightsLoader, "plan", _plan_each),)

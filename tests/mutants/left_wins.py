@@ -6,6 +6,7 @@ from loadspec.conformance.adapters.reference import ReferenceAdapter
 class LeftWinsAdapter(ReferenceAdapter):
     name = report_id = "mutant-left-wins"
     targets = ("MAP-5",)
+    suite = ("test_map.py",)
 
     def compose_mappers(self, left, right):
         return right | left

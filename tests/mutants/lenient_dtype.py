@@ -12,4 +12,5 @@ def _any_dtype(param, loaded_weight) -> None:
 class LenientDtypeAdapter(PatchedAdapter):
     name = report_id = "mutant-lenient-dtype"
     targets = ("LOAD-11",)
+    suite = ("test_load.py",)
     patches = tuple((module, "check_dtype", _any_dtype) for module in (loaders, scales, linear))

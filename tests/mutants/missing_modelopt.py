@@ -20,6 +20,7 @@ class ForgetfulConfig(QuantConfig):
 class MissingModelOptAdapter(ReferenceAdapter):
     name = report_id = "mutant-missing-modelopt"
     targets = ("NAMES-3",)
+    suite = ("test_names.py",)
 
     def cache_scale_mapper(self, quant_method):
         return WITHOUT_MODELOPT

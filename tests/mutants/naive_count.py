@@ -18,4 +18,5 @@ class NaiveCountSession(ReloadSession):
 class NaiveCountAdapter(SessionMutant):
     name = report_id = "mutant-naive-count"
     targets = ("COUNT-6",)
+    suite = ("test_count.py",)
     session_class = NaiveCountSession

@@ -12,4 +12,5 @@ class ReallocatingSession(ReloadSession):
 class ReallocatingAdapter(SessionMutant):
     name = report_id = "mutant-reallocating-reload"
     targets = ("RELOAD-1",)
+    suite = ("test_reload.py",)
     session_class = ReallocatingSession

@@ -15,6 +15,7 @@ class EagerAttentionSession(ReloadSession):
 class RegistrationOrderAdapter(SessionMutant):
     name = report_id = "mutant-registration-order"
     targets = ("ORDER-1", "ORDER-3")
+    suite = ("test_order.py",)
     session_class = EagerAttentionSession
 
     def first_load(self, model, weights):

@@ -6,6 +6,7 @@ from mutants._base import ScaleLoaderMutant
 class ScalarFillAdapter(ScaleLoaderMutant):
     name = report_id = "mutant-scalar-fill"
     targets = ("SCALE-5",)
+    suite = ("test_scale.py",)
 
     @staticmethod
     def scale_loader(param, weight, shard_id=None):

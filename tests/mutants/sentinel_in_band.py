@@ -8,4 +8,5 @@ from mutants._patched import PatchedAdapter
 class SentinelInBandAdapter(PatchedAdapter):
     name = report_id = "mutant-sentinel-in-band"
     targets = ("LOAD-13",)
+    suite = ("test_load.py",)
     patches = ((scales, "check_scale_value", lambda loaded_weight, *, name=None: None),)

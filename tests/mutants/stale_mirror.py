@@ -6,6 +6,7 @@ from loadspec.conformance.adapters.reference import ReferenceAdapter
 class StaleMirrorAdapter(ReferenceAdapter):
     name = report_id = "mutant-stale-mirror"
     targets = ("KVPROC-11",)
+    suite = ("test_kvproc.py",)
 
     def process_attention(self, layer):
         stale = layer._prob_scale_float

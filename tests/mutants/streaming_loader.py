@@ -7,6 +7,7 @@ from loadspec.reference.auto_loader import AutoWeightsLoader, write_planned
 class StreamingLoaderAdapter(ReferenceAdapter):
     name = report_id = "mutant-streaming-loader"
     targets = ("LOAD-6",)
+    suite = ("test_load.py",)
 
     def auto_load(self, module, weights, *, mapper=None, quant_method=None, skip_prefixes=(), skip_substrs=()):
         loader = AutoWeightsLoader(module, skip_prefixes=skip_prefixes, skip_substrs=skip_substrs)

@@ -7,4 +7,5 @@ from mutants._base import SessionMutant
 class StreamingReloadAdapter(SessionMutant):
     name = report_id = "mutant-streaming-reload"
     targets = ("RELOAD-11",)
+    suite = ("test_reload.py",)
     session_class = ReloadSession  # streaming: SessionMutant.reload runs it without transactional=True

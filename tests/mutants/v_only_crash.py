@@ -7,6 +7,7 @@ from loadspec.reference.vocabulary import SENTINEL
 class VOnlyCrashAdapter(ReferenceAdapter):
     name = report_id = "mutant-v-only-crash"
     targets = ("KVPROC-5",)
+    suite = ("test_kvproc.py",)
 
     def process_attention(self, layer):
         if hasattr(layer, "k_scale") and layer.k_scale.item() == SENTINEL and layer.v_scale.item() != SENTINEL:
