@@ -24,6 +24,7 @@ from loadspec.reference.spec import ModelSpec
 from loadspec.strategies.capabilities import (
     FP8_PER_CHANNEL,
     FP8_PER_TENSOR,
+    HOST_MIRRORS,
     MIXER_CONTAINER,
     MLA,
     MODEL,
@@ -49,6 +50,8 @@ CAPABILITIES: dict[str, str] = {
     MIXER_CONTAINER: "attention under a 'mixer' container (NemotronH naming)",
     PER_TOKEN_HEAD_KV: "per-token-head KV-cache dtypes (int4/int8/fp8_per_token_head)",
     REDUCED_PRECISION_PARAMS: "bf16/fp16 parameter dtypes",
+    HOST_MIRRORS: "keeps host copies of the KV-cache scales (_q/_k/_v/_prob_scale_float, _k/_v_scale_cpu); "
+                  "without it the model-tier mirror checks are skipped",
     "skip_rules": "the automatic loader takes skip_prefixes/skip_substrs",
     "cuda": "runs on CUDA devices",
 }
@@ -151,13 +154,27 @@ class Adapter(Protocol):
         """Reload weights into a processed model with the engine's layerwise reload."""
 
     def export_kernel_state(self, model: Any) -> dict[str, torch.Tensor]:
-        """Processed kernel state in canonical names (see the README), as CPU tensors."""
+        """Processed kernel state in canonical names (see the README), as CPU tensors.
+
+        The suite compares it with the reference's bit for bit [LOAD-17, RELOAD-13], so the adapter, not the
+        test, normalizes what an engine legitimately holds differently: FP8 weights as contiguous ``[out, in]``
+        whatever the kernel layout (a transposed view is exported transposed back); a per-tensor
+        ``weight_scale`` and every ``input_scale`` as 0-d float32, a per-channel one as ``(out,)`` float32
+        (not ``(out, 1)``); embeddings and ``lm_head`` cut to the first ``vocab_size`` rows (no padding); each
+        attention layer's ``q/k/v/prob_scale`` as 0-d float32 copies of the processed device scales; norms
+        as held. Names are the engine-format (fused ``qkv_proj``, ``gate_up_proj``) module names plus the
+        tensor name; nothing else is exported.
+        """
 
     def kernel_tensors(self, model: Any) -> dict[str, torch.Tensor]:
         """Every live parameter and buffer a CUDA graph could capture, by name (for ``data_ptr`` checks)."""
 
     def host_mirrors(self, model: Any) -> dict[str, float]:
-        """Host copies of the KV-cache scales: ``<attn>._k_scale_float``, ``<attn>._k_scale_cpu``, ..."""
+        """Host copies of the KV-cache scales: ``<attn>._k_scale_float``, ``<attn>._k_scale_cpu``, ...
+
+        Every copy the engine keeps, under the contract's names; with ``host_mirrors`` declared, a mirror the
+        contract names and this omits is a failure [LOAD-18, RELOAD-14].
+        """
 
     # --------------------------------------------------- optional capabilities
     def open_reload(self, model: Any) -> Any:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal, assert_raises_value_error, assert_unchanged, fail, snapshot
 from loadspec.conformance.drivers import built, draw_case, graphs_for, heavy, layouts_for, run_device
+from loadspec.conformance.oracle import Twin, assert_mirrors_match_scales
 from loadspec.conformance.reproducers import Case, record_case
 from loadspec.reference.spec import ModelSpec, uniform_layers
 from loadspec.strategies.layouts import CheckpointLayout, checkpoint_layouts
@@ -347,3 +348,29 @@ def test_a_damaged_checkpoint_directory_is_rejected_before_any_write(impl, tmp_p
                               lambda: getattr(impl, call)(model, directory), "LOAD-16", mentions=(names,))
     assert_unchanged(f"model after a rejected {call}", before,
                      snapshot(impl.kernel_tensors(model), impl.host_mirrors(model)), "LOAD-16")
+
+
+# ------------------------------------------------------- the oracle: whole kernel states (issue 15)
+@pytest.mark.rule("LOAD-17")
+@pytest.mark.requires("model")
+@heavy()
+@given(data=st.data())
+def test_first_load_gives_the_reference_kernel_state(impl, ref, request, data):
+    """Every exported tensor of a first load equals the reference's, bit for bit [LOAD-17]."""
+    spec, layouts = draw_case(impl, request, data, "base")
+    Twin(impl, ref, spec, device=run_device()).first_load(layouts["base"].tensors).check(
+        "kernel state after a first load", "LOAD-17", request=request)
+
+
+@pytest.mark.rule("LOAD-18")
+@pytest.mark.requires("model", "host_mirrors")
+@heavy()
+@given(data=st.data())
+def test_host_mirrors_equal_device_scales_after_first_and_dummy_load(impl, request, data):
+    """After a first load and after a dummy load each q/k/v host mirror exists and equals its device scale [LOAD-18]."""
+    spec, layouts = draw_case(impl, request, data, "base")
+    assert_mirrors_match_scales("after a first load", impl, built(impl, spec, layouts["base"].tensors()), spec,
+                                "LOAD-18", request=request)
+    dummy = impl.build_model(spec, device=run_device())
+    impl.dummy_load(dummy)
+    assert_mirrors_match_scales("after a dummy load", impl, dummy, spec, "LOAD-18", request=request)

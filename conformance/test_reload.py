@@ -19,7 +19,8 @@ from loadspec.conformance.assertions import (
     snapshot,
     tensor_bytes,
 )
-from loadspec.conformance.drivers import built, close_quietly, draw_case, heavy, live_pointers
+from loadspec.conformance.drivers import built, close_quietly, draw_case, heavy, live_pointers, run_device
+from loadspec.conformance.oracle import Twin, assert_mirrors_match_scales
 from loadspec.conformance.reproducers import Case, record_case
 
 pytestmark = pytest.mark.requires("model")
@@ -264,3 +265,62 @@ def test_abandoned_session_leaves_no_meta_tensors(impl, request, data):
         fail("kernel tensors after abandoning a reload session", f"meta (no data): {meta[:5]}", "real tensors",
              "RELOAD-12")
     assert_unchanged("model after abandoning a reload session", before, model_state(impl, model), "RELOAD-12")
+
+
+# ------------------------------------------------------- the oracle: whole kernel states (issue 15)
+RELOAD_PATHS = ("one call", "a session in buckets", "a dummy load, then one call")
+
+
+def _buckets(data, weights):
+    shuffled = data.draw(st.permutations(weights), label="delivery order")
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(weights)), max_size=4), label="bucket boundaries"))
+    return [list(shuffled[start:stop]) for start, stop in zip([0, *cuts], [*cuts, len(weights)], strict=True)]
+
+
+def _twin_reloaded(impl, ref, request, data):
+    """A twin first-loaded (or dummy-loaded) and reloaded along a drawn path; returns it with the path."""
+    spec, layouts = draw_case(impl, request, data, "base", "reload")
+    path = data.draw(st.sampled_from(RELOAD_PATHS), label="reload path")
+    twin = Twin(impl, ref, spec, device=run_device())
+    if path.startswith("a dummy load"):
+        twin.dummy_load()
+    else:
+        twin.first_load(layouts["base"].tensors)
+    if path == "a session in buckets":
+        twin.session(_buckets(data, layouts["reload"].tensors()))
+    else:
+        twin.reload(layouts["reload"].tensors)
+    return twin, path
+
+
+@pytest.mark.rule("RELOAD-13")
+@heavy()
+@given(data=st.data())
+def test_reload_gives_the_reference_kernel_state(impl, ref, request, data):
+    """After a reload by any path the exported kernel state equals the reference's after the same steps [RELOAD-13]."""
+    twin, path = _twin_reloaded(impl, ref, request, data)
+    twin.check(f"kernel state after a reload ({path})", "RELOAD-13", request=request)
+
+
+@pytest.mark.rule("RELOAD-14")
+@pytest.mark.requires("host_mirrors")
+@heavy()
+@given(data=st.data())
+def test_host_mirrors_equal_device_scales_after_every_reload(impl, ref, request, data):
+    """After a full reload by any path, then a reload of one layer's k_scale alone, and then a reload delivering
+    no scale, every q/k/v host mirror equals its device scale [RELOAD-14]."""
+    twin, path = _twin_reloaded(impl, ref, request, data)
+    twin.check_mirrors(f"after a reload ({path})", "RELOAD-14", request=request)
+    spec = twin.spec
+    index = data.draw(st.integers(0, len(spec.layers) - 1), label="layer reloaded alone")
+    if spec.quant_method is not None:  # the model has KV-cache scale parameters
+        k = data.draw(st.sampled_from([0.125, 2.0, 3.5]), label="new k_scale")
+        impl.reload(twin.model, [(f"{spec.layer_prefix(index)}{spec.container}.k_scale", torch.tensor(k))])
+        assert_mirrors_match_scales(f"after reloading layer {index}'s k_scale={k} alone", impl, twin.model, spec,
+                                    "RELOAD-14", request=request)
+    norm = f"{spec.layer_prefix(index)}input_layernorm.weight"
+    weights = dict(impl.export_kernel_state(twin.model))
+    if norm in weights:
+        impl.reload(twin.model, [(norm, weights[norm])])
+        assert_mirrors_match_scales(f"after reloading {norm} alone", impl, twin.model, spec, "RELOAD-14",
+                                    request=request)

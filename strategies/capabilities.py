@@ -12,8 +12,8 @@ from loadspec.reference.spec import ModelSpec
 from loadspec.reference.vocabulary import PER_TOKEN_HEAD_KV_DTYPES
 
 __all__ = ["PRIMITIVES", "MODEL", "MLA", "FP8_PER_TENSOR", "FP8_PER_CHANNEL", "TIED_EMBEDDINGS", "NESTED_WRAPPERS",
-           "MIXER_CONTAINER", "PER_TOKEN_HEAD_KV", "REDUCED_PRECISION_PARAMS", "GRAPH_CHOICES", "GRAPH_FLAGS",
-           "spec_capabilities"]
+           "MIXER_CONTAINER", "PER_TOKEN_HEAD_KV", "REDUCED_PRECISION_PARAMS", "HOST_MIRRORS", "GRAPH_CHOICES",
+           "GRAPH_FLAGS", "spec_capabilities"]
 
 PRIMITIVES = "primitives"
 """The primitives tier: scale parameter, KV-cache method, mapper, loaders, copy counter."""
@@ -27,6 +27,9 @@ NESTED_WRAPPERS = "nested_wrappers"
 MIXER_CONTAINER = "mixer_container"
 PER_TOKEN_HEAD_KV = "per_token_head_kv"
 REDUCED_PRECISION_PARAMS = "reduced_precision_params"
+HOST_MIRRORS = "host_mirrors"
+"""The engine keeps host copies of the KV-cache scales; without it the model-tier mirror checks are skipped
+[LOAD-18, RELOAD-14]."""
 
 GRAPH_CHOICES: dict[str, dict[str, str]] = {
     "attention": {"mla": MLA},
