@@ -6,12 +6,13 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal, fail, outputs_as_floats
 from loadspec.conformance.drivers import (
     built,
+    close_quietly,
     draw_case,
     graphs_for,
     heavy,
@@ -21,7 +22,7 @@ from loadspec.conformance.drivers import (
     run_device,
 )
 from loadspec.conformance.reproducers import Case, record_case
-from loadspec.reference.vocabulary import QUANT_METHODS, SCALE_KINDS
+from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS, OUTPUT_BUFFERS, QUANT_METHODS, SCALE_KINDS
 from loadspec.strategies.layouts import checkpoint_layouts
 from loadspec.strategies.producers import PRODUCERS
 from loadspec.strategies.scales import kv_scale_sets, scale_values
@@ -160,20 +161,33 @@ def test_e5m2_with_loading_method_rejected(impl):
         fail("building fp8_e5m2 attention under an FP8 config", "accepted", "ValueError", "KVPROC-10")
 
 
+HOST_MIRRORS = (*FLOAT_MIRRORS.items(), *CPU_MIRRORS.items())
+"""(scale name, host mirror) for every mirror the contract names [KVPROC-11]."""
+
+
+def check_mirrors(mirrors: dict[str, float], outputs: dict[str, float], when: str, *, prefix: str = "") -> None:
+    """Every contract mirror ``prefix + mirror`` is present and equals its device scale ``outputs[scale]``."""
+    __tracebackhide__ = True
+    for scale, mirror in HOST_MIRRORS:
+        if prefix + mirror not in mirrors:
+            fail(f"host mirror {prefix + mirror} {when}", "absent", f"{outputs[scale]!r} (the device {scale})",
+                 "KVPROC-11")
+        assert_equal(f"host mirror {prefix + mirror} {when} (device {scale}={outputs[scale]!r})",
+                     mirrors[prefix + mirror], outputs[scale], "KVPROC-11")
+
+
 @pytest.mark.rule("KVPROC-11")
 @given(data=st.data())
 def test_host_mirrors_equal_device_scales(impl, request, data):
     dtype = data.draw(st.sampled_from(QUANTIZED + UNQUANTIZED), label="kv_cache_dtype")
     values = {kind: data.draw(st.none() | VALID, label=f"{kind}_scale") for kind in SCALE_KINDS}
+    assume(not (dtype in QUANTIZED and values["k"] is None and values["v"] is not None))  # v-only: KVPROC-5
     record_case(request, Case(request.node.nodeid, {"kv_cache_dtype": dtype, **values}))
     got = process_scales(impl, kv_cache_dtype=dtype, values=values)
     if got.error is not None:
-        return  # v-only on engines that reject it: KVPROC-5's business, not this rule's
-    for kind in SCALE_KINDS:
-        device_value = got.outputs[f"{kind}_scale"]
-        for mirror in (f"_{kind}_scale_float", f"_{kind}_scale_cpu"):
-            if mirror in got.mirrors:
-                assert_equal(f"{mirror} ({dtype}, loaded {values})", got.mirrors[mirror], device_value, "KVPROC-11")
+        fail(f"processing {dtype} with {values}", f"{type(got.error).__name__}: {got.error}", "no error",
+             "KVPROC-11")
+    check_mirrors(got.mirrors, got.outputs, f"({dtype}, loaded {values})")
 
 
 @pytest.mark.rule("KVPROC-12")
@@ -321,3 +335,69 @@ def test_both_loaded_in_a_bf16_model(impl, ref, request, values_dtype, data):
             assert_equal(f"{name} in a bfloat16 model under {spec.quant_method} ({layout.producer} names, "
                          f"kv_cache_dtype={spec.kv_cache_dtype}, loaded {loaded})", float(got[name]),
                          float(expected[name]), rule)
+
+
+def check_model_mirrors(impl, model, spec, when: str, *, in_session: bool = False) -> None:
+    """KVPROC-11 on every attention layer of a model: its host mirrors equal its device scales.
+
+    The device scales are the exported ones, or inside an open reload session (where the model cannot be
+    exported yet) the live output buffers ``_k_scale`` ... among ``kernel_tensors``.
+    """
+    __tracebackhide__ = True
+    mirrors = impl.host_mirrors(model)
+    state = impl.kernel_tensors(model) if in_session else impl.export_kernel_state(model)
+    for index in range(len(spec.layers)):
+        prefix = spec.attention_prefix(index)
+        names = {scale: prefix + (OUTPUT_BUFFERS[scale] if in_session else scale) for scale, _ in HOST_MIRRORS}
+        absent = [name for name in names.values() if name not in state and "." + name not in state]
+        if absent:
+            fail(f"device scales {when}", "absent", absent, "KVPROC-11")
+        outputs = {scale: float(state.get(name, state.get("." + name))) for scale, name in names.items()}
+        check_mirrors(mirrors, outputs, when, prefix=prefix)
+
+
+def split_in_two(weights: list, spec) -> tuple[list, list]:
+    """``weights`` as two session steps: the first layer's tensors (its KV scales among them), then the rest."""
+    first = spec.layer_prefix(0)
+    return [w for w in weights if w[0].startswith(first)], [w for w in weights if not w[0].startswith(first)]
+
+
+MIRROR_STARTS = ["first load", "dummy load", "dummy load, reload", "first load, reload",
+                 pytest.param("first load, session", marks=pytest.mark.requires("reload_sessions"))]
+
+
+@pytest.mark.rule("KVPROC-11")
+@pytest.mark.requires("model")
+@pytest.mark.parametrize("start", MIRROR_STARTS)
+@heavy()
+@given(data=st.data())
+def test_host_mirrors_equal_device_scales_in_a_model(impl, request, start, data):
+    """After every first load, dummy load, reload and reload-session step, each host mirror the contract names
+    equals its device scale in every attention layer (stale mirrors after a reload: modelexpress#711/#783,
+    vllm#38975) [KVPROC-11]."""
+    spec, layouts = draw_case(impl, request, data, "base", "reloaded", params_dtypes=("float32",))
+    base, reloaded = (layouts[role].tensors() for role in ("base", "reloaded"))
+    model = impl.build_model(spec, device=run_device())
+    if start.startswith("dummy load"):
+        impl.dummy_load(model)
+        check_model_mirrors(impl, model, spec, "after a dummy load")
+        if start == "dummy load, reload":
+            impl.reload(model, base)
+            check_model_mirrors(impl, model, spec, "after a dummy load and a reload")
+        return
+    impl.first_load(model, base)
+    check_model_mirrors(impl, model, spec, "after a first load")
+    if start == "first load, reload":
+        impl.reload(model, reloaded)
+        check_model_mirrors(impl, model, spec, f"after a reload ({layouts['reloaded'].summary()})")
+    elif start == "first load, session":
+        session = impl.open_reload(model)
+        try:
+            for step, part in enumerate(split_in_two(reloaded, spec), start=1):
+                session.load(part)
+                check_model_mirrors(impl, model, spec, f"after reload-session step {step}", in_session=True)
+        except BaseException:
+            close_quietly(session)
+            raise
+        session.finish()
+        check_model_mirrors(impl, model, spec, "after a reload session finished")

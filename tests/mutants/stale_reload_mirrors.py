@@ -1,0 +1,29 @@
+"""KVPROC-11: a reload writes the device scales in place but leaves the host mirrors at their old values.
+
+The refit path copies new values into ``_k_scale`` ... and never refreshes ``_k_scale_float``,
+``_q_scale_float``, ``_k_scale_cpu`` ... (ai-dynamo/modelexpress#711, fixed by #783; vllm#38975):
+the kernels that read host floats keep the first load's scales. First loads are correct.
+"""
+
+from loadspec.reference.reload import ReloadSession
+from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS
+from mutants._base import SessionMutant
+
+
+class StaleMirrorSession(ReloadSession):
+    def _finish_attention(self, layer) -> None:
+        module = layer.module
+        floats = {mirror: getattr(module, mirror) for mirror in FLOAT_MIRRORS.values()}
+        cpu = {mirror: getattr(module, mirror).clone() for mirror in CPU_MIRRORS.values()}
+        super()._finish_attention(layer)
+        for mirror, value in floats.items():
+            setattr(module, mirror, value)
+        for mirror, value in cpu.items():
+            getattr(module, mirror).copy_(value)
+
+
+class StaleReloadMirrorsAdapter(SessionMutant):
+    name = report_id = "mutant-stale-reload-mirrors"
+    targets = ("KVPROC-11",)
+    suite = ("test_kvproc.py",)
+    session_class = StaleMirrorSession
