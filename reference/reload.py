@@ -1,14 +1,31 @@
 """Layerwise reload: record -> begin -> load (any number of calls) -> finish.
 
 ``record_model_format`` runs at build time and keeps each layer's checkpoint-format
-parameters as meta templates. ``ReloadSession`` swaps those templates in, counts
-every element that arrives through ``copy_`` against them [COUNT-1..4], and
-buffers the loaded tensors. A layer is processed the moment its last element
-arrives [ORDER-4]; attention layers wait for ``finish`` [ORDER-1]. A complete
-layer whose processing keeps its layout replays its loads straight into the
-kernel tensors (each byte written once); any other layer is materialized,
-processed, and copied into its kernel tensors, which stay the same objects
-[RELOAD-1]. A partial layer is never written [RELOAD-6].
+parameters as templates. ``ReloadSession`` counts every element that arrives against
+them [COUNT-1..4] and buffers the loaded tensors. A layer is processed the moment its
+last element arrives [ORDER-4]; attention layers wait for ``finish`` [ORDER-1]. A partial
+layer is never written [RELOAD-6].
+
+Where the cost goes, and why it is small:
+
+* **Counting.** The loaders the reference owns (``default_weight_loader``, ``ShardLoader``, the KV-scale
+  loader) know the region they write: the whole parameter, or ``shards[shard_id]`` rows of it; those
+  regions are counted analytically. Only a loader the reference does not know runs once under the
+  ``CopyCounter`` dispatch mode against a ``meta`` template [COUNT-1..6]. Attention layers are not
+  counted (they are processed at ``finish`` whatever arrived) [ORDER-1].
+* **Validation.** Each tensor is validated once, by ``AutoWeightsLoader.plan`` [LOAD-6]; an owned
+  loader's write is then a plain ``copy_`` into its region (``non_blocking`` on a GPU: from pinned host
+  memory the copy overlaps the host's work; the device is synchronized once per processed layer and
+  once per ``load`` call, so the caller may reuse its buffers when ``load`` returns).
+* **Layout-preserving layers** (their quant method or module says ``preserves_layout``, and every
+  kernel tensor still has its template's class, shape and dtype) keep their kernel tensors registered
+  for the whole session: the loads resolve to them, and the layer is written straight into them, each
+  byte once [RELOAD-1]. Any other layer has its kernel tensors swapped for ``meta`` templates during
+  the session; when complete it is materialized (views of one staging buffer, reused from layer to
+  layer), processed, and copied into its kernel tensors, which stay the same objects [RELOAD-1].
+* **Attention layers**: a parameter other than the KV-cache scales (e.g. attention sinks) is kept
+  registered and written in place when delivered [RELOAD-13]; the scales are re-created and processed
+  only if some scale was delivered [RELOAD-3, RELOAD-4].
 
 Two modes:
 
@@ -16,18 +33,19 @@ Two modes:
   ``load`` call is validated whole before it writes [LOAD-6], but a layer is processed and written
   as soon as its last element arrives, so a later rejection (a bad tensor in a later call, a partial
   layer or a bad scale found at ``finish``) leaves the layers processed before it with their new
-  values. Memory: only the current call's tensors and one layer's buffered loads.
+  values. Memory: the current call's tensors, one layer's staging buffer and its processing.
 * **transactional** (``ReloadSession(model, transactional=True)``; the default of the one-call
   ``reload_weights``/``api.reload``). ``load`` validates and stages; ``finish`` checks the whole
-  input (partial layers included) before the first write, backs up every tensor and host mirror the
-  reload can write, then applies the staged loads with the streaming machinery (same processing
-  order, same result) and restores the backup if anything still fails, ``KeyboardInterrupt``
-  included: every layer is committed or none [RELOAD-11]. Memory: the staged input tensors are kept
-  alive until ``finish`` (a one-call reload holds them anyway while it validates), plus one copy
-  of the written layers' kernel tensors (``ReloadSession.backup_bytes``); see ``staged_bytes``.
-  Measured for a full reload (DEFAULT_SPEC, MLA, and a 4-layer hidden-256 FP8 model of 11.5 MB):
-  staged = the input's bytes (0.88-1.00x the model's kernel bytes), backup = 1.00x, so the peak
-  extra is about 2x the model (1x more than a streaming one-call reload, which also holds its input).
+  input (partial layers included) before the first write, backs up every tensor and host mirror a
+  failure could leave half-written, applies the staged loads with the streaming machinery (same
+  processing order, same result), and restores the backup if anything fails, ``KeyboardInterrupt``
+  included: every layer is committed or none [RELOAD-11]. Layout-preserving layers whose loaders the
+  reference owns are not backed up: their writes (plain copies of validated tensors, which cannot
+  fail) are deferred until everything else succeeded and run with ``SIGINT`` held back, so nothing
+  can interrupt them half-way. Memory: the staged input tensors are kept alive until ``finish`` (a
+  one-call reload holds them anyway while it validates), plus one copy of the backed-up kernel
+  tensors (``ReloadSession.backup_bytes``: the processed layers and attention; zero for a bf16
+  model's linears); see ``staged_bytes``.
 
 In both modes ``abort()``, leaving a ``with`` block by an exception, or dropping an unfinished
 session (garbage collection) puts back every layer that was not yet written, so no meta (data-less)
@@ -36,8 +54,11 @@ tensor stays registered [RELOAD-12].
 
 from __future__ import annotations
 
+import signal
+import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, cast
@@ -45,15 +66,23 @@ from typing import Any, cast
 import torch
 
 from loadspec.reference.auto_loader import AutoWeightsLoader, PlannedLoad, write_planned
-from loadspec.reference.copy_counter import CopyCounter, RegionKey
+from loadspec.reference.copy_counter import CopyCounter
 from loadspec.reference.errors import DuplicateSourceError, LoadspecError, PartialLayerError
 from loadspec.reference.layers.attention import AttentionLayerBase
+from loadspec.reference.layers.linear import ShardLoader
 from loadspec.reference.lifecycle import is_attention, process_module
 from loadspec.reference.loaders import WeightLoader, default_weight_loader
 from loadspec.reference.mapper import ShardId, WeightsMapper
+from loadspec.reference.scales import KVCacheScaleParameter
 from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS, SCALE_NAMES
 
 FORMAT_ATTR = "_loadspec_format"
+STAGING_ALIGN = 256
+"""Byte alignment of each template's view in a layer's staging buffer."""
+
+_SHARD_CALL = ShardLoader.__call__
+_SCALE_LOADER = KVCacheScaleParameter.weight_loader
+_WHOLE = ("whole",)
 
 
 @dataclass(frozen=True)
@@ -69,9 +98,12 @@ class TensorTemplate:
     def of(cls, tensor: torch.nn.Parameter) -> TensorTemplate:
         return cls(type(tensor), tuple(tensor.shape), tensor.dtype, dict(tensor.__dict__))
 
-    def materialize(self, device: torch.device | str) -> torch.nn.Parameter:
-        """A parameter of this class, shape, dtype and attributes on ``device`` (``meta`` for counting)."""
-        param = torch.nn.Parameter(torch.empty(self.shape, dtype=self.dtype, device=device), requires_grad=False)
+    def materialize(self, device: torch.device | str, data: torch.Tensor | None = None) -> torch.nn.Parameter:
+        """A parameter of this class, shape, dtype and attributes on ``device`` (``meta`` for counting), over
+        ``data`` when given (a view of a staging buffer)."""
+        if data is None:
+            data = torch.empty(self.shape, dtype=self.dtype, device=device)
+        param = torch.nn.Parameter(data, requires_grad=False)
         param.__class__ = self.cls
         param.__dict__.update(self.attrs)
         return param
@@ -81,10 +113,46 @@ class TensorTemplate:
         return int(torch.Size(self.shape).numel())
 
     @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    @property
     def loader(self) -> WeightLoader:
         """The parameter's own ``weight_loader``, else its class's, else the default [SCALE-7]."""
         loader = self.attrs.get("weight_loader") or getattr(self.cls, "weight_loader", default_weight_loader)
         return cast(WeightLoader, loader)  # attributes are untyped; a layer sets a loader there or on the class
+
+
+def is_owned_loader(loader: object) -> bool:
+    """Whether ``loader`` is one of the reference's own loaders, whose written region is known [COUNT-1]."""
+    return loader is default_weight_loader or loader is _SCALE_LOADER or (
+        isinstance(loader, ShardLoader) and type(loader).__call__ is _SHARD_CALL)
+
+
+def owned_region(loader: object, template: TensorTemplate, shard_id: ShardId | None) -> tuple[Hashable, int] | None:
+    """The region an owned loader writes for a validated load, as ``(key, elements)``; ``None`` for a loader the
+    reference does not own (count it with ``CopyCounter``) [COUNT-1, COUNT-3]."""
+    if not is_owned_loader(loader):
+        return None
+    if shard_id is None or not isinstance(loader, ShardLoader):
+        return _WHOLE, template.numel
+    offset, size = loader.shards[shard_id]
+    row = template.numel // template.shape[0] if template.shape and template.shape[0] else 0
+    return ("rows", offset, size), size * row
+
+
+def write_owned(loader: object, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None) -> bool:
+    """Write a validated load of an owned loader with one ``copy_`` (``non_blocking`` on a GPU); ``False`` for a
+    loader the reference does not own (call it instead)."""
+    if not is_owned_loader(loader):
+        return False
+    destination = param.data
+    if shard_id is not None and isinstance(loader, ShardLoader):
+        offset, size = loader.shards[shard_id]
+        destination = destination.narrow(0, offset, size)
+    source = loaded_weight if loaded_weight.shape == destination.shape else loaded_weight.reshape(destination.shape)
+    destination.copy_(source, non_blocking=destination.device.type == "cuda")
+    return True
 
 
 @dataclass
@@ -116,24 +184,48 @@ def record_model_format(model: torch.nn.Module) -> ModelFormat:
 
 @dataclass
 class LayerLoad:
-    """One layer's state during a reload."""
+    """One layer's state during a reload.
+
+    ``kernel``: the tensors the engine runs with (parameters, or plain tensor attributes named in
+    ``plain``); ``swapped``: the names whose kernel tensor is replaced by a ``meta`` template during the
+    session (none for a layout-preserving layer, whose kernel tensors stay registered: ``direct``).
+    """
 
     name: str
     module: torch.nn.Module
     templates: dict[str, TensorTemplate]
-    kernel: dict[str, torch.nn.Parameter]
+    kernel: dict[str, torch.Tensor]
     loads: list[tuple[str, torch.Tensor, ShardId | None]] = field(default_factory=list)
-    regions: dict[str, dict[RegionKey, int]] = field(default_factory=dict)
+    regions: dict[str, dict[Hashable, int]] = field(default_factory=dict)
     processed: bool = False
+    direct: bool = False
+    deferrable: bool = False  # direct, every loader the reference's own, read by no attention layer
+    plain: set[str] = field(default_factory=set)
+    swapped: set[str] = field(default_factory=set)
+    _total: int = field(default=0, init=False, repr=False)
+    _counted: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._total = sum(t.numel for t in self.templates.values())
 
     @property
     def total(self) -> int:
-        return sum(t.numel for t in self.templates.values())
+        return self._total
+
+    def add_region(self, param_name: str, key: Hashable, elements: int) -> None:
+        """Count ``elements`` for one destination region of ``param_name``; a region written again adds nothing."""
+        regions = self.regions.setdefault(param_name, {})
+        if key not in regions:
+            self._counted[param_name] = self._counted.get(param_name, 0) + elements
+        else:
+            self._counted[param_name] += elements - regions[key]
+        regions[key] = elements
 
     def counted(self, param_name: str | None = None) -> int:
         """Elements counted so far, each region once and capped per parameter [COUNT-3]."""
-        names = [param_name] if param_name else list(self.templates)
-        return sum(min(sum(self.regions.get(n, {}).values()), self.templates[n].numel) for n in names)
+        if param_name is not None:
+            return min(self._counted.get(param_name, 0), self.templates[param_name].numel)
+        return sum(min(got, self.templates[n].numel) for n, got in self._counted.items())
 
     def missing(self) -> list[str]:
         """Parameters that did not receive all their elements."""
@@ -158,8 +250,50 @@ def _set_param(module: torch.nn.Module, name: str, value: torch.nn.Parameter | N
         module.register_parameter(name, value)
 
 
+def _registered(module: torch.nn.Module, name: str) -> torch.Tensor | None:
+    """``module``'s parameter ``name``, or a plain tensor attribute of that name (processing may leave one)."""
+    param = module._parameters.get(name)
+    if param is not None:
+        return param
+    value = module.__dict__.get(name)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _keeps_layout(module: torch.nn.Module, templates: Mapping[str, TensorTemplate],
+                  kernel: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``module`` can be written straight into its kernel tensors: its quant method (or the module) says
+    processing keeps the layout, and every kernel tensor still has its template's class, shape and dtype (a
+    recorded loader may need the class processing replaced)."""
+    method = getattr(module, "quant_method", None)
+    if not getattr(method, "preserves_layout", getattr(module, "preserves_layout", False)):
+        return False
+    return all(_matches(t, kernel.get(name)) for name, t in templates.items())
+
+
+def _matches(template: TensorTemplate, tensor: torch.Tensor | None) -> bool:
+    return tensor is not None and type(tensor) is template.cls and tuple(tensor.shape) == template.shape \
+        and tensor.dtype == template.dtype and (
+            is_owned_loader(template.loader) or getattr(tensor, "weight_loader", None) is template.loader)
+
+
+@contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold ``SIGINT`` back for the block (main thread only) and raise ``KeyboardInterrupt`` after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 class ReloadSession:
-    """One layerwise reload of ``model`` [RELOAD-1..12]; use as a context manager or call ``finish``.
+    """One layerwise reload of ``model`` [RELOAD-1..13]; use as a context manager or call ``finish``.
 
     ``transactional=False`` (default) streams as vLLM does; ``transactional=True`` stages every
     ``load`` and writes at ``finish`` only after the whole input validated, restoring the model
@@ -183,8 +317,12 @@ class ReloadSession:
         self._modules = dict(model.named_modules())
         self.layers: dict[str, LayerLoad] = {}
         self._processed_owner: dict[int, str] = {}
-        self._meta_owner: dict[int, tuple[LayerLoad, str]] = {}
+        self._owner: dict[int, tuple[LayerLoad, str]] = {}
+        self._meta: dict[tuple[str, str], torch.nn.Parameter] = {}
         self._staged: list[PlannedLoad] = []
+        self._staging: torch.Tensor | None = None
+        self._deferred: list[LayerLoad] | None = None
+        self._cuda = False
         self.staged_bytes = 0
         """Bytes of the input tensors a transactional session holds until ``finish``."""
         self.backup_bytes = 0
@@ -196,27 +334,55 @@ class ReloadSession:
 
     # --------------------------------------------------------------- begin
     def _begin(self) -> None:
+        read_by_attention = {id(read) for module in self._modules.values() if is_attention(module)
+                             for read in module.reads()}
         for layer_name, templates in self.format.layers.items():
             module = self._modules[layer_name]
-            kernel = {name: param for name, param in module._parameters.items() if param is not None}
-            layer = self.layer_class(layer_name, module, templates, kernel)
+            kernel: dict[str, torch.Tensor] = {name: p for name, p in module._parameters.items() if p is not None}
+            plain: set[str] = set()
+            for name in templates:
+                value = _registered(module, name)
+                if name not in kernel and value is not None:  # processing left a plain tensor attribute
+                    kernel[name] = value
+                    plain.add(name)
+            layer = self.layer_class(layer_name, module, templates, kernel, plain=plain)
             self.layers[layer_name] = layer
-            for name in kernel:
+            self._cuda = self._cuda or any(t.device.type == "cuda" for t in kernel.values())
+            if is_attention(module):
+                # KV-cache scales exist only as templates; any other parameter (sinks) stays registered when
+                # its layout is kept [RELOAD-13]
+                layer.swapped = {n for n in kernel if n in SCALE_NAMES or (
+                    n in templates and not _matches(templates[n], kernel[n]))}
+                meta_names = [n for n in templates if n in SCALE_NAMES or n in layer.swapped]
+            elif _keeps_layout(module, templates, kernel):
+                layer.direct = True
+                layer.deferrable = id(module) not in read_by_attention and all(
+                    is_owned_loader(t.loader) for t in templates.values())
+                meta_names = []
+            else:
+                layer.swapped = set(kernel)
+                meta_names = list(templates)
+            for name in layer.swapped:
                 delattr(module, name)
-            for name, template in templates.items():
-                meta = template.materialize("meta")
+            for name in meta_names:
+                meta = templates[name].materialize("meta")
                 # vLLM's convention: the loader is an attribute of the parameter, which torch's type does not declare
-                meta.weight_loader = self._counting_loader(layer, name, template)  # type: ignore[attr-defined]
+                meta.weight_loader = self._counting_loader(layer, name)  # type: ignore[attr-defined]
                 module.register_parameter(name, meta)
-                self._meta_owner[id(meta)] = (layer, name)
+                self._meta[(layer_name, name)] = meta
+                self._owner[id(meta)] = (layer, name)
+            for name in templates:
+                if name not in meta_names and name in kernel:
+                    self._owner[id(kernel[name])] = (layer, name)
         self._place_aliases()
 
     def _place_aliases(self) -> None:
         for (module_name, name), (owner, owner_name) in self.format.aliases.items():
-            _set_param(self._modules[module_name], name, self._modules[owner]._parameters[owner_name])
+            target = self._modules[owner]._parameters[owner_name]
+            if self._modules[module_name]._parameters.get(name) is not target:
+                _set_param(self._modules[module_name], name, target)
 
-    def _counting_loader(self, layer: LayerLoad, name: str, template: TensorTemplate) -> WeightLoader:
-        original = template.loader
+    def _counting_loader(self, layer: LayerLoad, name: str) -> WeightLoader:
         # The loader rides on a parameter registered in the model: a strong reference to the session would keep
         # an abandoned session alive as long as the model, and its meta tensors with it [RELOAD-12].
         session_ref = weakref.ref(self)
@@ -225,19 +391,7 @@ class ReloadSession:
             session = session_ref()
             if session is None:
                 raise LoadspecError(f"{layer.name}.{name}: the reload session that registered it is gone")
-            if layer.processed:
-                raise LoadspecError(
-                    f"{layer.name}.{name}: delivered after layer {layer.name!r} was already processed "
-                    f"in this reload [RELOAD-9]")
-            args = (param, loaded_weight) if shard_id is None else (param, loaded_weight, shard_id)
-            counter = CopyCounter()
-            with counter:
-                original(*args)  # against the meta template: counts, writes no data
-            regions = layer.regions.setdefault(name, {})
-            regions.update(counter.per_destination)
-            layer.loads.append((name, loaded_weight, shard_id))
-            if not session.defers(layer.module) and layer.counted() >= layer.total:
-                session._process_layer(layer)  # the last element arrived [ORDER-4]
+            session._deliver(layer, name, loaded_weight, shard_id)
 
         return counting_loader
 
@@ -259,10 +413,55 @@ class ReloadSession:
             self._staged.extend(planned)
             self.staged_bytes += sum(load.tensor.numel() * load.tensor.element_size() for load in planned)
         else:
-            write_planned(planned)
+            self._deliver_all(planned)
         loaded = {load.name for load in planned}
         self.report.loaded |= loaded
         return loaded
+
+    def _deliver_all(self, planned: list[PlannedLoad]) -> None:
+        """Deliver validated loads to their layers (a tensor no layer owns, a buffer, is written at once)."""
+        with torch.no_grad():
+            for load in planned:
+                owner = self._owner.get(id(load.param))
+                if owner is None:
+                    write_planned([load])
+                else:
+                    self._deliver(owner[0], owner[1], load.tensor, load.shard_id)
+        self._sync()
+
+    def _sync(self) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
+
+    def _deliver(self, layer: LayerLoad, name: str, loaded_weight: torch.Tensor, shard_id: ShardId | None) -> None:
+        """Count one validated load against its template and buffer it; process the layer once complete."""
+        if layer.processed:
+            raise LoadspecError(
+                f"{layer.name}.{name}: delivered after layer {layer.name!r} was already processed "
+                f"in this reload [RELOAD-9]")
+        template = layer.templates[name]
+        region = owned_region(template.loader, template, shard_id)
+        if region is not None:
+            layer.add_region(name, *region)
+        elif not is_attention(layer.module):  # attention layers are not counted [ORDER-1]
+            for key, elements in self._count_foreign(layer, name, loaded_weight, shard_id).items():
+                layer.add_region(name, key, elements)
+        layer.loads.append((name, loaded_weight, shard_id))
+        if not self.defers(layer.module) and layer.counted() >= layer.total:
+            self._process_layer(layer)  # the last element arrived [ORDER-4]
+
+    def _count_foreign(self, layer: LayerLoad, name: str, loaded_weight: torch.Tensor,
+                       shard_id: ShardId | None) -> dict[Hashable, int]:
+        """Run a loader the reference does not own against a meta template under ``CopyCounter`` [COUNT-1..6]."""
+        meta = self._meta.get((layer.name, name))
+        if meta is None:
+            meta = self._meta[(layer.name, name)] = layer.templates[name].materialize("meta")
+        args = (meta, loaded_weight) if shard_id is None else (meta, loaded_weight, shard_id)
+        counter = CopyCounter()
+        with counter:
+            layer.templates[name].loader(*args)  # against the meta template: counts, writes no data
+        counted: dict[Hashable, int] = {key: elements for key, elements in counter.per_destination.items()}
+        return counted
 
     def _reject_processed(self, source: str, name: str, param: torch.Tensor) -> None:
         layer = self._processed_owner.get(id(param))
@@ -271,45 +470,78 @@ class ReloadSession:
                                 f"was already processed in this reload [RELOAD-9]")
 
     # ------------------------------------------------------------- process
-    def _replay(self, layer: LayerLoad, targets: Mapping[str, torch.Tensor]) -> None:
-        for name, loaded_weight, shard_id in layer.loads:
+    def _replay(self, layer: LayerLoad, targets: Mapping[str, torch.Tensor],
+                loads: Iterable[tuple[str, torch.Tensor, ShardId | None]] | None = None) -> None:
+        for name, loaded_weight, shard_id in layer.loads if loads is None else loads:
             original = layer.templates[name].loader
+            if write_owned(original, targets[name], loaded_weight, shard_id):
+                continue  # validated once, by the plan [LOAD-6]
             args = (targets[name], loaded_weight) if shard_id is None else (targets[name], loaded_weight, shard_id)
             original(*args)
 
-    def _restore_kernel(self, layer: LayerLoad) -> None:
-        for name in list(layer.module._parameters):
-            delattr(layer.module, name)
+    def _restore_kernel(self, layer: LayerLoad, *, scales: bool = True) -> None:
+        """Drop the templates (and what processing registered) and register the swapped kernel tensors again;
+        ``scales=False`` leaves out an attention layer's scale parameters (processing consumed them)."""
+        if layer.direct:
+            return  # its kernel tensors never left
+        module = layer.module
+        attention = is_attention(module)
+        names = [n for n in module._parameters if not attention or n in layer.swapped or n in SCALE_NAMES]
+        names += [n for n in layer.plain if n in module.__dict__]
+        for name in names:
+            delattr(module, name)
         for name, tensor in layer.kernel.items():
-            layer.module.register_parameter(name, tensor)
+            if name not in layer.swapped or (attention and not scales and name in SCALE_NAMES):
+                continue
+            if name in layer.plain:
+                setattr(module, name, tensor)
+            else:
+                module.register_parameter(name, cast(torch.nn.Parameter, tensor))
+
+    def _materialize(self, layer: LayerLoad) -> dict[str, torch.nn.Parameter]:
+        """The layer's templates as parameters over views of one staging buffer, reused from layer to layer."""
+        device = next(iter(layer.kernel.values())).device
+        offsets: dict[str, int] = {}
+        size = 0
+        for name, template in layer.templates.items():
+            offsets[name] = size
+            size += -(-template.nbytes // STAGING_ALIGN) * STAGING_ALIGN
+        staging = self._staging
+        if staging is None or staging.numel() < size or staging.device != device:
+            self._staging = staging = None  # free the old one first
+            staging = self._staging = torch.empty(max(size, 1), dtype=torch.uint8, device=device)
+        return {name: t.materialize(device, staging[offsets[name]:offsets[name] + t.nbytes].view(t.dtype)
+                                    .view(t.shape))
+                for name, t in layer.templates.items()}
 
     @torch.no_grad()
     def _process_layer(self, layer: LayerLoad) -> None:
         module = layer.module
-        method = getattr(module, "quant_method", None)
-        keeps_layout = getattr(method, "preserves_layout", getattr(module, "preserves_layout", False)) and all(
-            name in layer.kernel and tuple(layer.kernel[name].shape) == t.shape and layer.kernel[name].dtype == t.dtype
-            for name, t in layer.templates.items())
-        if keeps_layout:
-            self._replay(layer, layer.kernel)  # each byte written once
+        if layer.direct:
+            if self._deferred is not None and layer.deferrable:
+                self._deferred.append(layer)  # written last, SIGINT held back [RELOAD-11]
+            else:
+                self._replay(layer, layer.kernel)  # each byte written once
         else:
-            device = next(iter(layer.kernel.values())).device
-            fresh = {name: t.materialize(device) for name, t in layer.templates.items()}
+            fresh = self._materialize(layer)
             for name, param in fresh.items():
                 _set_param(module, name, param)
             self._replay(layer, fresh)
             process_module(module)
             self._write_back(layer)
-        self._restore_kernel(layer)
-        self._place_aliases()
+            self._restore_kernel(layer)
+            self._place_aliases()
+            self._sync()  # once per processed layer
         layer.processed = True
         self._processed_owner.update({id(t): layer.name for t in layer.kernel.values()})
         self.report.processed.append(layer.name)
+        if self._deferred is None or not layer.deferrable:
+            layer.loads = []  # written: let the input go
 
     def _write_back(self, layer: LayerLoad) -> None:
         """Copy a processed layer's tensors into its kernel tensors, which stay the same objects [RELOAD-1]."""
         for name, kernel in layer.kernel.items():
-            processed = layer.module._parameters[name]
+            processed = _registered(layer.module, name)
             if processed is None:
                 raise LoadspecError(f"{layer.name}.{name}: processing left the parameter unset (None)")
             if processed.shape != kernel.shape or processed.dtype != kernel.dtype:
@@ -321,15 +553,28 @@ class ReloadSession:
     @torch.no_grad()
     def _finish_attention(self, layer: LayerLoad) -> None:
         module = cast(AttentionLayerBase, layer.module)  # finish calls this for attention layers only
+        scale_loads = [load for load in layer.loads if load[0] in SCALE_NAMES]
+        other_loads = [load for load in layer.loads if load[0] not in SCALE_NAMES]
         for name in SCALE_NAMES:
             if name in module._parameters:
                 delattr(module, name)
-        if layer.loads and module.quant_method is not None:
+        if other_loads:  # sinks and the like: straight into the kernel tensors [RELOAD-13]
+            swapped = {n for n, _, _ in other_loads if n in layer.swapped}
+            fresh = {n: layer.templates[n].materialize(layer.kernel[n].device) for n in swapped}
+            self._replay(layer, {**layer.kernel, **fresh}, other_loads)
+            for name, tensor in fresh.items():
+                kernel = layer.kernel[name]
+                if kernel.shape != tensor.shape or kernel.dtype != tensor.dtype:
+                    raise LoadspecError(
+                        f"{layer.name}.{name}: the checkpoint format is {tuple(tensor.shape)} {tensor.dtype}, "
+                        f"but the kernel tensor is {tuple(kernel.shape)} {kernel.dtype}")
+                kernel.data.copy_(tensor.data)
+        if scale_loads and module.quant_method is not None:
             device = module._k_scale.device
             module.quant_method.create_weights(module, device=device)  # fresh sentinels [RELOAD-3]
             for name in SCALE_NAMES:
                 getattr(module, name).loadspec_name = f"{layer.name}.{name}"
-            self._replay(layer, {name: getattr(module, name) for name in layer.templates})
+            self._replay(layer, {name: getattr(module, name) for name in SCALE_NAMES}, scale_loads)
             try:
                 module.quant_method.process_weights_after_loading(module)
             finally:
@@ -337,6 +582,7 @@ class ReloadSession:
                     if name in module._parameters:
                         delattr(module, name)
         module.process_weights_after_loading()
+        self._restore_kernel(layer, scales=False)
         layer.processed = True
         self.report.processed.append(layer.name)
 
@@ -375,6 +621,7 @@ class ReloadSession:
                     failures.append(exc)
                 if not layer.loads:
                     self.report.untouched.append(layer.name)
+        self._sync()
         if partial:
             failures.insert(0, PartialLayerError(
                 "reload delivered only part of these weights (the layers keep their previous values) "
@@ -391,36 +638,37 @@ class ReloadSession:
 
     # ------------------------------------------------------ transactional
     def _dry_count(self, staged: list[PlannedLoad]) -> list[str]:
-        """What every staged non-attention layer would lack, counted against the meta templates (no write)."""
-        regions: dict[str, dict[str, dict[RegionKey, int]]] = {}
+        """What every staged non-attention layer would lack, counted as the delivery will count it (no write)."""
+        regions: dict[str, dict[str, dict[Hashable, int]]] = {}
         for load in staged:
-            owner = self._meta_owner.get(id(load.param))
-            if owner is None:
-                continue  # not a reloadable template (cannot happen for a planned load; nothing to count)
+            owner = self._owner.get(id(load.param))
+            if owner is None or is_attention(owner[0].module):
+                continue  # a buffer, or an attention layer (not counted)
             layer, name = owner
-            args = (load.param, load.tensor) if load.shard_id is None else (load.param, load.tensor, load.shard_id)
-            counter = CopyCounter()
-            with counter:
-                layer.templates[name].loader(*args)  # against the meta template: counts, writes nothing
-            regions.setdefault(layer.name, {}).setdefault(name, {}).update(counter.per_destination)
+            template = layer.templates[name]
+            region = owned_region(template.loader, template, load.shard_id)
+            got = regions.setdefault(layer.name, {}).setdefault(name, {})
+            if region is not None:
+                got[region[0]] = region[1]
+            else:
+                got.update(self._count_foreign(layer, name, load.tensor, load.shard_id))
         missing: list[str] = []
-        for layer_name, got in regions.items():
+        for layer_name, got_layer in regions.items():
             layer = self.layers[layer_name]
-            if is_attention(layer.module):
-                continue
             for name, template in layer.templates.items():
-                counted = min(sum(got.get(name, {}).values()), template.numel)
+                counted = min(sum(got_layer.get(name, {}).values()), template.numel)
                 if counted < template.numel:
                     missing.append(f"{layer_name}.{name} ({counted} of {template.numel} elements)")
         return missing
 
     def _backup(self, staged: list[PlannedLoad]
                 ) -> list[tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, object]]]:
-        """Copies of every kernel tensor and host mirror the staged reload can write."""
-        touched = {owner[0].name for load in staged if (owner := self._meta_owner.get(id(load.param)))}
+        """Copies of every kernel tensor and host mirror the staged reload can write and a failure could leave
+        half-written (not the layout-preserving layers whose writes are deferred)."""
+        touched = {owner[0].name for load in staged if (owner := self._owner.get(id(load.param)))}
         saved: list[tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, object]]] = []
         for layer in self.layers.values():
-            if layer.name not in touched and not is_attention(layer.module):
+            if (layer.name not in touched or layer.deferrable) and not is_attention(layer.module):
                 continue
             module = layer.module
             tensors = {name: tensor.detach().clone() for name, tensor in
@@ -454,6 +702,7 @@ class ReloadSession:
                     setattr(module, attribute, original)
                 else:
                     setattr(module, attribute, mirror)
+        self._sync()
 
     @staticmethod
     def _check_across_calls(staged: list[PlannedLoad]) -> None:
@@ -481,22 +730,27 @@ class ReloadSession:
         except BaseException:
             self.abort()
             raise
+        deferred: list[LayerLoad] = []
+        self._deferred = deferred
         try:
-            write_planned(staged)
-            return self._finish_streaming()
+            self._deliver_all(staged)
+            report = self._finish_streaming()
         except BaseException:
             self._finished = True
             self._rollback(saved)
             raise
+        finally:
+            self._deferred = None
+        with _sigint_held(), torch.no_grad():  # plain copies of validated tensors: nothing can fail half-way
+            for layer in deferred:
+                self._replay(layer, layer.kernel)
+                layer.loads = []
+            self._sync()
+        return report
 
     def _put_back(self, layer: LayerLoad) -> None:
-        """Drop the scale parameters left on an attention layer; register any other layer's kernel tensors again."""
-        if is_attention(layer.module):
-            for name in SCALE_NAMES:
-                if name in layer.module._parameters:
-                    delattr(layer.module, name)
-        else:
-            self._restore_kernel(layer)
+        """Register every layer's kernel tensors again and drop the templates (an attention layer's scales)."""
+        self._restore_kernel(layer)
 
     def _put_back_registrations(self) -> None:
         """Register every layer's kernel tensors again and drop any scale parameter left on attention."""
@@ -537,7 +791,7 @@ class ReloadSession:
 
 def reload_weights(model: torch.nn.Module, weights: Iterable[tuple[str, torch.Tensor]], *,
                    mapper: WeightsMapper | None = None, transactional: bool = True) -> ReloadReport:
-    """Reload ``weights`` into a processed model layer by layer [RELOAD-1..12].
+    """Reload ``weights`` into a processed model layer by layer [RELOAD-1..13].
 
     Transactional by default: the whole input is validated (shapes, dtypes, scale values, duplicate
     sources, partial layers) before the first write, and any failure leaves the model bit-identical
