@@ -1,17 +1,32 @@
-"""SCALE: the KV-cache scale parameter and its loader."""
+"""SCALE: the KV-cache scale parameter and its loader, on the primitive and through model loads."""
 
 from __future__ import annotations
+
+import re
+from dataclasses import replace
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadspec.conformance.assertions import assert_equal, assert_raises_value_error
-from loadspec.conformance.drivers import run_device
-from loadspec.strategies.scales import scale_dtypes, scale_shapes, scale_values
+from loadspec.conformance.assertions import (
+    assert_equal,
+    assert_raises_value_error,
+    assert_same_state,
+    assert_unchanged,
+    snapshot,
+)
+from loadspec.conformance.drivers import built, close_quietly, draw_case, graphs_for, heavy, must_producers, run_device
+from loadspec.conformance.reproducers import Case, record_case
+from loadspec.reference.vocabulary import SCALE_NAMES, torch_dtype
+from loadspec.strategies import checkpoint_layouts, kv_scale_sets
+from loadspec.strategies.capabilities import MODEL, REDUCED_PRECISION_PARAMS
+from loadspec.strategies.scales import inexact_scale_values, scale_dtypes, scale_shapes, scale_values
 
 pytestmark = pytest.mark.requires("primitives")
+
+SCALE_PARAMETER = re.compile(rf"\.attn\.({'|'.join(SCALE_NAMES)})$")
 
 
 @pytest.mark.rule("SCALE-1")
@@ -35,6 +50,48 @@ def test_new_scale_is_float32_under_any_default_dtype(impl, default):
     assert_equal(f"scale.dtype under default {default}", param.dtype, torch.float32, "SCALE-2")
 
 
+@pytest.mark.rule("SCALE-2")
+@pytest.mark.parametrize("default", [torch.bfloat16, torch.float16], ids=str)
+@given(value=inexact_scale_values())
+def test_scale_built_under_a_reduced_default_keeps_a_float32_value(impl, ref, default, value):
+    weight = torch.tensor(value, dtype=torch.float32)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(default)
+    try:
+        param, oracle = impl.new_scale_parameter(device=run_device()), ref.new_scale_parameter(device=run_device())
+    finally:
+        torch.set_default_dtype(previous)
+    impl.load_scale(param, weight)
+    ref.load_scale(oracle, weight)
+    assert_equal(f"scale built under default {default} after loading float32 {value!r}", param.item(), oracle.item(),
+                 "SCALE-2")
+
+
+def scale_state(adapter, model) -> dict[str, torch.Tensor]:
+    """The exported KV-cache scale parameters (``<attn>.{q,k,v,prob}_scale``) of ``model``."""
+    return {name: t for name, t in adapter.export_kernel_state(model).items() if SCALE_PARAMETER.search(name)}
+
+
+@pytest.mark.rule("SCALE-2")
+@pytest.mark.requires(MODEL, REDUCED_PRECISION_PARAMS)
+@heavy()
+@given(data=st.data())
+def test_reduced_precision_model_keeps_float32_scales_through_loads(impl, ref, request, data):
+    spec = data.draw(graphs_for(impl, params_dtypes=("bfloat16", "float16"), allow_unquantized=False), label="graph")
+    values = kv_scale_sets(required=("k",), values=inexact_scale_values(dtype=torch_dtype(spec.params_dtype)))
+    layouts = {role: replace(data.draw(checkpoint_layouts(spec, producers=must_producers(spec), kv_scales=values),
+                                       label=f"{role} checkpoint"), scale_dtype="float32")
+               for role in ("base", "reload")}
+    record_case(request, Case(request.node.nodeid, layouts=layouts))
+    model, oracle = built(impl, spec, layouts["base"].tensors()), built(ref, spec, layouts["base"].tensors())
+    assert_same_state(f"{spec.params_dtype} model's scales after a first load of float32 scales",
+                      scale_state(impl, model), scale_state(ref, oracle), "SCALE-2")
+    impl.reload(model, layouts["reload"].tensors())
+    ref.reload(oracle, layouts["reload"].tensors())
+    assert_same_state(f"{spec.params_dtype} model's scales after a reload of float32 scales",
+                      scale_state(impl, model), scale_state(ref, oracle), "SCALE-2")
+
+
 @pytest.mark.rule("SCALE-3")
 @given(data=st.data())
 def test_any_one_element_tensor_loads(impl, ref, data):
@@ -42,11 +99,14 @@ def test_any_one_element_tensor_loads(impl, ref, data):
     dtype = data.draw(scale_dtypes(), label="dtype")
     value = data.draw(scale_values(allow_sentinel=False), label="value")
     weight = torch.full(shape, value, dtype=dtype)
-    param, expected = impl.new_scale_parameter(device=run_device()), ref.new_scale_parameter(device=run_device())
+    param, oracle = impl.new_scale_parameter(device=run_device()), ref.new_scale_parameter(device=run_device())
+    created = param.dtype
     impl.load_scale(param, weight)
-    ref.load_scale(expected, weight)
-    assert_equal(f"scale after loading {tuple(shape)} {dtype} {value!r}", param.item(),
-                 weight.reshape(()).to(param.dtype).item(), "SCALE-3")
+    ref.load_scale(oracle, weight)
+    what = f"scale after loading {tuple(shape)} {dtype} {value!r}"
+    assert_equal(f"{what}: (shape, dtype)", (tuple(param.shape), param.dtype), ((), created), "SCALE-3")
+    expected = oracle.item() if created == oracle.dtype else weight.reshape(()).to(created).item()
+    assert_equal(what, param.item(), expected, "SCALE-3")
 
 
 @pytest.mark.rule("SCALE-4")
@@ -57,6 +117,49 @@ def test_non_scalar_rejected_naming_shape(impl, data):
     assert_raises_value_error(f"loading shape {tuple(shape)}", lambda: impl.load_scale(param, torch.ones(shape)),
                               "SCALE-4", mentions=[str(tuple(shape))])
     assert_equal("scale after a rejected load", param.item(), -1.0, "SCALE-4")
+
+
+def attention_tensors(adapter, model, prefix: str) -> dict[str, object]:
+    """Snapshot of the live tensors and host mirrors of the attention layer at ``prefix``."""
+    tensors = {n: t for n, t in adapter.kernel_tensors(model).items() if n.startswith(prefix)}
+    return snapshot(tensors, {n: v for n, v in adapter.host_mirrors(model).items() if n.startswith(prefix)})
+
+
+@pytest.mark.rule("SCALE-4")
+@pytest.mark.requires(MODEL)
+@heavy()
+@given(data=st.data())
+def test_multi_element_checkpoint_scale_rejected_by_every_load_path(impl, request, data):
+    spec, layouts = draw_case(impl, request, data, "base", "bad", allow_unquantized=False)
+    bad = layouts["bad"]
+    name = data.draw(st.sampled_from(bad.kv_scale_names), label="scale given more than one element")
+    shape = data.draw(scale_shapes(valid=False), label="its shape")
+    weights = [(n, torch.full(shape, 0.5, dtype=t.dtype) if n == name else t) for n, t in bad.tensors()]
+    prefix = spec.attention_prefix(int(re.search(r"\.layers\.(\d+)\.", name).group(1)))
+    what = f"{name} of shape {tuple(shape)}"
+
+    fresh = impl.build_model(spec, device=run_device())
+    before = attention_tensors(impl, fresh, prefix)
+    assert_raises_value_error(f"first load with {what}", lambda: impl.first_load(fresh, weights), "SCALE-4",
+                              mentions=[str(tuple(shape))])
+    assert_unchanged(f"{prefix} after a rejected first load", before, attention_tensors(impl, fresh, prefix),
+                     "SCALE-4")
+
+    model = built(impl, spec, layouts["base"].tensors())
+    before = attention_tensors(impl, model, prefix)
+    assert_raises_value_error(f"reload with {what}", lambda: impl.reload(model, weights), "SCALE-4",
+                              mentions=[str(tuple(shape))])
+    assert_unchanged(f"{prefix} after a rejected reload", before, attention_tensors(impl, model, prefix), "SCALE-4")
+    if "reload_sessions" not in impl.capabilities:
+        return
+    session = impl.open_reload(model)
+    try:
+        assert_raises_value_error(f"reload session load with {what}", lambda: session.load(weights), "SCALE-4",
+                                  mentions=[str(tuple(shape))])
+    finally:
+        close_quietly(session)
+    assert_unchanged(f"{prefix} after a rejected session load", before, attention_tensors(impl, model, prefix),
+                     "SCALE-4")
 
 
 @pytest.mark.rule("SCALE-5")

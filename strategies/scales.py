@@ -13,7 +13,7 @@ from hypothesis.errors import InvalidArgument
 from loadspec.reference.vocabulary import SCALE_KINDS, SENTINEL
 from loadspec.strategies._validation import check_choices, check_flag, check_strategy
 
-__all__ = ["scale_shapes", "scale_dtypes", "scale_values", "scale_tensors", "kv_scale_sets"]
+__all__ = ["scale_shapes", "scale_dtypes", "scale_values", "inexact_scale_values", "scale_tensors", "kv_scale_sets"]
 
 SCALE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -97,6 +97,31 @@ def scale_values(draw: st.DrawFn, *, allow_sentinel: bool = True, allow_invalid:
         negatives = st.floats(max_value=0.0, exclude_max=True, allow_infinity=False, width=32)
         parts += [st.sampled_from(INVALID_SPECIALS), negatives.filter(lambda v: v != SENTINEL)]
     return draw(st.one_of(parts))
+
+
+REDUCED_DTYPES = (torch.bfloat16, torch.float16)
+
+
+@st.composite
+def inexact_scale_values(draw: st.DrawFn, *, dtype: torch.dtype = torch.bfloat16) -> float:
+    """Draws valid scale values, exact in float32, that ``dtype`` cannot hold exactly [SCALE-2].
+
+    Each lies in ``dtype``'s normal range, so storing it there rounds it (0.3 becomes 0.30078125
+    in bfloat16) without overflowing or flushing it to 0: a scale parameter built in the model's
+    dtype instead of float32 is then visible in the loaded value.
+
+    * ``dtype``: ``torch.bfloat16`` or ``torch.float16``.
+
+    .. code-block:: pycon
+
+        >>> inexact_scale_values(dtype=torch.float16).example()
+        0.30000001192092896
+    """
+    if dtype not in REDUCED_DTYPES:
+        raise InvalidArgument(f"dtype={dtype!r}, but should be one of {REDUCED_DTYPES}")
+    info = torch.finfo(dtype)
+    values = st.floats(min_value=float(info.tiny), max_value=float(info.max) / 2, width=32)
+    return draw(values.filter(lambda value: stored_as(value, dtype) != value))
 
 
 @st.composite

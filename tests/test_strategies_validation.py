@@ -29,6 +29,7 @@ from loadspec.strategies import (
     scale_values,
     weight_names,
 )
+from loadspec.strategies.scales import inexact_scale_values
 
 
 class Declaring:
@@ -96,6 +97,7 @@ INVALID = [
     row(scale_tensors, {"dtypes": torch.float32}, id="scale_tensors(dtypes=<a dtype, not a strategy>)"),
     row(scale_tensors, {"values": 0.5}),
     row(scale_tensors, {"dtypes": st.just(torch.int8)}, id="scale_tensors(dtypes=just(int8))"),
+    row(inexact_scale_values, {"dtype": torch.float32}),
     row(kv_scale_sets, {"kinds": ()}),
     row(kv_scale_sets, {"kinds": ("kv",)}),
     row(kv_scale_sets, {"values": 0.5}),
@@ -166,6 +168,7 @@ VALID = [
     row(scale_values, {"allow_sentinel": False, "allow_invalid": True}),
     row(scale_tensors, {"dtypes": st.just(torch.float16), "values": scale_values(allow_invalid=True)},
         id="scale_tensors(dtypes=just(float16), values=scale_values(allow_invalid=True))"),
+    row(inexact_scale_values, {"dtype": torch.float16}),
     row(kv_scale_sets, {"kinds": ("k",)}),
     row(checkpoint_layouts, {**SPEC}, id="checkpoint_layouts(DEFAULT_SPEC)"),
     row(checkpoint_layouts, {**SPEC, "producers": ("modelopt", "quark"), "allow_missing": True, "allow_extra": True},
