@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+from unittest import mock
+
 from loadspec.conformance.adapters.reference import ReferenceAdapter
 from loadspec.reference.api import weights_of
 from loadspec.reference.reload import ReloadSession
@@ -36,3 +39,26 @@ class ScaleLoaderMutant(ReferenceAdapter):
         param = super().new_scale_parameter(device=device)
         param.weight_loader = self.scale_loader
         return param
+
+
+class ScopedPatchMutant(ReferenceAdapter):
+    """The reference adapter, with ``patches`` (``(target, attribute, replacement)``) applied during every call
+    that builds, loads or processes: primitives and models alike (the ``ref`` oracle in the same process
+    stays unpatched)."""
+
+    patches: tuple = ()
+    patched_calls = ("make_attention", "create_scale_weights", "process_attention", "auto_load", "build_model",
+                     "first_load", "dummy_load", "reload")
+
+    def __getattribute__(self, name):
+        attribute = super().__getattribute__(name)
+        if name in type(self).patched_calls and callable(attribute):
+            patches = type(self).patches
+
+            def patched(*args, **kwargs):
+                with ExitStack() as stack:
+                    for target, field, replacement in patches:
+                        stack.enter_context(mock.patch.object(target, field, replacement))
+                    return attribute(*args, **kwargs)
+            return patched
+        return attribute
