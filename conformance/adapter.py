@@ -32,6 +32,7 @@ from loadspec.strategies.capabilities import (
     PER_TOKEN_HEAD_KV,
     PRIMITIVES,
     REDUCED_PRECISION_PARAMS,
+    STATIC_INPUT_SCALES,
     TIED_EMBEDDINGS,
 )
 
@@ -52,6 +53,8 @@ CAPABILITIES: dict[str, str] = {
     REDUCED_PRECISION_PARAMS: "bf16/fp16 parameter dtypes",
     HOST_MIRRORS: "keeps host copies of the KV-cache scales (_q/_k/_v/_prob_scale_float, _k/_v_scale_cpu); "
                   "without it the model-tier mirror checks are skipped",
+    STATIC_INPUT_SCALES: "static FP8 activation scales (input_scale) decided from the quantization config "
+                         "(compressed-tensors dynamic: false, Quark static, Fp8Config activation_scheme static)",
     "skip_rules": "the automatic loader takes skip_prefixes/skip_substrs",
     "cuda": "runs on CUDA devices",
 }

@@ -23,6 +23,7 @@ _BASE = "vllm/model_executor/layers/quantization/base_config.py"
 _FP8 = "vllm/model_executor/layers/quantization/fp8.py"
 _META = "vllm/model_executor/model_loader/reload/meta.py"
 _LW = "vllm/model_executor/model_loader/reload/layerwise.py"
+_CT_FP8 = "vllm/model_executor/layers/quantization/compressed_tensors/schemes/compressed_tensors_w8a8_fp8.py"
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ FAMILIES = {
     "ORDER": "Processing order",
     "RELOAD": "The layerwise reload lifecycle",
     "E2E": "End to end: a real model (SmolLM2-135M) reloaded from FP8-KV checkpoints",
+    "STATIC": "Static activation scales (input_scale) of FP8 linears",
 }
 
 RULES: tuple[Rule, ...] = (
@@ -365,6 +367,24 @@ RULES: tuple[Rule, ...] = (
          "Legacy compressed-tensors checkpoints (self_attn.{q,k,v}_proj.output_scale under a compressed-tensors quantization config) meet E2E-1 and E2E-2 too.",
          f"{_FP8} Fp8Config.get_cache_scale_mapper (#43167)",
          "vLLM's compressed-tensors config has no output_scale mapping (NAMES-2), so such a checkpoint does not load."),
+)
+
+RULES += (
+    # --------------------------------------------------------------- STATIC
+    Rule("STATIC-1", MUST,
+         "When the quantization config says static activations (compressed-tensors input_activations.dynamic false, ModelOpt FP8, Quark input_tensors.is_dynamic false, Fp8Config activation_scheme static), every FP8 linear loads the checkpoint's input_scale of each of its projections, decided from the config and never from the method's name; with dynamic activations no linear has an input_scale.",
+         f"{_FP8} Fp8LinearMethod.create_weights (act_q_static: create_fp8_input_scale); "
+         f"{_CT_FP8} CompressedTensorsW8A8Fp8.create_weights (is_static_input_scheme); "
+         "vllm/model_executor/layers/quantization/quark/schemes/quark_w8a8_fp8.py QuarkW8A8Fp8.create_weights"),
+    Rule("STATIC-2", MUST,
+         "Processing leaves each FP8 linear one 0-d float32 input_scale equal to the largest of its fused shards' checkpoint input_scale values (q/k/v for qkv_proj, gate/up for gate_up_proj), for per-tensor and per-channel weights, after a first load and after a reload alike.",
+         f"{_FP8} Fp8LinearMethod.process_weights_after_loading (input_scale.max()); "
+         f"{_CT_FP8} CompressedTensorsW8A8Fp8.process_weights_after_loading "
+         "(replace_parameter(layer, 'input_scale', layer.input_scale.max()))"),
+    Rule("STATIC-3", SHOULD,
+         "A first load of a static-activation checkpoint that lacks the input_scale of any FP8 projection (one shard of a fused linear included) is rejected with a ValueError naming the engine's input_scale parameter, before anything is written.",
+         "vllm/model_executor/layers/quantization/utils/fp8_utils.py create_fp8_input_scale",
+         "vLLM fills input_scale with float32's minimum (-3.4e38) at creation and never checks that it was loaded: a missing shard silently drops out of the max, and a linear with no input_scale at all is processed with a scale of -3.4e38."),
 )
 
 RULES_BY_ID = {rule.id: rule for rule in RULES}

@@ -14,7 +14,7 @@ from loadspec.reference.layers.linear import Linear
 from loadspec.reference.mapper import ShardId, WeightsMapper
 from loadspec.reference.quant_config import QuantConfig
 from loadspec.reference.spec import LayerSpec, ModelSpec
-from loadspec.reference.vocabulary import STATIC_INPUT_METHODS, torch_dtype
+from loadspec.reference.vocabulary import torch_dtype
 
 
 def checkpoint_mapper(spec: ModelSpec) -> WeightsMapper:
@@ -46,8 +46,9 @@ class _KVOptions(TypedDict):
 
 
 def linear_options(spec: ModelSpec, *, dtype: torch.dtype, device: torch.device | str | None) -> LinearOptions:
-    """Keyword arguments of every ``Linear`` in a ``spec`` model (static activation scales for ModelOpt)."""
-    return LinearOptions(dtype=dtype, device=device, static_input=spec.quant_method in STATIC_INPUT_METHODS)
+    """Keyword arguments of every ``Linear`` in a ``spec`` model: static activation scales when the spec's config
+    says so (``spec.static_input_scales``, never the method's name) [STATIC-1]."""
+    return LinearOptions(dtype=dtype, device=device, static_input=spec.static_input_scales)
 
 
 class AttentionBlock(torch.nn.Module):

@@ -9,7 +9,7 @@ from loadspec.reference.cache_scale_mappers import cache_scale_mapper
 from loadspec.reference.errors import UnsupportedSchemeError
 from loadspec.reference.kv_cache import KVCacheMethod
 from loadspec.reference.mapper import WeightsMapper
-from loadspec.reference.vocabulary import QUANT_METHODS
+from loadspec.reference.vocabulary import FORMAT_ACTIVATION_SCHEMES, QUANT_METHODS
 
 
 @dataclass(frozen=True)
@@ -48,3 +48,45 @@ def quant_config_from_dict(config: dict[str, Any] | None) -> QuantConfig | None:
         if kv_scheme.get("symmetric", True) is False:
             raise UnsupportedSchemeError("kv_cache_scheme: asymmetric KV-cache quantization is not supported")
     return QuantConfig(cast(str, method))  # a missing or unknown quant_method is rejected by __post_init__
+
+
+def _dynamic_flag(scheme: Any, key: str, where: str) -> bool:
+    """Whether an activation scheme object says dynamic; ``None`` (no activation quantization) counts as dynamic."""
+    if scheme is None:
+        return True
+    if not isinstance(scheme, dict) or not isinstance(scheme.get(key), bool):
+        raise UnsupportedSchemeError(f"{where}: {scheme!r} has no boolean {key!r}")
+    return bool(scheme[key])
+
+
+def activation_scheme_of(config: dict[str, Any] | None) -> str:
+    """``"static"`` or ``"dynamic"``: what a ``quantization_config`` says about FP8 linears' inputs [STATIC-1].
+
+    Read as each engine config reads it: compressed-tensors ``config_groups.*.input_activations.dynamic``
+    (every group must agree), ModelOpt FP8 (always static), Quark ``global_quant_config.input_tensors.is_dynamic``
+    (no ``input_tensors``: dynamic), Fp8Config ``activation_scheme``. Anything else raises
+    ``UnsupportedSchemeError``; no config is dynamic (nothing quantized).
+    """
+    if not config:
+        return "dynamic"
+    method = config.get("quant_method")
+    if method in FORMAT_ACTIVATION_SCHEMES:
+        return FORMAT_ACTIVATION_SCHEMES[method]
+    if method == "compressed-tensors":
+        groups = config.get("config_groups") or {}
+        flags = {_dynamic_flag(group.get("input_activations"), "dynamic", f"config_groups.{name}.input_activations")
+                 for name, group in groups.items()}
+        if len(flags) > 1:
+            raise UnsupportedSchemeError("compressed-tensors config_groups disagree on input_activations.dynamic: "
+                                         "one activation scheme per model is supported")
+        return "dynamic" if flags in (set(), {True}) else "static"
+    if method == "quark":
+        inputs = (config.get("global_quant_config") or {}).get("input_tensors")
+        return "dynamic" if _dynamic_flag(inputs, "is_dynamic", "global_quant_config.input_tensors") else "static"
+    if method == "fp8":
+        scheme = config.get("activation_scheme")
+        if scheme not in ("static", "dynamic"):
+            raise UnsupportedSchemeError(f"fp8 activation_scheme={scheme!r}, but should be 'static' or 'dynamic'")
+        return cast(str, scheme)
+    raise UnsupportedSchemeError(f"quantization_config.quant_method={method!r} is not supported; "
+                                 f"supported: {', '.join(QUANT_METHODS)}")

@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from loadspec.reference.vocabulary import (
+    ACTIVATION_SCHEMES,
     ATTENTION_KINDS,
     CONTAINERS,
+    FORMAT_ACTIVATION_SCHEMES,
     KV_CACHE_DTYPES,
     LINEAR_QUANTS,
     PARAM_DTYPES,
@@ -61,6 +63,7 @@ class ModelSpec:
     tie_embeddings: bool = False
     kv_cache_dtype: str = "fp8_e4m3"
     quant_method: str | None = "fp8"
+    activation_scheme: str | None = None  # "dynamic", "static", None: the format's (static_input_scales) [STATIC-1]
     container: str = "self_attn"
     wrapper: tuple[str, ...] = ()
     params_dtype: str = "float32"
@@ -80,6 +83,14 @@ class ModelSpec:
             raise ValueError(f"container={self.container!r}, but should be one of {CONTAINERS}")
         if self.params_dtype not in PARAM_DTYPES:
             raise ValueError(f"params_dtype={self.params_dtype!r}, but should be one of {PARAM_DTYPES}")
+        if self.activation_scheme is not None:
+            if self.activation_scheme not in ACTIVATION_SCHEMES:
+                raise ValueError(f"activation_scheme={self.activation_scheme!r}, but should be None or one of "
+                                 f"{ACTIVATION_SCHEMES}")
+            fixed = FORMAT_ACTIVATION_SCHEMES.get(self.quant_method or "")
+            if self.quant_method is None or fixed not in (None, self.activation_scheme):
+                raise ValueError(f"activation_scheme={self.activation_scheme!r} does not exist for quant_method="
+                                 f"{self.quant_method!r} (its only scheme: {fixed or 'none'}) [STATIC-1]")
         for layer in self.layers:
             for name, quant in layer.linear_quants().items():
                 if quant not in LINEAR_QUANTS:
@@ -110,6 +121,19 @@ class ModelSpec:
     def kv_cache_quantized(self) -> bool:
         """Whether the KV-cache dtype stores quantized values [KVPROC-2..9]."""
         return self.kv_cache_dtype not in UNQUANTIZED_KV_DTYPES
+
+    @property
+    def static_input_scales(self) -> bool:
+        """Whether every FP8 linear takes a static activation scale ``input_scale`` [STATIC-1].
+
+        Decided by ``activation_scheme`` (what the checkpoint's config says: compressed-tensors
+        ``input_activations.dynamic: false``, Quark ``input_tensors.is_dynamic: false``, Fp8Config
+        ``activation_scheme: static``); ``None`` takes the format's only scheme (ModelOpt FP8: static), else dynamic.
+        """
+        if self.quant_method is None:
+            return False
+        scheme = self.activation_scheme or FORMAT_ACTIVATION_SCHEMES.get(self.quant_method, "dynamic")
+        return scheme == "static"
 
     @property
     def q_size(self) -> int:

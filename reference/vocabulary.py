@@ -67,8 +67,25 @@ PARAM_DTYPES = tuple(TORCH_DTYPES)
 QUANT_METHODS = ("fp8", "compressed-tensors", "modelopt", "quark")
 """``quantization_config.quant_method`` values the contract covers [NAMES-8]."""
 
-STATIC_INPUT_METHODS = ("modelopt",)
-"""Methods whose FP8 checkpoints are static W8A8: every FP8 linear carries ``input_scale``."""
+ACTIVATION_SCHEMES = ("dynamic", "static")
+"""How FP8 linears quantize their input: per token at run time, or with the checkpoint's ``input_scale`` [STATIC-1]."""
+
+FORMAT_ACTIVATION_SCHEMES = {"modelopt": "static"}
+"""Quant formats with a single activation scheme: ModelOpt FP8 checkpoints are always static W8A8 (vLLM's
+``ModelOptFp8Config`` has no dynamic variant). A ``ModelSpec`` whose ``activation_scheme`` is ``None`` takes its
+format's entry here, else ``"dynamic"`` [STATIC-1]."""
+
+STATIC_INPUT_METHODS = tuple(m for m, scheme in FORMAT_ACTIVATION_SCHEMES.items() if scheme == "static")
+"""Deprecated: formats that are static by default. Whether a model has static input scales is
+``ModelSpec.static_input_scales`` (decided from the config, e.g. compressed-tensors ``dynamic: false``)."""
+
+KV_SCALE_STRATEGIES = ("tensor", "attn_head")
+"""KV-cache scale granularity: one scale per tensor, or one per attention head (compressed-tensors
+``kv_cache_scheme.strategy: attn_head``) [HEADS-1]."""
+
+PER_HEAD_KV_METHODS = ("compressed-tensors",)
+"""Quant formats whose config can ask for per-head KV-cache scales (only compressed-tensors' ``kv_cache_scheme``
+has a ``strategy``) [HEADS-1]."""
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -82,4 +99,5 @@ def torch_dtype(name: str) -> torch.dtype:
 __all__ = ["SCALE_KINDS", "SCALE_NAMES", "SENTINEL", "OUTPUT_BUFFERS", "FLOAT_MIRRORS", "CPU_MIRRORS", "scale_name",
            "FP8_DTYPE", "FP8_MAX", "LINEAR_QUANTS", "ATTENTION_KINDS", "CONTAINERS", "QUANTIZED_KV_DTYPES",
            "PER_TOKEN_HEAD_KV_DTYPES", "UNQUANTIZED_KV_DTYPES", "KV_CACHE_DTYPES", "PARAM_DTYPES", "TORCH_DTYPES",
-           "QUANT_METHODS", "STATIC_INPUT_METHODS", "torch_dtype"]
+           "QUANT_METHODS", "STATIC_INPUT_METHODS", "torch_dtype", "ACTIVATION_SCHEMES",
+           "FORMAT_ACTIVATION_SCHEMES", "KV_SCALE_STRATEGIES", "PER_HEAD_KV_METHODS"]

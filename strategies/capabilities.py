@@ -9,11 +9,11 @@ reads ``GRAPH_CHOICES`` and ``GRAPH_FLAGS`` to keep ``layer_graphs()`` inside an
 from __future__ import annotations
 
 from loadspec.reference.spec import ModelSpec
-from loadspec.reference.vocabulary import PER_TOKEN_HEAD_KV_DTYPES
+from loadspec.reference.vocabulary import FORMAT_ACTIVATION_SCHEMES, PER_TOKEN_HEAD_KV_DTYPES
 
 __all__ = ["PRIMITIVES", "MODEL", "MLA", "FP8_PER_TENSOR", "FP8_PER_CHANNEL", "TIED_EMBEDDINGS", "NESTED_WRAPPERS",
            "MIXER_CONTAINER", "PER_TOKEN_HEAD_KV", "REDUCED_PRECISION_PARAMS", "HOST_MIRRORS", "GRAPH_CHOICES",
-           "GRAPH_FLAGS", "spec_capabilities"]
+           "GRAPH_FLAGS", "spec_capabilities", "STATIC_INPUT_SCALES", "KV_SCALES_PER_HEAD"]
 
 PRIMITIVES = "primitives"
 """The primitives tier: scale parameter, KV-cache method, mapper, loaders, copy counter."""
@@ -30,6 +30,12 @@ REDUCED_PRECISION_PARAMS = "reduced_precision_params"
 HOST_MIRRORS = "host_mirrors"
 """The engine keeps host copies of the KV-cache scales; without it the model-tier mirror checks are skipped
 [LOAD-18, RELOAD-14]."""
+
+STATIC_INPUT_SCALES = "static_input_scales"
+"""Static activation scales decided from the config (compressed-tensors ``dynamic: false``, Quark static,
+Fp8Config ``activation_scheme: static``); ModelOpt FP8, static by format, needs no capability [STATIC-1..3]."""
+KV_SCALES_PER_HEAD = "kv_scales_per_head"
+"""Per-KV-head scales (compressed-tensors ``kv_cache_scheme.strategy: attn_head``) [HEADS-1..]."""
 
 GRAPH_CHOICES: dict[str, dict[str, str]] = {
     "attention": {"mla": MLA},
@@ -67,4 +73,6 @@ def spec_capabilities(spec: ModelSpec) -> frozenset[str]:
         needs.update(GRAPH_CHOICES[argument][c] for c in chosen if c in GRAPH_CHOICES[argument])
     flags = {"allow_tied": spec.tie_embeddings, "allow_wrappers": bool(spec.wrapper)}
     needs.update(GRAPH_FLAGS[flag] for flag, used in flags.items() if used)
+    if spec.static_input_scales and FORMAT_ACTIVATION_SCHEMES.get(spec.quant_method or "") != "static":
+        needs.add(STATIC_INPUT_SCALES)
     return frozenset(needs)

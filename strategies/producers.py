@@ -85,24 +85,29 @@ def quantize_weight(values: torch.Tensor, *, strategy: str = "tensor") -> tuple[
 _KV_SCHEME = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False, "symmetric": True}
 
 
+STATIC_CT_INPUTS = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False, "symmetric": True}
+"""llm-compressor's ``FP8`` preset (compressed-tensors 0.12): static per-tensor input activations [STATIC-1]."""
+
+
 def quantization_config(producer_id: str, *, weight_strategy: str = "tensor",
-                        ignored: tuple[str, ...] = ()) -> dict[str, Any]:
+                        ignored: tuple[str, ...] = (), activation_scheme: str = "dynamic") -> dict[str, Any]:
     """The ``config.json`` ``quantization_config`` that ``producer_id`` writes.
 
     ``weight_strategy`` is ``"tensor"`` or ``"channel"``; ``ignored`` lists module
-    names left unquantized.
+    names left unquantized; ``activation_scheme="static"`` writes static W8A8 (every FP8 linear has an
+    ``input_scale``) in the producer's own words [STATIC-1]; ModelOpt FP8 is static whatever is asked.
     """
     producer = PRODUCERS[producer_id]
     method = producer.quant_method
+    static = activation_scheme == "static"
     if method == "compressed-tensors":
         weights = {"num_bits": 8, "type": "float", "strategy": weight_strategy, "dynamic": False, "symmetric": True}
+        inputs = dict(STATIC_CT_INPUTS) if static else {"num_bits": 8, "type": "float", "strategy": "token",
+                                                        "dynamic": True, "symmetric": True}
         return {
             "quant_method": "compressed-tensors",
             "format": "float-quantized",
-            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights,
-                                          "input_activations": {"num_bits": 8, "type": "float",
-                                                                "strategy": "token", "dynamic": True,
-                                                                "symmetric": True}}},
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": inputs}},
             "ignore": list(ignored),
             "kv_cache_scheme": dict(_KV_SCHEME),
         }
@@ -112,11 +117,12 @@ def quantization_config(producer_id: str, *, weight_strategy: str = "tensor",
     if method == "quark":
         fp8 = {"dtype": "fp8_e4m3", "qscheme": "per_tensor", "is_dynamic": False}
         return {"quant_method": "quark", "export": {"kv_cache_group": ["*k_proj", "*v_proj"], "pack_method": "reorder"},
-                "global_quant_config": {"weight": dict(fp8, qscheme=f"per_{weight_strategy}"), "output_tensors": None},
+                "global_quant_config": {"weight": dict(fp8, qscheme=f"per_{weight_strategy}"), "output_tensors": None,
+                                        **({"input_tensors": dict(fp8)} if static else {})},
                 "layer_quant_config": {"*k_proj": {"output_tensors": fp8}, "*v_proj": {"output_tensors": fp8}},
                 "exclude": list(ignored)}
-    return {"quant_method": "fp8", "activation_scheme": "dynamic", "kv_cache_scheme": "static",
+    return {"quant_method": "fp8", "activation_scheme": "static" if static else "dynamic", "kv_cache_scheme": "static",
             "weight_strategy": weight_strategy, "ignored_layers": list(ignored)}
 
 
-__all__ = ["Producer", "PRODUCERS", "WEIGHT_STRATEGIES", "quantization_config", "quantize_weight"]
+__all__ = ["Producer", "PRODUCERS", "WEIGHT_STRATEGIES", "STATIC_CT_INPUTS", "quantization_config", "quantize_weight"]

@@ -137,8 +137,9 @@ class UnquantizedLinearMethod:
 class Fp8LinearMethod:
     """FP8 e4m3 weights with per-tensor (one scale per shard) or per-channel scales.
 
-    ``static_input`` adds a static activation scale ``input_scale`` (one per shard, as
-    ModelOpt FP8 checkpoints carry it), processed to the largest shard's.
+    ``static_input`` adds a static activation scale ``input_scale``: one element per fused shard, each loaded
+    from that shard's checkpoint ``input_scale`` and validated like ``weight_scale`` [STATIC-1, LOAD-12], and
+    required on a first load [STATIC-3]; processing keeps the largest shard's, 0-d [STATIC-2].
     """
 
     preserves_layout = False
@@ -179,7 +180,10 @@ class Fp8LinearMethod:
     def process_weights_after_loading(self, layer: Linear) -> None:
         """Per-tensor: re-quantize every shard to the largest shard scale. Per-channel: store ``weight`` transposed.
 
-        A static ``input_scale`` becomes the largest shard's, 0-d.
+        A static ``input_scale`` becomes the largest shard's, 0-d [STATIC-2], for per-tensor and per-channel
+        weights alike: the fused shards read the same activation, so one scale must cover every shard's range
+        (vLLM ``fp8.py`` ``Fp8LinearMethod.process_weights_after_loading``: ``input_scale.max()``;
+        ``compressed_tensors_w8a8_fp8.py`` ``CompressedTensorsW8A8Fp8.process_weights_after_loading``).
         """
         weight, scale = layer.weight, layer.weight_scale
         if self.strategy == "tensor":
