@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadspec.conformance.assertions import assert_equal
+from loadspec.conformance.assertions import assert_equal, fail
 from loadspec.conformance.drivers import (
     SELF_ATTN_ONLY_PRODUCERS,
     built,
@@ -179,3 +179,49 @@ def test_automatic_loader_merges_the_cache_scale_mapper(impl):
     assert_equal("names loaded through model mapper + cache-scale mapper", set(loaded), {"self_attn.attn.k_scale"},
                  "NAMES-10")
     assert_equal("self_attn.attn.k_scale", module.self_attn.attn.k_scale.item(), 0.5, "NAMES-10")
+
+
+def attention_tree():
+    """A plain module tree ``model.layers.0.self_attn.attn`` holding the four scales at -1.0, and its attn."""
+    import torch
+
+    attn = torch.nn.Module()
+    for name in ("q_scale", "k_scale", "v_scale", "prob_scale"):
+        setattr(attn, name, torch.nn.Parameter(torch.tensor(-1.0), requires_grad=False))
+    layer = torch.nn.Module()
+    layer.self_attn = torch.nn.Module()
+    layer.self_attn.attn = attn
+    root = torch.nn.Module()
+    root.model = torch.nn.Module()
+    root.model.layers = torch.nn.ModuleList([layer])
+    return root, attn
+
+
+MERGE_CASES = [pytest.param(p.id, kind, id=f"{p.id}-{kind}") for p in MUST_PRODUCERS if p.id != "canonical"
+               for kind in p.scale_names]
+
+
+@pytest.mark.rule("NAMES-10")
+@pytest.mark.requires("primitives")
+@pytest.mark.parametrize("producer_id, kind", MERGE_CASES)
+def test_cache_scale_mapper_runs_after_the_models_mapper(impl, producer_id, kind):
+    """The model's regex renames its HF attention module ``attention`` to ``self_attn``; the cache-scale mapper,
+    merged on its right, then maps the producer's name. Merged on the left, its entries run first, on the
+    un-renamed name, and the scale is lost [NAMES-10]."""
+    import torch
+
+    producer = PRODUCERS[producer_id]
+    module, attn = attention_tree()
+    name = producer.scale_name("model.layers.0.attention.", kind)
+    target = f"{'k' if producer.fused_kv else kind}_scale"
+    model_mapper = impl.make_mapper(regex={r"\.attention\.": ".self_attn."})
+    what = f"auto_load({name!r}) under {producer.quant_method} with the model's mapper {{'\\.attention\\.': " \
+           "'.self_attn.'}"
+    try:
+        loaded = impl.auto_load(module, [(name, torch.tensor(0.5))], mapper=model_mapper,
+                                quant_method=producer.quant_method)
+    except Exception as exc:  # noqa: BLE001 - shown, not handled
+        fail(what, f"{type(exc).__name__}: {exc}", f"loads model.layers.0.self_attn.attn.{target}", "NAMES-10")
+    assert_equal(f"names loaded by {what}", sorted(loaded), [f"model.layers.0.self_attn.attn.{target}"],
+                 "NAMES-10")
+    assert_equal(f"attn.{target} after {what}", getattr(attn, target).item(), 0.5, "NAMES-10")

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from unittest import mock
 
 from loadspec.conformance.adapters.reference import ReferenceAdapter
 from loadspec.reference.api import weights_of
+from loadspec.reference.auto_loader import AutoWeightsLoader
+from loadspec.reference.cache_scale_mappers import CACHE_SCALE_MAPPER
+from loadspec.reference.mapper import WeightsMapper
+from loadspec.reference.quant_config import QuantConfig
 from loadspec.reference.reload import ReloadSession
 
 
@@ -62,3 +68,43 @@ class ScopedPatchMutant(ReferenceAdapter):
                     return attribute(*args, **kwargs)
             return patched
         return attribute
+
+
+def without_regex(mapper: WeightsMapper, *fragments: str) -> WeightsMapper:
+    """``mapper`` minus its regex entries whose pattern contains any of ``fragments``."""
+    return WeightsMapper(regex={p: v for p, v in mapper.regex.items()
+                                if not any(f in getattr(p, "pattern", p) for f in fragments)})
+
+
+@dataclass(frozen=True)
+class MappedConfig(QuantConfig):
+    """A reference quantization config whose cache-scale mapper is ``mapper_for(quant_method)``."""
+
+    mapper_for: Callable[[str], WeightsMapper] = field(default=lambda method: CACHE_SCALE_MAPPER, compare=False)
+
+    def get_cache_scale_mapper(self) -> WeightsMapper:
+        return self.mapper_for(self.quant_method)
+
+
+class CacheScaleMapperMutant(ReferenceAdapter):
+    """The reference adapter whose quantization configs return ``mapper_for(quant_method)`` as their cache-scale
+    mapper: in ``cache_scale_mapper``, the automatic loader and every model it builds."""
+
+    @staticmethod
+    def mapper_for(quant_method: str) -> WeightsMapper:
+        return CACHE_SCALE_MAPPER
+
+    def cache_scale_mapper(self, quant_method):
+        return self.mapper_for(quant_method)
+
+    def auto_load(self, module, weights, *, mapper=None, quant_method=None, skip_prefixes=(), skip_substrs=()):
+        if quant_method is not None:
+            module.quant_config = MappedConfig(quant_method, self.mapper_for)
+        loader = AutoWeightsLoader(module, skip_prefixes=skip_prefixes, skip_substrs=skip_substrs)
+        return loader.load_weights(weights, mapper=mapper)
+
+    def build_model(self, spec, *, device):
+        model = super().build_model(spec, device=device)
+        if model.quant_config is not None:
+            model.quant_config = MappedConfig(model.quant_config.quant_method, self.mapper_for)
+        return model
