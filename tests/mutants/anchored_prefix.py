@@ -11,7 +11,6 @@ from loadspec.reference.mapper import WeightsMapper
 from mutants._base import CACHE_SCALE_MAPPER, CacheScaleMapperMutant
 
 
-
 def shifted(replacement: str) -> str:
     """``replacement`` with every backreference moved up one group (the anchor is group 1)."""
     return re.sub(r"\\(\d)", lambda m: "\\" + str(int(m.group(1)) + 1), replacement)
