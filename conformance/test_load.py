@@ -65,10 +65,13 @@ def test_shape_mismatch_names_both_shapes(impl):
 @pytest.mark.rule("LOAD-3")
 @pytest.mark.requires("primitives")
 def test_returns_the_names_loaded(impl):
-    module = tree()
     weights = [("layers.0.self_attn.o_proj.weight", torch.ones(3, 2)), ("layers.0.norm.weight", torch.ones(3))]
-    loaded = impl.auto_load(module, weights)
+    loaded = impl.auto_load(tree(), weights)
     assert_equal("names returned", set(loaded), {n for n, _ in weights}, "LOAD-3")
+    renamed = [("old.0.self_attn.o_proj.weight", torch.ones(3, 2)), ("layers.0.norm.kept", torch.ones(2))]
+    loaded = impl.auto_load(tree(), renamed, mapper=impl.make_mapper(prefix={"old.": "layers."}))
+    assert_equal("names returned for a mapped checkpoint with a persistent buffer", set(loaded),
+                 {"layers.0.self_attn.o_proj.weight", "layers.0.norm.kept"}, "LOAD-3")
 
 
 @pytest.mark.rule("LOAD-4")
