@@ -374,8 +374,12 @@ MIRROR_STARTS = ["first load", "dummy load", "dummy load, reload", "first load, 
 def test_host_mirrors_equal_device_scales_in_a_model(impl, request, start, data):
     """After every first load, dummy load, reload and reload-session step, each host mirror the contract names
     equals its device scale in every attention layer (stale mirrors after a reload: modelexpress#711/#783,
-    vllm#38975) [KVPROC-11]."""
-    spec, layouts = draw_case(impl, request, data, "base", "reloaded", params_dtypes=("float32",))
+    vllm#38975), in float32 and reduced-precision models alike [KVPROC-11]."""
+    spec = data.draw(graphs_for(impl), label="graph")  # bf16/fp16 models too, with values they cannot hold
+    layouts = {role: data.draw(checkpoint_layouts(spec, producers=must_producers(spec),
+                                                  kv_scales=must_kv_scales("float32")), label=f"{role} checkpoint")
+               for role in ("base", "reloaded")}
+    record_case(request, Case(request.node.nodeid, layouts=layouts))
     base, reloaded = (layouts[role].tensors() for role in ("base", "reloaded"))
     model = impl.build_model(spec, device=run_device())
     if start.startswith("dummy load"):

@@ -102,7 +102,8 @@ def test_cache_scale_mappers_ignore_the_prefix(impl, prefix, container):
                          expected, "NAMES-13")
 
 
-def check_producer_values(impl, ref, request, data, *, producers, rule, kv_scales=None, **graph_options):
+def check_producer_values(impl, ref, request, data, *, producers, rule, kv_scales=None, exact_in_model_dtype=True,
+                          **graph_options):
     __tracebackhide__ = True
     producer_id = data.draw(st.sampled_from(producers), label="producer")
     producer = PRODUCERS[producer_id]
@@ -112,10 +113,13 @@ def check_producer_values(impl, ref, request, data, *, producers, rule, kv_scale
         options["containers"] = ("self_attn",)
     options.update(graph_options)
     spec = data.draw(graphs_for(impl, **options), label="graph")
-    # every kind the producer names is present, so only names decide the values (not KVPROC-4's v-follows-k)
-    named = tuple(kind for kind in ("k", "v") if kind in producer.scale_names)
+    # every kind the producer names is present (q and prob too), so only names decide the values (not
+    # KVPROC-4's v-follows-k, nor KVPROC-6's default), and a loader that drops any of them fails
+    named = tuple(kind for kind in SCALE_KINDS if kind in producer.scale_names)
     layout = data.draw(checkpoint_layouts(spec, producers=(producer_id,),
-                                          kv_scales=kv_scales or must_kv_scales(required=named)), label="checkpoint")
+                                          kv_scales=kv_scales or must_kv_scales(
+                                              spec.params_dtype if exact_in_model_dtype else "float32",
+                                              required=named)), label="checkpoint")
     record_case(request, Case(request.node.nodeid, layouts={"base": layout}))
     got = impl.export_kernel_state(built(impl, spec, layout.tensors()))
     expected = ref.export_kernel_state(built(ref, spec, layout.tensors()))
@@ -133,6 +137,18 @@ def check_producer_values(impl, ref, request, data, *, producers, rule, kv_scale
 def test_producer_values_reach_the_kernel(impl, ref, request, producer_id, data):
     rule = PRODUCERS[producer_id].rule
     check_producer_values(impl, ref, request, data, producers=[producer_id], rule=rule, attention=("mha",))
+
+
+@pytest.mark.rule("SCALE-2")
+@pytest.mark.requires("model", "reduced_precision_params")
+@heavy()
+@given(data=st.data())
+def test_producer_values_in_reduced_precision_models(impl, ref, request, data):
+    """Every MUST producer's scales in a bf16/fp16 model, with values the model dtype cannot hold (0.3): the
+    scale parameters are float32 whatever the model's dtype [SCALE-2], so the kernel gets the reference's."""
+    check_producer_values(impl, ref, request, data, producers=[p.id for p in MUST_PRODUCERS], rule="SCALE-2",
+                          params_dtypes=("bfloat16", "float16"), attention=("mha",),
+                          exact_in_model_dtype=False)
 
 
 @pytest.mark.rule("NAMES-2")
