@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal, assert_raises_value_error, assert_unchanged, fail, snapshot
-from loadspec.conformance.drivers import built, draw_case, graphs_for, heavy, layouts_for, run_device
+from loadspec.conformance.drivers import built, close_quietly, draw_case, graphs_for, heavy, layouts_for, run_device
 from loadspec.conformance.oracle import Twin, assert_mirrors_match_scales
 from loadspec.conformance.reproducers import Case, record_case
 from loadspec.reference.spec import ModelSpec, uniform_layers
@@ -373,3 +373,33 @@ def test_host_mirrors_equal_device_scales_after_first_and_dummy_load(impl, reque
     dummy = impl.build_model(spec, device=run_device())
     impl.dummy_load(dummy)
     assert_mirrors_match_scales("after a dummy load", impl, dummy, spec, "LOAD-18", request=request)
+
+
+@pytest.mark.rule("LOAD-6")
+@pytest.mark.requires("model")
+@heavy()
+@given(data=st.data())
+def test_multi_element_kv_scale_rejected_naming_it_model_unchanged(impl, request, data):
+    """A KV-cache scale of (2,) or per-head (H, 1, 1) / (H,) shape in a checkpoint is rejected by a first load, a
+    reload and a reload session with a ValueError naming the weight, and the whole model is unchanged [LOAD-6]."""
+    spec, layouts = draw_case(impl, request, data, "base", "new", allow_unquantized=False)
+    new = layouts["new"]
+    name = data.draw(st.sampled_from(new.kv_scale_names), label="scale given several elements")
+    heads = max(spec.num_kv_heads, 2)  # per KV head, as compressed-tensors' attn_head strategy stores them
+    shape = data.draw(st.sampled_from([(2,), (heads, 1, 1), (heads,)]), label="its shape")
+    weights = [(n, torch.full(shape, 0.5, dtype=t.dtype) if n == name else t) for n, t in new.tensors()]
+    phases = ["first_load", "reload"] + (["reload session"] if "reload_sessions" in impl.capabilities else [])
+    phase = data.draw(st.sampled_from(phases), label="phase")
+    what = f"{name} of shape {shape}"
+    if phase != "reload session":
+        _rejected_before_any_write(impl, spec, layouts["base"], weights, phase, what, "LOAD-6", [name])
+        return
+    model = built(impl, spec, layouts["base"].tensors())
+    before = _model_state(impl, model)
+    session = impl.open_reload(model)
+    try:
+        assert_raises_value_error(f"reload session given {what}", lambda: session.load(weights), "LOAD-6",
+                                  mentions=[name])
+    finally:
+        close_quietly(session)
+    assert_unchanged(f"model after a session rejected {what}", before, _model_state(impl, model), "LOAD-6")
