@@ -24,7 +24,7 @@ Where the cost goes, and why it is small:
   the session; when complete it is materialized (views of one staging buffer, reused from layer to
   layer), processed, and copied into its kernel tensors, which stay the same objects [RELOAD-1].
 * **Attention layers**: a parameter other than the KV-cache scales (e.g. attention sinks) is kept
-  registered and written in place when delivered [RELOAD-13]; the scales are re-created and processed
+  registered and written in place when delivered [RELOAD-15]; the scales are re-created and processed
   only if some scale was delivered [RELOAD-3, RELOAD-4].
 
 Two modes:
@@ -93,6 +93,20 @@ class TensorTemplate:
     shape: tuple[int, ...]
     dtype: torch.dtype
     attrs: dict[str, Any]  # the tensor's instance attributes: loaders, names, whatever a layer set
+    numel: int = field(init=False, compare=False)
+    nbytes: int = field(init=False, compare=False)
+    loader: WeightLoader = field(init=False, compare=False)
+    """The parameter's own ``weight_loader``, else its class's, else the default [SCALE-7]."""
+    owned: bool = field(init=False, compare=False)
+    """Whether ``loader`` is one of the reference's own (``is_owned_loader``)."""
+
+    def __post_init__(self) -> None:
+        numel = int(torch.Size(self.shape).numel())
+        loader = self.attrs.get("weight_loader") or getattr(self.cls, "weight_loader", default_weight_loader)
+        object.__setattr__(self, "numel", numel)  # frozen: each set once, here
+        object.__setattr__(self, "nbytes", numel * self.dtype.itemsize)
+        object.__setattr__(self, "loader", loader)
+        object.__setattr__(self, "owned", is_owned_loader(loader))
 
     @classmethod
     def of(cls, tensor: torch.nn.Parameter) -> TensorTemplate:
@@ -108,20 +122,6 @@ class TensorTemplate:
         param.__dict__.update(self.attrs)
         return param
 
-    @property
-    def numel(self) -> int:
-        return int(torch.Size(self.shape).numel())
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
-
-    @property
-    def loader(self) -> WeightLoader:
-        """The parameter's own ``weight_loader``, else its class's, else the default [SCALE-7]."""
-        loader = self.attrs.get("weight_loader") or getattr(self.cls, "weight_loader", default_weight_loader)
-        return cast(WeightLoader, loader)  # attributes are untyped; a layer sets a loader there or on the class
-
 
 def is_owned_loader(loader: object) -> bool:
     """Whether ``loader`` is one of the reference's own loaders, whose written region is known [COUNT-1]."""
@@ -129,11 +129,12 @@ def is_owned_loader(loader: object) -> bool:
         isinstance(loader, ShardLoader) and type(loader).__call__ is _SHARD_CALL)
 
 
-def owned_region(loader: object, template: TensorTemplate, shard_id: ShardId | None) -> tuple[Hashable, int] | None:
-    """The region an owned loader writes for a validated load, as ``(key, elements)``; ``None`` for a loader the
-    reference does not own (count it with ``CopyCounter``) [COUNT-1, COUNT-3]."""
-    if not is_owned_loader(loader):
+def owned_region(template: TensorTemplate, shard_id: ShardId | None) -> tuple[Hashable, int] | None:
+    """The region ``template``'s owned loader writes for a validated load, as ``(key, elements)``; ``None`` for a
+    loader the reference does not own (count it with ``CopyCounter``) [COUNT-1, COUNT-3]."""
+    if not template.owned:
         return None
+    loader = template.loader
     if shard_id is None or not isinstance(loader, ShardLoader):
         return _WHOLE, template.numel
     offset, size = loader.shards[shard_id]
@@ -273,7 +274,7 @@ def _keeps_layout(module: torch.nn.Module, templates: Mapping[str, TensorTemplat
 def _matches(template: TensorTemplate, tensor: torch.Tensor | None) -> bool:
     return tensor is not None and type(tensor) is template.cls and tuple(tensor.shape) == template.shape \
         and tensor.dtype == template.dtype and (
-            is_owned_loader(template.loader) or getattr(tensor, "weight_loader", None) is template.loader)
+            template.owned or getattr(tensor, "weight_loader", None) is template.loader)
 
 
 @contextmanager
@@ -293,7 +294,7 @@ def _sigint_held() -> Iterator[None]:
 
 
 class ReloadSession:
-    """One layerwise reload of ``model`` [RELOAD-1..13]; use as a context manager or call ``finish``.
+    """One layerwise reload of ``model`` [RELOAD-1..12, RELOAD-15..17]; a context manager, or call ``finish``.
 
     ``transactional=False`` (default) streams as vLLM does; ``transactional=True`` stages every
     ``load`` and writes at ``finish`` only after the whole input validated, restoring the model
@@ -350,14 +351,13 @@ class ReloadSession:
             self._cuda = self._cuda or any(t.device.type == "cuda" for t in kernel.values())
             if is_attention(module):
                 # KV-cache scales exist only as templates; any other parameter (sinks) stays registered when
-                # its layout is kept [RELOAD-13]
+                # its layout is kept [RELOAD-15]
                 layer.swapped = {n for n in kernel if n in SCALE_NAMES or (
                     n in templates and not _matches(templates[n], kernel[n]))}
                 meta_names = [n for n in templates if n in SCALE_NAMES or n in layer.swapped]
             elif _keeps_layout(module, templates, kernel):
                 layer.direct = True
-                layer.deferrable = id(module) not in read_by_attention and all(
-                    is_owned_loader(t.loader) for t in templates.values())
+                layer.deferrable = id(module) not in read_by_attention and all(t.owned for t in templates.values())
                 meta_names = []
             else:
                 layer.swapped = set(kernel)
@@ -440,7 +440,7 @@ class ReloadSession:
                 f"{layer.name}.{name}: delivered after layer {layer.name!r} was already processed "
                 f"in this reload [RELOAD-9]")
         template = layer.templates[name]
-        region = owned_region(template.loader, template, shard_id)
+        region = owned_region(template, shard_id)
         if region is not None:
             layer.add_region(name, *region)
         elif not is_attention(layer.module):  # attention layers are not counted [ORDER-1]
@@ -558,7 +558,7 @@ class ReloadSession:
         for name in SCALE_NAMES:
             if name in module._parameters:
                 delattr(module, name)
-        if other_loads:  # sinks and the like: straight into the kernel tensors [RELOAD-13]
+        if other_loads:  # sinks and the like: straight into the kernel tensors [RELOAD-15]
             swapped = {n for n, _, _ in other_loads if n in layer.swapped}
             fresh = {n: layer.templates[n].materialize(layer.kernel[n].device) for n in swapped}
             self._replay(layer, {**layer.kernel, **fresh}, other_loads)
@@ -646,7 +646,7 @@ class ReloadSession:
                 continue  # a buffer, or an attention layer (not counted)
             layer, name = owner
             template = layer.templates[name]
-            region = owned_region(template.loader, template, load.shard_id)
+            region = owned_region(template, load.shard_id)
             got = regions.setdefault(layer.name, {}).setdefault(name, {})
             if region is not None:
                 got[region[0]] = region[1]
@@ -791,7 +791,7 @@ class ReloadSession:
 
 def reload_weights(model: torch.nn.Module, weights: Iterable[tuple[str, torch.Tensor]], *,
                    mapper: WeightsMapper | None = None, transactional: bool = True) -> ReloadReport:
-    """Reload ``weights`` into a processed model layer by layer [RELOAD-1..13].
+    """Reload ``weights`` into a processed model layer by layer [RELOAD-1..12, RELOAD-15..17].
 
     Transactional by default: the whole input is validated (shapes, dtypes, scale values, duplicate
     sources, partial layers) before the first write, and any failure leaves the model bit-identical

@@ -372,3 +372,58 @@ def test_a_weight_given_in_two_buckets_of_a_transactional_session_is_rejected(mo
             session.load(again)
     assert no_meta(model)
     assert_unchanged("model after a weight given twice across buckets", before, model_state(model), "LOAD-14")
+
+
+# ------------------------------------------------------------------ SIGINT at any write
+BF16_LINEARS = DEFAULT_SPEC.with_(params_dtype="bfloat16", layers=(
+    LayerSpec(), LayerSpec(qkv_quant="fp8_per_tensor")))  # layout-preserving linears beside processed ones
+
+
+@pytest.mark.parametrize("spec", [pytest.param(BF16_LINEARS, id="preserving+fp8"), *SPECS])
+def test_sigint_at_any_write_commits_every_layer_or_none(spec, monkeypatch, model_state):
+    """A real SIGINT before the deferred writes of the layout-preserving layers rolls back; one during them is
+    held until they are all written: either way the model is the old state or the new one, never a mix."""
+    import importlib
+    import os
+    import signal
+
+    reload_module = importlib.import_module("loadspec.reference.reload")  # the package's ``reload`` is api.reload
+
+    weights = new_weights(spec)
+    reference = loaded(spec)
+    api.reload(reference, weights)
+    reloaded = api.export(reference)
+    outcomes = set()
+    for at in range(1, 200):
+        model = loaded(spec)
+        before = model_state(model)
+        calls = []
+        original = reload_module.write_owned
+
+        def interrupting(*args, at=at, calls=calls, original=original):
+            calls.append(None)
+            if len(calls) == at:
+                os.kill(os.getpid(), signal.SIGINT)
+            return original(*args)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(reload_module, "write_owned", interrupting)
+            try:
+                api.reload(model, weights)
+            except KeyboardInterrupt:
+                pass
+            else:
+                assert len(calls) < at, "the SIGINT did not propagate"
+                break
+        after = model_state(model)
+        assert no_meta(model)
+        try:
+            assert_unchanged(f"model after SIGINT at write {at}", before, after, "RELOAD-11")
+            outcomes.add("rolled back")
+        except AssertionError:
+            assert_same_state(f"model after SIGINT at write {at} (not rolled back: must be fully reloaded)",
+                              api.export(model), reloaded, "RELOAD-11")
+            outcomes.add("committed")
+    assert "rolled back" in outcomes
+    if spec is BF16_LINEARS:
+        assert outcomes == {"rolled back", "committed"}, outcomes

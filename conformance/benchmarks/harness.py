@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from loadspec.reference.model import checkpoint_mapper
 from loadspec.reference.spec import LayerSpec, ModelSpec
 from loadspec.strategies.synthetic import synthetic_checkpoint
 
@@ -263,6 +264,18 @@ def state_bytes(adapter, model) -> int:
     return sum(tensor.nbytes for tensor in adapter.kernel_tensors(model).values())
 
 
+def largest_layer_bytes(spec: ModelSpec, weights: Weights) -> int:
+    """Checkpoint bytes of the largest layer (fused projections together: ``q/k/v_proj`` are one ``qkv_proj``),
+    the bound issue 12 sets on a reload's peak extra memory for in-order delivery."""
+    mapper = checkpoint_mapper(spec)
+    per_layer: dict[str, int] = {}
+    for name, tensor in weights:
+        mapped = mapper.map_name_with_shard(name)
+        layer = (mapped[0] if mapped else name).rsplit(".", 1)[0]
+        per_layer[layer] = per_layer.get(layer, 0) + tensor.nbytes
+    return max(per_layer.values(), default=0)
+
+
 # ------------------------------------------------------------------ results
 @dataclass
 class Result:
@@ -279,6 +292,7 @@ class Result:
     state_bytes: int | None = None
     correct: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    largest_layer_bytes: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"case": self.case, "variant": self.variant, "tensors": self.tensors,
@@ -293,6 +307,9 @@ class Result:
             out["peak_extra_bytes"] = self.peak_extra_bytes
             if self.state_bytes:
                 out.update(state_bytes=self.state_bytes, peak_extra_fraction=self.peak_extra_bytes / self.state_bytes)
+            if self.largest_layer_bytes:
+                out.update(largest_layer_bytes=self.largest_layer_bytes,
+                           peak_extra_per_largest_layer=self.peak_extra_bytes / self.largest_layer_bytes)
         if self.correct is not None:
             out["correct"] = self.correct
         return {**out, **self.extra}

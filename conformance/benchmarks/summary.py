@@ -89,13 +89,15 @@ def markdown(document: dict[str, Any]) -> str:
              + ("(one pinned host-to-device copy of the same bytes)." if absolute else
                 "(a plain `copy_` loop over the same tensors); on CPU only the ratios are meant to be compared."),
              "", "| case | variant | tensors | MiB | ms | GiB/s | ceiling GiB/s | ratio | overhead µs/tensor "
-                 "| peak extra MiB (× state) | correct |",
+                 "| peak extra MiB (× state; × largest layer) | correct |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in document["cases"]:
         peak = ""
         if c.get("peak_extra_bytes") is not None:
-            peak = f"{c['peak_extra_bytes'] / MIB:.1f}" + (f" ({c['peak_extra_fraction']:.2f}×)"
-                                                            if c.get("peak_extra_fraction") is not None else "")
+            shares = [f"{c[key]:.2f}×{unit}" for key, unit in (("peak_extra_fraction", ""),
+                                                                  ("peak_extra_per_largest_layer", " layer"))
+                      if c.get(key) is not None]
+            peak = f"{c['peak_extra_bytes'] / MIB:.1f}" + (f" ({'; '.join(shares)})" if shares else "")
         lines.append(f"| {c['case']} | {c['variant']} | {c['tensors']} | {c['bytes'] / MIB:.1f} | "
                      f"{c['seconds'] * 1e3:.3g} | {_fmt(c.get('gib_s'))} | {_fmt(c.get('ceiling_gib_s'))} | "
                      f"{_fmt(c.get('ratio'), '{:.3f}')} | {_fmt(c.get('overhead_us_per_tensor'), '{:.1f}')} | "

@@ -87,7 +87,8 @@ def test_throughput(benchmark, impl, device, bench_size, throughput_checkpoints,
     seconds = harness.timed_rounds(benchmark, lambda: impl.reload(model, harness.delivered(weights)), device,
                                    rounds=bench_size.rounds, warmup=bench_size.warmup)
     result = Result("throughput", variant, len(weights), harness.nbytes(weights), seconds, ceiling_s, describe,
-                    _peak(impl, model, weights, device), harness.state_bytes(impl, model), correct)
+                    _peak(impl, model, weights, device), harness.state_bytes(impl, model), correct,
+                    largest_layer_bytes=harness.largest_layer_bytes(spec, weights))
     benchmark.extra_info.update(result.as_json())
     RESULTS.append(result)
 
@@ -183,7 +184,8 @@ def test_delivery_pattern(benchmark, impl, device, bench_size, throughput_checkp
     seconds = harness.timed_rounds(benchmark, run, device, rounds=bench_size.rounds, warmup=bench_size.warmup)
     describe, ceiling_s = _ceiling(weights, device, bench_size)
     result = Result("delivery", label, len(weights), harness.nbytes(weights), seconds, ceiling_s, describe,
-                    peak_extra_bytes=peak.extra, state_bytes=harness.state_bytes(impl, model), correct=correct)
+                    peak_extra_bytes=peak.extra, state_bytes=harness.state_bytes(impl, model), correct=correct,
+                    largest_layer_bytes=harness.largest_layer_bytes(spec, weights))
     benchmark.extra_info.update(result.as_json())
     RESULTS.append(result)
 
