@@ -70,11 +70,13 @@ class AttentionBlock(torch.nn.Module):
                 "kv_a_layernorm": RMSNorm(rank, eps=spec.rms_norm_eps, dtype=dtype, device=device),
             }
             kv_b_proj = projections["kv_b_proj"] = Linear(rank, {0: heads * 2 * head_dim}, scheme=layer.qkv_quant, **kw)
-            attn = MLAAttention(num_heads=heads, head_dim=head_dim, kv_lora_rank=rank, kv_b_proj=kv_b_proj, **kv)
+            attn = MLAAttention(num_heads=heads, head_dim=head_dim, kv_lora_rank=rank, kv_b_proj=kv_b_proj,
+                                sinks=layer.sinks, dtype=dtype, **kv)
         else:
             projections = {"qkv_proj": Linear(hidden, {"q": spec.q_size, "k": spec.kv_size, "v": spec.kv_size},
                                               scheme=layer.qkv_quant, **kw)}
-            attn = Attention(num_heads=heads, num_kv_heads=spec.num_kv_heads, head_dim=head_dim, **kv)
+            attn = Attention(num_heads=heads, num_kv_heads=spec.num_kv_heads, head_dim=head_dim,
+                             sinks=layer.sinks, dtype=dtype, **kv)
         projections["o_proj"] = Linear(heads * head_dim, {0: hidden}, scheme=layer.o_quant, **kw)
         if layer.attention_first:
             self.attn = attn

@@ -35,6 +35,7 @@ class LayerSpec:
     gate_up_quant: str = "none"
     down_quant: str = "none"
     attention_first: bool = False
+    sinks: bool = False  # the attention layer owns ``sinks`` [num_heads] besides its KV-cache scales [RELOAD-15]
 
     def linear_quants(self) -> dict[str, str]:
         """Quant scheme by linear name relative to the decoder layer."""

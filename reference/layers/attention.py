@@ -5,7 +5,7 @@ layer [ORDER-1, ORDER-3]. MLA's processing absorbs ``kv_b_proj``'s processed
 weight into ``W_UK_T``/``W_UV``, so it is wrong if it runs before that linear.
 With ``sinks=True`` the layer also owns ``sinks`` (one learned logit per head, as
 gpt-oss's attention has), a parameter besides its scales that every reload must keep
-[RELOAD-13].
+[RELOAD-15].
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class AttentionLayerBase(torch.nn.Module):
         self.quant_method = method
 
     def _init_sinks(self, num_heads: int, *, dtype: torch.dtype, device: torch.device | str | None) -> None:
-        """Register ``sinks`` ``[num_heads]``: a parameter of the layer besides its KV-cache scales [RELOAD-13]."""
+        """Register ``sinks`` ``[num_heads]``: a parameter of the layer besides its KV-cache scales [RELOAD-15]."""
         sinks = torch.nn.Parameter(torch.empty(num_heads, dtype=dtype, device=device), requires_grad=False)
         sinks.weight_loader = default_weight_loader  # type: ignore[attr-defined]  # vLLM: loaders ride on the Parameter
         self.sinks = sinks
