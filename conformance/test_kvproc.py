@@ -21,8 +21,10 @@ from loadspec.conformance.drivers import (
     process_scales,
     run_device,
 )
+from loadspec.conformance.oracle import MIRRORED_SCALE, mirror_differences
 from loadspec.conformance.reproducers import Case, record_case
-from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS, OUTPUT_BUFFERS, QUANT_METHODS, SCALE_KINDS
+from loadspec.reference.vocabulary import OUTPUT_BUFFERS, QUANT_METHODS, SCALE_KINDS
+from loadspec.strategies.capabilities import HOST_MIRRORS
 from loadspec.strategies.layouts import checkpoint_layouts
 from loadspec.strategies.producers import PRODUCERS
 from loadspec.strategies.scales import kv_scale_sets, scale_values
@@ -161,14 +163,11 @@ def test_e5m2_with_loading_method_rejected(impl):
         fail("building fp8_e5m2 attention under an FP8 config", "accepted", "ValueError", "KVPROC-10")
 
 
-HOST_MIRRORS = (*FLOAT_MIRRORS.items(), *CPU_MIRRORS.items())
-"""(scale name, host mirror) for every mirror the contract names [KVPROC-11]."""
-
-
 def check_mirrors(mirrors: dict[str, float], outputs: dict[str, float], when: str, *, prefix: str = "") -> None:
-    """Every contract mirror ``prefix + mirror`` is present and equals its device scale ``outputs[scale]``."""
+    """Every mirror the contract names (``prefix + mirror``) is present and equals its device scale
+    ``outputs[scale]`` [KVPROC-11]."""
     __tracebackhide__ = True
-    for scale, mirror in HOST_MIRRORS:
+    for mirror, scale in MIRRORED_SCALE.items():
         if prefix + mirror not in mirrors:
             fail(f"host mirror {prefix + mirror} {when}", "absent", f"{outputs[scale]!r} (the device {scale})",
                  "KVPROC-11")
@@ -177,6 +176,7 @@ def check_mirrors(mirrors: dict[str, float], outputs: dict[str, float], when: st
 
 
 @pytest.mark.rule("KVPROC-11")
+@pytest.mark.requires(HOST_MIRRORS)
 @given(data=st.data())
 def test_host_mirrors_equal_device_scales(impl, request, data):
     dtype = data.draw(st.sampled_from(QUANTIZED + UNQUANTIZED), label="kv_cache_dtype")
@@ -338,22 +338,27 @@ def test_both_loaded_in_a_bf16_model(impl, ref, request, values_dtype, data):
 
 
 def check_model_mirrors(impl, model, spec, when: str, *, in_session: bool = False) -> None:
-    """KVPROC-11 on every attention layer of a model: its host mirrors equal its device scales.
+    """KVPROC-11 on every attention layer of a model: each mirror the contract names, ``_prob_scale_float``
+    included, equals its device scale.
 
-    The device scales are the exported ones, or inside an open reload session (where the model cannot be
-    exported yet) the live output buffers ``_k_scale`` ... among ``kernel_tensors``.
+    The device scales are the exported ones (``oracle.mirror_differences``), or inside an open reload session
+    (where the model cannot be exported yet) the live output buffers ``_k_scale`` ... among ``kernel_tensors``.
     """
     __tracebackhide__ = True
-    mirrors = impl.host_mirrors(model)
-    state = impl.kernel_tensors(model) if in_session else impl.export_kernel_state(model)
+    if not in_session:
+        problems = mirror_differences(impl, model, spec, mirrors=tuple(MIRRORED_SCALE))
+        if problems:
+            fail(f"host mirrors {when}", problems, "each equal to its device scale", "KVPROC-11")
+        return
+    mirrors, live = impl.host_mirrors(model), impl.kernel_tensors(model)
     for index in range(len(spec.layers)):
         prefix = spec.attention_prefix(index)
-        names = {scale: prefix + (OUTPUT_BUFFERS[scale] if in_session else scale) for scale, _ in HOST_MIRRORS}
-        absent = [name for name in names.values() if name not in state and "." + name not in state]
+        names = {scale: prefix + buffer for scale, buffer in OUTPUT_BUFFERS.items()}
+        absent = [name for name in names.values() if name not in live and "." + name not in live]
         if absent:
-            fail(f"device scales {when}", "absent", absent, "KVPROC-11")
-        outputs = {scale: float(state.get(name, state.get("." + name))) for scale, name in names.items()}
-        check_mirrors(mirrors, outputs, when, prefix=prefix)
+            fail(f"device scale buffers {when}", "absent from kernel_tensors", absent, "KVPROC-11")
+        check_mirrors(mirrors, {scale: float(live.get(name, live.get("." + name))) for scale, name in names.items()},
+                      when, prefix=prefix)
 
 
 def split_in_two(weights: list, spec) -> tuple[list, list]:
@@ -367,7 +372,7 @@ MIRROR_STARTS = ["first load", "dummy load", "dummy load, reload", "first load, 
 
 
 @pytest.mark.rule("KVPROC-11")
-@pytest.mark.requires("model")
+@pytest.mark.requires("model", HOST_MIRRORS)
 @pytest.mark.parametrize("start", MIRROR_STARTS)
 @heavy()
 @given(data=st.data())
