@@ -13,10 +13,11 @@ import re
 import pytest
 import torch
 from hypothesis import given
+from hypothesis import strategies as st
 
 from loadspec.reference.errors import MapperError
-from loadspec.reference.mapper import WeightsMapper
-from loadspec.strategies.mappers import mappers, weight_names
+from loadspec.reference.mapper import STAGES, WeightsMapper
+from loadspec.strategies.mappers import mappers, name_vocabularies, weight_names
 
 
 def test_oracle_stacked_stage_runs_before_suffix_keeping_the_shard_id():
@@ -70,3 +71,17 @@ def test_apply_yields_the_shard_id_with_the_weight():
     [(name, _, shard)] = list(WeightsMapper(stacked={".k_proj.": (".qkv_proj.", "k")}).apply(
         [("l.k_proj.weight", torch.zeros(1))]))
     assert (name, shard) == ("l.qkv_proj.weight", "k")
+
+
+@given(data=st.data())
+def test_mappers_fill_only_the_chosen_stages_from_the_chosen_vocabulary(data):
+    vocabulary = data.draw(name_vocabularies())
+    stages = tuple(data.draw(st.sets(st.sampled_from(STAGES))))
+    mapper = data.draw(mappers(stages=stages, components=vocabulary))
+    for stage in STAGES:
+        if stage not in stages:
+            assert not getattr(mapper, stage), f"{stage} has entries {dict(getattr(mapper, stage))}"
+    for key in [*mapper.substr, *mapper.stacked, *mapper.prefix, *mapper.suffix]:
+        assert any(part and part in component for part in key.split(".") for component in vocabulary), key
+    name = data.draw(weight_names(components=vocabulary))
+    assert set(name.split(".")) <= set(vocabulary)

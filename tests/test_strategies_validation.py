@@ -29,6 +29,7 @@ from loadspec.strategies import (
     scale_values,
     weight_names,
 )
+from loadspec.strategies.mappers import name_vocabularies
 from loadspec.strategies.scales import inexact_scale_values
 
 
@@ -118,6 +119,14 @@ INVALID = [
     row(weight_names, {"min_parts": 3, "max_parts": 2}),
     row(mappers, {"max_entries": -1}),
     row(mappers, {"allow_drop": "no"}),
+    row(mappers, {"stages": ("regexp",)}),
+    row(mappers, {"stages": "regex"}),
+    row(mappers, {"components": "k_proj"}),
+    row(mappers, {"components": ("self_attn.k_proj",)}),
+    row(weight_names, {"components": ()}),
+    row(weight_names, {"components": ("",)}),
+    row(name_vocabularies, {"min_size": 0}),
+    row(name_vocabularies, {"min_size": 3, "max_size": 2}),
     # make_strategies_namespace: choices the adapter does not declare, named with the capability they need
     row(BARE.layer_graphs, {"attention": ("mla",)}, match=r"attention contains \['mla'\].*\['mla'\]"),
     row(BARE.layer_graphs, {"linear_quants": ("none", "fp8_per_channel")},
@@ -175,6 +184,10 @@ VALID = [
         id="checkpoint_layouts(DEFAULT_SPEC, producers=other configs, allow_missing, allow_extra)"),
     row(kv_scale_sets, {"kinds": ("k", "v"), "required": ("k", "v")}),
     row(mappers, {"max_entries": 0, "allow_drop": False}),
+    row(mappers, {"stages": ("stacked",), "components": ("k_proj", "weight")}),
+    row(mappers, {"stages": ()}),
+    row(weight_names, {"components": ("k_proj",)}),
+    row(name_vocabularies, {"min_size": 1, "max_size": 1}),
     row(weight_names, {"min_parts": 2, "max_parts": 2}),
     row(FULL.layer_graphs, {}),
     row(FULL.layer_graphs, {"attention": ("mla",), "allow_tied": True, "params_dtypes": ("float16",)}),
