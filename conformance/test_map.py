@@ -11,9 +11,8 @@ from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal, assert_raises_value_error, fail
 from loadspec.conformance.drivers import mapper_entries, mapper_in
-from loadspec.reference.mapper import STAGES
 from loadspec.reference.vocabulary import CONTAINERS, QUANT_METHODS, SCALE_KINDS
-from loadspec.strategies.mappers import mappers, name_vocabularies, weight_names
+from loadspec.strategies.mappers import STAGES, mappers, name_vocabularies, weight_names
 from loadspec.strategies.producers import PRODUCERS
 
 pytestmark = pytest.mark.requires("primitives")

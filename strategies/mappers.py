@@ -10,7 +10,7 @@ from hypothesis.errors import InvalidArgument
 from loadspec.reference.mapper import STAGES, WeightsMapper
 from loadspec.strategies._validation import check_bounds, check_choices, check_flag
 
-__all__ = ["weight_names", "mappers", "name_vocabularies", "COMPONENTS"]
+__all__ = ["weight_names", "mappers", "name_vocabularies", "COMPONENTS", "STAGES"]
 
 COMPONENTS = ("model", "language_model", "layers", "0", "1", "self_attn", "mixer", "mlp", "attn",
               "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj",
