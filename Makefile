@@ -189,3 +189,22 @@ test-sglang:
 		$(SGLANG_CI_REPORT)/v2/conformance.json
 	@$(SGLANG_VENV)/bin/python -m loadspec.conformance.report diff reports/sglang-$(SGLANG_VERSION)/kv-only/conformance.json \
 		$(SGLANG_CI_REPORT)/kv-only/conformance.json
+
+# ---------------------------------------------------------------- real producer tools (CPU, optional)
+#   make real-checkpoints  - build .venv-producers (torch 2.13.0 CPU + llm-compressor + compressed-tensors, pinned in
+#                            producers/constraints.txt), quantize SmolLM2 with the real llm-compressor oneshot (FP8
+#                            static W8A8 with per-tensor and with attn_head KV scales; FP8_DYNAMIC per-channel in bf16),
+#                            then run loadspec check and the E2E reload on each; writes reports/e2e/real-tools-cpu.txt
+#                            and reports/e2e/real-tools/<recipe>.json. Never part of make test (about a minute).
+PRODUCERS_VENV ?= .venv-producers
+.PHONY: setup-producers real-checkpoints
+setup-producers: $(PRODUCERS_VENV)/.loadspec-installed
+
+$(PRODUCERS_VENV)/.loadspec-installed: producers/constraints.txt
+	python3 -m venv $(PRODUCERS_VENV)
+	$(PRODUCERS_VENV)/bin/pip install -q torch==2.13.0
+	$(PRODUCERS_VENV)/bin/pip install -q -c producers/constraints.txt llmcompressor compressed-tensors
+	touch $@
+
+real-checkpoints: setup setup-producers
+	$(PY) -m loadspec.conformance.e2e.real_tools --producer-python $(PRODUCERS_VENV)/bin/python

@@ -2,9 +2,13 @@
 
 Reads the shard headers (validated by ``loadspec.reference.checkpoint``) and ``config.json``;
 reads tensor data only for scale tensors of at most ``MAX_SCALE_NUMEL`` elements, never weights.
-Every KV-cache scale is resolved by the reference's cache-scale mapper (or an adapter's, with
-``--impl``) and judged as the reference loader judges it: one element, finite, > 0, not the
-``-1.0`` sentinel. Every problem is reported at once. Exit codes: 0 loads cleanly, 1 problems,
+The config is read as engines read it (``e2e.spec_inference``: weights per tensor or channel,
+static or dynamic activations, the KV-scale strategy, ``ignore``, the dtype; every unknown or
+unsupported field is a problem). Every KV-cache scale is resolved by the reference's cache-scale
+mapper (or an adapter's, with ``--impl``) and judged as the reference loader judges it: one
+element (one per KV head for ``attn_head``), finite, > 0, not the ``-1.0`` sentinel. The linear
+summary counts per-tensor/per-channel weight scales and static input scales (each checked
+against the config's activation scheme). Every problem is reported at once. Exit codes: 0 loads cleanly, 1 problems,
 2 unreadable input (not a checkpoint directory, a bad header, an unknown ``--impl``).
 """
 
@@ -20,6 +24,7 @@ from typing import Any
 
 from loadspec.conformance import selection
 from loadspec.conformance.e2e.checkpoints import CheckpointError, resolve_checkpoint
+from loadspec.conformance.e2e.spec_inference import Scheme, SchemeError, read_scheme
 from loadspec.reference.cache_scale_mappers import cache_scale_mapper
 from loadspec.reference.checkpoint import Checkpoint, open_checkpoint, read_config
 from loadspec.reference.errors import CheckpointFormatError
@@ -48,13 +53,15 @@ class ScaleRow:
     shape: list[int] | None = None
     dtype: str | None = None
     value: float | None = None
-    outcome: str = "loads"  # "loads", "defaults to 1.0", "follows k_scale", "rejected"
+    outcome: str = "loads"  # "loads", "loads (per head)", "defaults to 1.0", "follows k_scale", "rejected"
     why: str = ""
+    values: list[float] | None = None  # per KV head (attn_head)
 
     def line(self) -> str:
         source = self.checkpoint_name or "(absent)"
-        found = "" if self.shape is None else f"shape={tuple(self.shape)} {self.dtype}" + (
-            "" if self.value is None else f" value={self.value:g}")
+        shown = (f" value={self.value:g}" if self.value is not None else
+                 " values=[" + ", ".join(f"{v:g}" for v in self.values) + "]" if self.values else "")
+        found = "" if self.shape is None else f"shape={tuple(self.shape)} {self.dtype}{shown}"
         outcome = self.outcome + (f" ({self.why})" if self.why else "")
         return f"    {source} -> {self.canonical} -> {found or '-'} -> {outcome}"
 
@@ -71,6 +78,7 @@ class Report:
     scales: list[ScaleRow] = field(default_factory=list)
     linear: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)  # spec_inference.Scheme.summary(): weights, activations...
 
     @property
     def exit_code(self) -> int:
@@ -83,6 +91,8 @@ class Report:
         lines = [f"checkpoint: {self.path}",
                  f"producer:   {', '.join(self.producers) or 'unknown'} (quant_method={self.quant_method})",
                  "scheme:     " + ", ".join(f"{k}={v}" for k, v in self.scheme.items()),
+                 "reads as:   " + (", ".join(f"{k}={v}" for k, v in self.config.items() if k != "quant_method")
+                                   or "unsupported (see the problems)"),
                  f"mapper:     {self.mapper}", "KV-cache scales:"]
         layers = sorted({row.layer for row in self.scales}, key=lambda x: (x is None, x or 0))
         for layer in layers:
@@ -124,49 +134,55 @@ def _scheme(qconfig: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _static_inputs(qconfig: dict[str, Any]) -> bool:
-    """Whether the config says FP8 linears carry static ``input_scale``s (decided from the config, not the name)."""
-    method = qconfig.get("quant_method")
-    if method == "compressed-tensors":
-        groups = [g for g in (qconfig.get("config_groups") or {}).values() if isinstance(g, dict)]
-        return any(isinstance(g.get("input_activations"), dict) and g["input_activations"].get("dynamic") is False
-                   for g in groups)
-    if method == "fp8":
-        return qconfig.get("activation_scheme") == "static"
-    return method == "modelopt"
-
-
 def _producers(quant_method: str | None, suffixes: set[str]) -> list[str]:
     """Producers in the table whose names cover every KV-scale name found (and whose quant_method matches)."""
     return [p.id for p in PRODUCERS.values() if suffixes and suffixes <= set(p.scale_names.values())
             and (quant_method is None or p.quant_method == quant_method)]
 
 
-def _judge(row: ScaleRow, checkpoint: Checkpoint, name: str) -> None:
-    """Fill ``row`` from tensor ``name``'s header (and data, when small): loads or rejected, and why."""
+def _judge(row: ScaleRow, checkpoint: Checkpoint, name: str, heads: int | None = None) -> None:
+    """Fill ``row`` from tensor ``name``'s header (and data, when small): loads or rejected, and why.
+
+    ``heads`` is the KV-head count when the config asks for ``attn_head`` scales: the tensor must then hold one
+    value per head (``(heads, 1, 1)`` as compressed-tensors writes it) [HEADS-1]; else exactly one element."""
     info = checkpoint.tensors[name]
     row.shape, row.dtype = list(info.shape), info.dtype_code
-    if info.numel != 1:
+    want = 1 if heads is None or row.kind not in ("k", "v") else heads
+    if info.numel != want:
         row.outcome = "rejected"
-        row.why = (f"more than one element ({info.numel}): only per-tensor KV-cache scales load" if info.numel
-                   else "no element: a KV-cache scale must have exactly one")
+        if heads is not None and row.kind in ("k", "v"):
+            row.why = (f"{info.numel} element(s), but kv_cache_scheme.strategy=attn_head needs one per KV head "
+                       f"({heads}, e.g. shape ({heads}, 1, 1))")
+        else:
+            row.why = (f"more than one element ({info.numel}): only per-tensor KV-cache scales load" if info.numel
+                       else "no element: a KV-cache scale must have exactly one")
         return
     if not info.dtype.is_floating_point:
         row.outcome, row.why = "rejected", f"dtype {info.dtype_code} is not a floating-point type"
         return
-    row.value = float(checkpoint.read(name).float().reshape(()))
-    if not math.isfinite(row.value):
+    values = [float(x) for x in checkpoint.read(name).float().reshape(-1)]
+    row.value = values[0] if want == 1 else None
+    row.values = values if want > 1 else None
+    if want > 1:
+        row.outcome = "loads (per head)"
+    if not all(math.isfinite(x) for x in values):
         row.outcome, row.why = "rejected", "non-finite"
-    elif row.value == SENTINEL:
+    elif SENTINEL in values:
         row.outcome, row.why = "rejected", f"{SENTINEL} is the not-loaded sentinel"
-    elif row.value <= 0:
+    elif any(x <= 0 for x in values):
         row.outcome, row.why = "rejected", "<= 0"
 
 
-def _linear(report: Report, checkpoint: Checkpoint, static_inputs: bool) -> None:
+def _linear(report: Report, checkpoint: Checkpoint, scheme: Scheme | None) -> None:
+    """The linear-scale summary: FP8 weights, per-tensor/per-channel scales, static input scales (with their
+    range), scale dtypes; a problem for each FP8 weight without its scale, each ``input_scale`` the config does
+    not ask for (or missing where it does) [STATIC-1], each bad value."""
     headers = checkpoint.tensors
-    counts = {"fp8_weights": 0, "per_tensor": 0, "per_channel": 0, "input_scales": 0}
-    for name, info in headers.items():
+    static_inputs = scheme is not None and scheme.static_inputs
+    counts: dict[str, Any] = {"fp8_weights": 0, "per_tensor": 0, "per_channel": 0, "input_scales": 0}
+    dtypes: set[str] = set()
+    inputs: list[float] = []
+    for name, info in sorted(headers.items()):
         if name.endswith(".weight") and info.dtype_code.startswith("F8"):
             counts["fp8_weights"] += 1
             if name[:-len("weight")] + "weight_scale" not in headers:
@@ -175,12 +191,24 @@ def _linear(report: Report, checkpoint: Checkpoint, static_inputs: bool) -> None
                 report.problems.append(f"{name}: the config says static activations, but no input_scale")
         elif name.endswith(".weight_scale"):
             counts["per_tensor" if info.numel == 1 else "per_channel"] += 1
+            dtypes.add(info.dtype_code)
         elif name.endswith(".input_scale"):
             counts["input_scales"] += 1
+            dtypes.add(info.dtype_code)
+            if scheme is not None and not static_inputs:
+                report.problems.append(f"{name}: static input_scale, but the config says "
+                                       f"{scheme.activation_scheme or 'weight-only'} activations (no parameter "
+                                       f"loads it)")
             if info.numel <= MAX_SCALE_NUMEL:
                 values = checkpoint.read(name).float()
+                inputs += values.reshape(-1).tolist()
                 if not bool(values.isfinite().all()) or bool((values <= 0).any()):
                     report.problems.append(f"{name}: input_scale not finite and > 0")
+    if inputs:
+        finite = [v for v in inputs if math.isfinite(v)]
+        counts["input_scale_range"] = f"{min(finite):.4g}..{max(finite):.4g}" if finite else "non-finite"
+        counts["static_inputs"] = "applied (fused shards: the largest, as vLLM processes them)"
+    counts["scale_dtypes"] = "/".join(sorted(dtypes)) or "-"
     report.linear = counts
 
 
@@ -224,6 +252,15 @@ def check(path: Path, *, impl: str | None = None) -> Report:
             suffixes.add(container.group("rest"))
     report = Report(path=str(path), quant_method=method, producers=_producers(method, suffixes),
                     scheme=_scheme(qconfig), mapper=mapper_name)
+    scheme: Scheme | None = None
+    try:
+        scheme = read_scheme(path, config)
+        report.config = scheme.summary()
+    except SchemeError as exc:
+        report.problems += [f"{exc.where}: {problem}" for problem in exc.problems]
+    kv_heads = config.get("num_key_value_heads") or config.get("num_attention_heads")
+    heads = kv_heads if scheme is not None and scheme.kv_cache_strategy == "attn_head" and isinstance(
+        kv_heads, int) else None
     prefixes = {m.group("prefix") for m in map(_CANONICAL.match, found) if m}
     layers = config.get("num_hidden_layers")
     if isinstance(layers, int) and prefixes:  # layers without any scale get rows too (defaults)
@@ -240,7 +277,7 @@ def check(path: Path, *, impl: str | None = None) -> Report:
             if len(names) > 1:
                 row.outcome, row.why = "rejected", f"{len(names)} checkpoint names map to it"
             elif names:
-                _judge(row, checkpoint, names[0])
+                _judge(row, checkpoint, names[0], heads)
             elif kind == "v" and found.get(f"{prefix}.attn.k_scale"):
                 row.outcome, row.why = "follows k_scale", "only k loaded [KVPROC-4]"
             else:
@@ -256,8 +293,23 @@ def check(path: Path, *, impl: str | None = None) -> Report:
     if found and not method:
         report.problems.append("KV-cache scales but no quantization_config in config.json: an engine would not "
                                "load them")
-    _linear(report, checkpoint, _static_inputs(qconfig))
+    _linear(report, checkpoint, scheme)
+    _dtype_problems(report, checkpoint, scheme)
     return report
+
+
+def _dtype_problems(report: Report, checkpoint: Checkpoint, scheme: Scheme | None) -> None:
+    """A float tensor (embeddings, norms, unquantized weights) in another dtype than config.json's ``dtype``: the
+    model is built in the config's dtype, so such a tensor would be cast on load."""
+    if scheme is None:
+        return
+    want = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[scheme.params_dtype]
+    other = sorted(name for name, info in checkpoint.tensors.items() if name.endswith(".weight")
+                   and info.dtype_code in ("F32", "BF16", "F16") and info.dtype_code != want)
+    if other:
+        first = checkpoint.tensors[other[0]].dtype_code
+        report.problems.append(f"{len(other)} float weights are not {want} although config.json says "
+                               f"dtype={scheme.params_dtype} (e.g. {other[0]}: {first})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,6 +68,26 @@ PRODUCERS: dict[str, Producer] = {
     )
 }
 
+MIRRORED_VERSIONS: dict[str, str] = {
+    "compressed-tensors": "llm-compressor 0.14.0.1 / compressed-tensors 0.19.0, run on this CPU "
+                          "(make real-checkpoints; reports/e2e/real-tools/*.json): <attn>.k_scale/v_scale (1,) in "
+                          "the model dtype, (num_kv_heads, 1, 1) with kv_cache_scheme attn_head; weight_scale and "
+                          "input_scale in the model dtype, (1,) per tensor, (out, 1) per channel; a kv_cache_scheme "
+                          "alone writes no q_scale",
+    "compressed-tensors-legacy": "compressed-tensors before kv_cache_scheme moved the scales onto attention "
+                                 "(k_proj/v_proj output_scale, vLLM's mapper); not run here",
+    "fused-qkv": "llm-compressor on models with a fused qkv_proj (vllm#32199); not run here",
+    "modelopt": "NVIDIA ModelOpt unified HF export (modelopt/torch/export, shared/notes/field-bugs.md section 2): "
+                "k_proj.k_scale/v_proj.v_scale 0-d float32; needs CUDA, not run here",
+    "quark": "AMD Quark (amd-quark 0.12.post1 kv_cache_group export, field-bugs.md section 2); not run here",
+    "autofp8": "AutoFP8 505a7ed (archived; auto_fp8/quantize.py): 0-d float32 k_scale/v_scale; not run here",
+    "legacy-kv-scale": "AutoFP8 before #25 (2024-07-23) and AMD/TGI tools: one kv_scale; not run here",
+    "bare-prob-scale": "vLLM's mapper rule for bare q/prob scales (NAMES-11); no producer run",
+    "canonical": "the engine's own names (NAMES-12), e.g. a state dict saved from vLLM; no producer run",
+}
+"""Producer id -> the tool version whose output the layout mirrors, and whether it was run here to check it."""
+
+
 def quantize_weight(values: torch.Tensor, *, strategy: str = "tensor") -> tuple[torch.Tensor, torch.Tensor]:
     """FP8 e4m3 weight and float32 dequant scale as producers write them: ``amax / 448``.
 
@@ -125,4 +145,5 @@ def quantization_config(producer_id: str, *, weight_strategy: str = "tensor",
             "weight_strategy": weight_strategy, "ignored_layers": list(ignored)}
 
 
-__all__ = ["Producer", "PRODUCERS", "WEIGHT_STRATEGIES", "STATIC_CT_INPUTS", "quantization_config", "quantize_weight"]
+__all__ = ["Producer", "PRODUCERS", "WEIGHT_STRATEGIES", "STATIC_CT_INPUTS", "quantization_config", "quantize_weight",
+           "MIRRORED_VERSIONS"]

@@ -83,11 +83,23 @@ def test_scenario_rejects_a_non_scalar_kv_scale(tmp_path):
     ({"quant_method": "modelopt", "quant_algo": "NVFP4"}, "NVFP4"),
     ({"quant_method": "fp8", "weight_block_size": [128, 128]}, "block-wise"),
     (dict(quantization_config("compressed-tensors"), kv_cache_scheme={"num_bits": 8, "type": "float",
-                                                                      "strategy": "attn_head"}), "attn_head"),
-], ids=["gptq", "nvfp4", "fp8-block", "per-head-kv"])
+                                                                      "strategy": "head"}), "strategy='head'"),
+], ids=["gptq", "nvfp4", "fp8-block", "unknown-kv-strategy"])
 def test_scenario_rejects_an_unsupported_scheme(tmp_path, qconfig, scheme):
     path = tiny_checkpoint(tmp_path, producer_scales("autofp8"), qconfig=qconfig)
     with pytest.raises(ValueError, match=f"unsupported quantization_config scheme: .*{scheme}"):
+        e2e.run_reload(NothingAdapter(), path)
+
+
+def test_scenario_rejects_per_tensor_scales_under_an_attn_head_config(tmp_path):
+    """kv_cache_scheme.strategy attn_head wants one k/v scale per KV head: a one-element scale is listed, never
+    broadcast [HEADS-1]; every layer's problem in one message."""
+    qconfig = dict(quantization_config("compressed-tensors"),
+                   kv_cache_scheme={"num_bits": 8, "type": "float", "strategy": "attn_head", "dynamic": False})
+    path = tiny_checkpoint(tmp_path, producer_scales("compressed-tensors"), qconfig=qconfig,
+                           producer="compressed-tensors")
+    with pytest.raises(ValueError, match=r"problem\(s\)\).*k_scale has shape \(1,\), but should have 2 elements "
+                                         r"\(one per KV head"):
         e2e.run_reload(NothingAdapter(), path)
 
 

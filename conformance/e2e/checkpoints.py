@@ -5,9 +5,11 @@ tensors only (never whole weights) and raises ``CheckpointError`` (a ``ValueErro
 the check cannot score: no ``config.json``, a malformed checkpoint (``reference.checkpoint``'s
 ``CheckpointFormatError``: the reader validates paths, the index and every shard header), a
 ``config.json`` whose values are wrong or disagree with the tensor headers (all listed in one
-message; see ``check_config``), an unsupported ``quantization_config`` scheme, no KV-cache
-scales (an engine would use 1.0), KV-cache scales with more than one element, or non-positive
-ones. Nothing is built before the config passed. KV-cache scale names are resolved with the
+message; see ``check_config``), then, all in one message: every unsupported or unknown field of
+the ``quantization_config`` (``spec_inference``), ``input_scale`` tensors that disagree with the
+config's activation scheme, no KV-cache scales (an engine would use 1.0), KV-cache scales of the
+wrong size (one element, or one per KV head for ``attn_head``), or non-positive ones. Nothing is
+built before the config passed. KV-cache scale names are resolved with the
 reference's cache-scale mapper, the same resolver the loader uses [NAMES-1..13].
 """
 
@@ -22,14 +24,12 @@ from pathlib import Path
 
 from loadspec.conformance.e2e.forward import config_parameter_count, config_problems, spec_from_hf_config
 from loadspec.conformance.e2e.smollm import smollm_spec
+from loadspec.conformance.e2e.spec_inference import Scheme, SchemeError, infer_scheme, read_scheme
 from loadspec.reference.cache_scale_mappers import cache_scale_mapper
 from loadspec.reference.checkpoint import CONFIG_FILE, Checkpoint, open_checkpoint, read_config
 from loadspec.reference.errors import CheckpointFormatError, UnsupportedSchemeError
-from loadspec.reference.quant_config import quant_config_from_dict
 from loadspec.reference.spec import ModelSpec
-from loadspec.reference.vocabulary import QUANT_METHODS, STATIC_INPUT_METHODS
 from loadspec.strategies.capabilities import spec_capabilities
-from loadspec.strategies.producers import WEIGHT_STRATEGIES
 
 KV_CACHE_DTYPE = "fp8_e4m3"
 CHECKPOINT_ENV = "LOADSPEC_CHECKPOINT"  # a user checkpoint: a local directory or a Hub id (org/name[@revision])
@@ -41,6 +41,12 @@ ALLOCATION_FACTOR = 2
 ALLOCATION_SLACK = 16 * 2**20
 """A config may describe at most ``ALLOCATION_FACTOR * (elements in the tensor headers) + ALLOCATION_SLACK``
 parameters: more would make the check allocate memory the checkpoint cannot fill."""
+
+
+KVValue = float | tuple[float, ...]
+"""One KV-cache scale as the checkpoint gives it: a float (per tensor) or one float per KV head (``attn_head``)."""
+WHY = ("the end-to-end check runs FP8 e4m3 linears (per-tensor or per-channel weights; static or dynamic "
+       "activations) with FP8 KV-cache scales per tensor or per KV head, in the checkpoint's dtype")
 
 
 class CheckpointError(ValueError):
@@ -55,8 +61,9 @@ class CheckpointInfo:
     config: dict
     quant_method: str
     linear_quant: str  # "fp8_per_tensor" or "fp8_per_channel"
-    kv_scales: tuple[tuple[float, float], ...]  # per layer (k, v) an engine must end with (v follows k, k follows v)
+    kv_scales: tuple[tuple[KVValue, KVValue], ...]  # per layer (k, v) an engine must end with (v follows k and k v)
     scale_names: tuple[str, ...]  # the checkpoint's KV-cache scale tensors
+    scheme: Scheme | None = None  # what the config says (spec_inference)
 
     @property
     def num_layers(self) -> int:
@@ -127,90 +134,100 @@ def check_config(path: Path, config: object, checkpoint: Checkpoint) -> None:
                               + (f"; and {len(problems) - 20} more" if len(problems) > 20 else ""))
 
 
-def _check_scheme(path: Path, qconfig: dict, headers: dict) -> None:
-    """Raise ``CheckpointError`` unless ``qconfig`` is an FP8 e4m3 weight scheme with per-tensor FP8 KV scales."""
-    why = "the end-to-end check runs FP8 e4m3 weights (per-tensor or per-channel scales, dynamic activations; " \
-          "ModelOpt's static input_scale is loaded and compared, not applied) with per-tensor FP8 KV-cache scales"
-    try:
-        check_quantization_config(qconfig)
-        quant_config_from_dict(qconfig)
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # a malformed scheme object is unsupported too
-        raise CheckpointError(f"{path / CONFIG_FILE}: unsupported quantization_config scheme: {exc}; {why}") from None
-    if qconfig.get("weight_block_size"):
-        raise CheckpointError(f"{path / CONFIG_FILE}: unsupported quantization_config scheme: block-wise FP8 weights "
-                              f"(weight_block_size={qconfig['weight_block_size']}); {why}")
+def _linear_scale_problems(scheme: Scheme, headers: dict) -> list[str]:
+    """What the tensor headers say against the scheme: static ``input_scale`` present exactly when the config says
+    static activations [STATIC-1]; every FP8 weight with its ``weight_scale``."""
+    problems: list[str] = []
+    fp8 = sorted(n for n, info in headers.items() if n.endswith(".weight") and info.dtype_code.startswith("F8"))
     static = sorted(n for n in headers if n.endswith(".input_scale"))
-    if static and qconfig.get("quant_method") not in STATIC_INPUT_METHODS:
-        raise CheckpointError(f"{path / CONFIG_FILE}: unsupported quantization_config scheme: static activation scales "
-                              f"({len(static)} input_scale tensors, e.g. {static[0]}); {why}")
+    no_scale = [n for n in fp8 if n[: -len("weight")] + "weight_scale" not in headers]
+    if no_scale:
+        problems.append(f"{len(no_scale)} FP8 weights without a weight_scale (e.g. {no_scale[0]})")
+    if scheme.static_inputs:
+        lacking = [n for n in fp8 if n[: -len("weight")] + "input_scale" not in headers]
+        if lacking:
+            problems.append(f"the config says static activations, but {len(lacking)} FP8 weights have no "
+                            f"input_scale (e.g. {lacking[0]})")
+    elif static:
+        problems.append(f"static activation scales ({len(static)} input_scale tensors, e.g. {static[0]}), but the "
+                        f"config says {scheme.activation_scheme or 'weight-only'} activations: an engine has no "
+                        f"parameter to load them into")
+    return problems
 
 
 def check_quantization_config(qconfig: dict | None) -> None:
-    """Raise ``UnsupportedSchemeError`` unless ``qconfig`` is absent or an FP8 e4m3 scheme read here."""
+    """Raise ``UnsupportedSchemeError`` unless ``qconfig`` is absent or an FP8 e4m3 scheme read here
+    (``spec_inference.infer_scheme``: every unknown or unsupported field in one message)."""
     if not qconfig:
         return
-    method = qconfig.get("quant_method")
-    if method not in QUANT_METHODS:
-        raise UnsupportedSchemeError(f"quantization_config quant_method={method!r} is not supported; "
-                                     f"supported: {QUANT_METHODS}")
-    if method == "compressed-tensors":
-        for group, scheme in (qconfig.get("config_groups") or {}).items():
-            weights = scheme.get("weights") or {}
-            if weights.get("type") != "float" or weights.get("num_bits") != 8:
-                raise UnsupportedSchemeError(f"compressed-tensors group {group!r} weights "
-                                             f"{weights.get('type')}/{weights.get('num_bits')} bits: only float/8")
-            if weights.get("strategy") not in WEIGHT_STRATEGIES:
-                raise UnsupportedSchemeError(f"compressed-tensors weight strategy {weights.get('strategy')!r}")
-    elif method == "modelopt" and qconfig.get("quant_algo") != "FP8":
-        raise UnsupportedSchemeError(f"modelopt quant_algo={qconfig.get('quant_algo')!r}: only 'FP8'")
-    elif method == "quark":
-        weight = (qconfig.get("global_quant_config") or {}).get("weight") or {}
-        if weight.get("dtype") != "fp8_e4m3":
-            raise UnsupportedSchemeError(f"quark weight dtype={weight.get('dtype')!r}: only 'fp8_e4m3'")
+    try:
+        infer_scheme({"quantization_config": qconfig})
+    except SchemeError as exc:
+        raise UnsupportedSchemeError(str(exc)) from None
 
 
-def _kv_scales(path: Path, checkpoint: Checkpoint,
-               layers: int) -> tuple[list[tuple[float, float]], list[str], list[int]]:
-    """Per layer ``(k, v)`` (v follows k, k follows v [KVPROC-4]), the scale names found, the layers without any."""
+def _kv_scales(path: Path, checkpoint: Checkpoint, layers: int, *, heads: int | None
+               ) -> tuple[list[tuple[KVValue, KVValue]], list[str], list[int], list[str]]:
+    """Per layer ``(k, v)`` (v follows k, k follows v [KVPROC-4]), the scale names found, the layers without any,
+    and every problem. ``heads`` is the KV-head count when the config says per-head scales (``attn_head``): each
+    scale then holds one value per head [HEADS-1]; otherwise exactly one element."""
     mapper = cache_scale_mapper()
     headers = checkpoint.tensors
-    found: dict[tuple[int, str], dict[str, float]] = {}
+    found: dict[tuple[int, str], dict[str, KVValue]] = {}
+    problems: list[str] = []
+    rejected: set[int] = set()  # layers with a scale already reported as a problem: not "missing" too
     for name in sorted(headers):
         mapped = mapper.map_name(name)
         match = _LAYER_KV_SCALE.match(mapped or "")
         if match is None:
             continue
         shape = headers[name].shape
-        if math.prod(shape) != 1:
-            raise CheckpointError(
-                f"{path}: KV-cache scale {name} has shape {shape}, but should have exactly one element: "
-                f"only per-tensor KV-cache scales are supported (not per-head or per-channel)")
-        value = float(checkpoint.read(name).float().reshape(()))
-        if not math.isfinite(value) or value <= 0:
-            raise CheckpointError(f"{path}: KV-cache scale {name}={value!r}, but should be finite and > 0")
-        found.setdefault((int(match.group(1)), match.group(2)), {})[name] = value
+        want = 1 if heads is None else heads
+        if math.prod(shape) != want:
+            what = ("exactly one element: the config asks for per-tensor KV-cache scales" if heads is None else
+                    f"{heads} elements (one per KV head, e.g. ({heads}, 1, 1)): the config asks for attn_head scales")
+            problems.append(f"KV-cache scale {name} has shape {shape}, but should have {what}")
+            rejected.add(int(match.group(1)))
+            continue
+        values = tuple(float(x) for x in checkpoint.read(name).float().reshape(-1))
+        if not all(math.isfinite(x) and x > 0 for x in values):
+            problems.append(f"KV-cache scale {name}={values if heads else values[0]!r}, but should be finite and > 0")
+            rejected.add(int(match.group(1)))
+            continue
+        found.setdefault((int(match.group(1)), match.group(2)), {})[name] = values if heads is not None else values[0]
     scales, missing = [], []
     for index in range(layers):
-        values = {}
+        got: dict[str, KVValue] = {}
         for kind in ("k", "v"):
             seen = found.get((index, kind), {})
             if len(set(seen.values())) > 1:
-                raise CheckpointError(f"{path}: conflicting {kind} scales for layer {index}: {seen}")
+                problems.append(f"conflicting {kind} scales for layer {index}: {seen}")
             if seen:
-                values[kind] = next(iter(seen.values()))
-        if not values:
+                got[kind] = next(iter(seen.values()))
+        if not got and index not in rejected:
             missing.append(index)
-        k = values.get("k", values.get("v", 1.0))
-        scales.append((k, values.get("v", k)))
-    return scales, [name for seen in found.values() for name in seen], missing
+        k = got.get("k", got.get("v", 1.0))
+        scales.append((k, got.get("v", k)))
+    return scales, [name for seen in found.values() for name in seen], missing, problems
+
+
+def _raise_problems(path: Path, scheme_problems: list[str], problems: list[str]) -> None:
+    """One ``CheckpointError`` listing every problem (the scheme's first), or nothing when there is none."""
+    parts = ([f"unsupported quantization_config scheme: {'; '.join(scheme_problems)}"] if scheme_problems else [])
+    parts += problems
+    if parts:
+        count = len(scheme_problems) + len(problems)
+        raise CheckpointError(f"{path / CONFIG_FILE}: the end-to-end check cannot score this checkpoint "
+                              f"({count} problem(s)): " + "; ".join(parts) + f" [{WHY}]")
 
 
 def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     """Validate an FP8-KV checkpoint directory without loading its weights; raise ``CheckpointError`` if unusable.
 
-    The KV-cache scales may be in any producer's layout (``strategies.producers``); each
-    layer needs a k or a v scale (the other follows it), each with exactly one element,
-    finite and positive.
+    The scheme is read from the config as engines read it (``spec_inference``); the KV-cache
+    scales may be in any producer's layout (``strategies.producers``); each layer needs a k or
+    a v scale (the other follows it), finite and positive, with one element (per-tensor) or one
+    per KV head (``attn_head``). Every problem is listed in one ``CheckpointError``.
     """
     path = Path(path)
     config_file = path / "config.json"
@@ -223,39 +240,63 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     checkpoint = _checkpoint(path)
     check_config(path, config, checkpoint)
     qconfig = config.get("quantization_config") or None
-    if qconfig is not None:
-        _check_scheme(path, qconfig, checkpoint.tensors)
+    scheme_problems: list[str] = []
+    problems: list[str] = []
+    scheme: Scheme | None = None
+    try:
+        scheme = read_scheme(path, config)
+    except SchemeError as exc:
+        scheme_problems += exc.problems
+    if scheme is not None:
+        problems += _linear_scale_problems(scheme, checkpoint.tensors)
+        try:
+            scheme.spec_overrides()
+        except SchemeError as exc:
+            scheme_problems += [f"this loadspec cannot build {p}" for p in exc.problems]
     try:
         spec = spec_from_hf_config(config, kv_cache_dtype=KV_CACHE_DTYPE, max_parameters=None,
                                    quant_method=qconfig.get("quant_method") if qconfig else None)
     except ValueError as exc:
-        raise CheckpointError(f"{path / CONFIG_FILE}: unsupported model: {exc}") from None
-
+        _raise_problems(path, scheme_problems, [*problems, f"unsupported model: {exc}"])
+        raise  # unreachable: the line above raised
     layers = len(spec.layers)
-    kv_scales, found_names, missing = _kv_scales(path, checkpoint, layers)
+    per_head = scheme is not None and scheme.kv_cache_strategy == "attn_head"
+    kv_scales, found_names, missing, kv_problems = _kv_scales(path, checkpoint, layers,
+                                                              heads=spec.num_kv_heads if per_head else None)
+    problems += kv_problems
     if missing:
         prefix = f"model.layers.{missing[0]}.self_attn."
-        raise CheckpointError(
-            f"{path}: no KV-cache scales in {len(missing)} of {layers} layers (e.g. {prefix}*: no name the "
+        problems.append(
+            f"no KV-cache scales in {len(missing)} of {layers} layers (e.g. {prefix}*: no name the "
             f"cache-scale mapper maps to {prefix}attn.k_scale or v_scale); with kv_cache_dtype={KV_CACHE_DTYPE!r} "
             f"an engine would use 1.0 for their k and v scales, so this is not a calibrated FP8-KV checkpoint")
-    if qconfig is None:
-        raise CheckpointError(f"{path}: KV-cache scales (e.g. {found_names[0]}) but no quantization_config in "
-                              f"config.json: an engine would not load them")
-    return CheckpointInfo(path=path, config=config, quant_method=qconfig["quant_method"],
-                          linear_quant=spec.layers[0].qkv_quant, kv_scales=tuple(kv_scales),
-                          scale_names=tuple(found_names))
+    if qconfig is None and found_names:
+        problems.append(f"KV-cache scales (e.g. {found_names[0]}) but no quantization_config in config.json: an "
+                        f"engine would not load them")
+    elif scheme is not None and scheme.quant_method is None and not missing:
+        problems.append("no quantization_config: not an FP8 checkpoint")
+    _raise_problems(path, scheme_problems, problems)
+    assert scheme is not None and scheme.quant_method is not None  # no problem left means a scheme was read
+    return CheckpointInfo(path=path, config=config, quant_method=scheme.quant_method,
+                          linear_quant=scheme.linear_quant, kv_scales=tuple(kv_scales),
+                          scale_names=tuple(found_names), scheme=scheme)
 
 
 def spec_for(info: CheckpointInfo) -> ModelSpec:
     """The ``ModelSpec`` of a checkpoint from its ``config.json``: FP8 linears, FP8 KV cache, its quant_method."""
     return spec_from_hf_config(info.config, linear_quant=info.linear_quant, kv_cache_dtype=KV_CACHE_DTYPE,
-                               quant_method=info.quant_method)
+                               **_overrides(info))
+
+
+def _overrides(info: CheckpointInfo) -> dict:
+    """``ModelSpec`` fields the checkpoint's scheme decides: quant method, activation scheme, KV-scale strategy and
+    dtype (the model is built in the checkpoint's dtype)."""
+    return info.scheme.spec_overrides() if info.scheme is not None else {"quant_method": info.quant_method}
 
 
 def smollm_spec_for(info: CheckpointInfo) -> ModelSpec:
     """The ``ModelSpec`` of a quantized SmolLM2 checkpoint: ``smollm_spec`` with its quant scheme and method."""
-    return smollm_spec(linear_quant=info.linear_quant, kv_cache_dtype=KV_CACHE_DTYPE, quant_method=info.quant_method)
+    return smollm_spec(linear_quant=info.linear_quant, kv_cache_dtype=KV_CACHE_DTYPE).with_(**_overrides(info))
 
 
 def required_capabilities(spec: ModelSpec, device: str = "cpu") -> tuple[str, ...]:

@@ -11,7 +11,9 @@ shape ``()`` or ``(out,)``: ``W = weight.float() * scale``.
 
 With an FP8 KV cache, K (after RoPE) and V are rounded through ``float8_e4m3fn`` with the
 loaded scales before attention, so a wrong scale changes the logits. Only K and V are
-quantized; ``q_scale`` and ``prob_scale`` are checked but not applied.
+quantized; ``q_scale`` and ``prob_scale`` are checked but not applied. A k/v scale is 0-d or holds one
+value per KV head (compressed-tensors ``attn_head``). A static W8A8 linear (``input_scale`` in
+the state) rounds its input through e4m3 with that scale before the matmul.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import torch
 
+from loadspec.conformance.e2e.spec_inference import dtype_of
 from loadspec.reference.errors import ScaleShapeError, ScaleValueError, UnsupportedSchemeError
 from loadspec.reference.spec import ModelSpec, uniform_layers
 from loadspec.reference.vocabulary import FP8_DTYPE, FP8_MAX, SCALE_NAMES
@@ -176,6 +179,7 @@ def spec_from_hf_config(config: dict, *, linear_quant: str | None = None,
         tie_embeddings=config.get("tie_word_embeddings", False),
         rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
         rope_theta=float(theta),
+        params_dtype=dtype_of(config, []),  # the checkpoint's dtype: a bf16 checkpoint is never scored in fp32
     )
     fields.update(overrides)
     return ModelSpec(**fields)
@@ -241,18 +245,21 @@ def fake_quantize_kv(x: torch.Tensor, scale: torch.Tensor | None, kv_cache_dtype
     if kv_cache_dtype in ("fp8", "fp8_e4m3"):
         if scale is None:
             raise TypeError(f"kv_cache_dtype={kv_cache_dtype!r} needs a KV-cache scale, got None")
+        if scale.numel() > 1:  # one scale per KV head: x is [batch, kv_heads, seq, head_dim] [HEADS-1]
+            scale = scale.reshape(1, -1, 1, 1)
         stored = (x / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
         return stored.float() * scale
     raise UnsupportedSchemeError(f"kv_cache_dtype={kv_cache_dtype!r} is not emulated by the reference forward")
 
 
-def check_kv_scale(name: str, scale: torch.Tensor) -> None:
-    """Raise unless ``scale`` is a 0-d, finite, positive tensor."""
-    if scale.dim() != 0:
-        raise ScaleShapeError(f"{name}: KV-cache scale must be 0-d, got shape {tuple(scale.shape)}")
-    value = float(scale)
-    if not math.isfinite(value) or value <= 0:
-        raise ScaleValueError(f"{name}: KV-cache scale must be finite and > 0, got {value}")
+def check_kv_scale(name: str, scale: torch.Tensor, *, heads: int | None = None) -> None:
+    """Raise unless ``scale`` is finite and positive, and 0-d or (with ``heads``) one value per KV head [HEADS-1]."""
+    if scale.dim() != 0 and (heads is None or scale.numel() != heads):
+        per_head = "" if heads is None else f" or hold {heads} values (one per KV head)"
+        raise ScaleShapeError(f"{name}: KV-cache scale must be 0-d{per_head}, got shape {tuple(scale.shape)}")
+    values = scale.detach().float().reshape(-1)
+    if not bool(values.isfinite().all()) or bool((values <= 0).any()):
+        raise ScaleValueError(f"{name}: KV-cache scale must be finite and > 0, got {values.tolist()}")
 
 
 def dequantize_weight(weight: torch.Tensor, scale: torch.Tensor | None, *, name: str = "weight") -> torch.Tensor:
@@ -287,17 +294,29 @@ def _scaled_mm_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x.is_cuda and weight.dtype == FP8_DTYPE and in_features % 16 == 0 and out_features % 16 == 0
 
 
-def scaled_mm_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """W8A8 on CUDA: dynamic per-tensor (or per-token for per-channel weights) FP8 activations."""
+def static_quantize_input(x: torch.Tensor, input_scale: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded through e4m3 with a static activation scale, as a static W8A8 linear sees it [STATIC-1]."""
+    scale = input_scale.float().reshape(())
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE).float() * scale
+
+
+def scaled_mm_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                     input_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """W8A8 on CUDA: the static ``input_scale`` when given, else dynamic per-tensor (or per-token for per-channel
+    weights) FP8 activations."""
     rows = x.reshape(-1, x.shape[-1]).float()
     m = rows.shape[0]
     pad = (-m) % 16
     per_channel = scale.numel() > 1
-    if per_channel:
+    if input_scale is not None:
+        a_scale = input_scale.float().reshape(()).expand(m, 1) if per_channel else input_scale.float().reshape(())
+    elif per_channel:
         a_scale = (rows.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=1e-12)
     else:
         a_scale = (rows.abs().amax() / FP8_MAX).clamp(min=1e-12)
     a = (rows / a_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    if per_channel:
+        a_scale = a_scale.contiguous()
     if pad:
         a = torch.cat([a, a.new_zeros(pad, a.shape[1])])
         if per_channel:
@@ -318,9 +337,14 @@ def _linear(x: torch.Tensor, state: dict, name: str, device: torch.device, paths
     weight = state[f"{name}.weight"].to(device)
     scale = state.get(f"{name}.weight_scale")
     scale = None if scale is None else scale.to(device)
+    input_scale = state.get(f"{name}.input_scale") if weight.dtype == FP8_DTYPE else None
+    input_scale = None if input_scale is None else input_scale.to(device)
     if weight.dtype == FP8_DTYPE and scale is not None and _scaled_mm_fits(x, weight):
-        paths["scaled_mm"] += 1
-        return scaled_mm_linear(x, weight, scale)
+        paths["scaled_mm" if input_scale is None else "scaled_mm_static_input"] += 1
+        return scaled_mm_linear(x, weight, scale, input_scale)
+    if input_scale is not None:  # static W8A8: the activation is rounded through e4m3 with the checkpoint's scale
+        paths["static_input"] += 1
+        x = static_quantize_input(x, input_scale)
     paths["dequant_matmul" if weight.dtype == FP8_DTYPE else "float_matmul"] += 1
     return x.float() @ dequantize_weight(weight, scale, name=f"{name}.weight").t()
 
@@ -335,8 +359,9 @@ def forward_logits(state: dict, spec: ModelSpec, input_ids, *, kv_cache_dtype: s
     ``kv_cache_dtype`` defaults to ``spec.kv_cache_dtype``; ``kv_observer(layer, k, v)`` sees
     post-RoPE K and V before cache quantization; ``linear_observer(name, x)`` sees each
     linear's input; ``info`` (a dict) receives which linear path ran (``scaled_mm``,
-    ``dequant_matmul``, ``float_matmul``) and how often. Activations are quantized
-    dynamically: a static ``input_scale`` in ``state`` is not applied.
+    ``scaled_mm_static_input``, ``static_input``, ``dequant_matmul``, ``float_matmul``) and how
+    often. A static ``input_scale`` in ``state`` is applied (the activation is rounded through
+    e4m3 with it [STATIC-1]); without one activations are quantized dynamically on CUDA.
     """
     if spec.attention != "mha":
         raise UnsupportedSchemeError(f"attention={spec.attention!r}: the reference forward implements 'mha' only")
@@ -360,7 +385,7 @@ def forward_logits(state: dict, spec: ModelSpec, input_ids, *, kv_cache_dtype: s
         scales = {}
         for kind in ("k_scale", "v_scale"):  # the scales this forward applies; q and prob are not applied
             if ap + kind in state:
-                check_kv_scale(ap + kind, state[ap + kind])
+                check_kv_scale(ap + kind, state[ap + kind], heads=spec.num_kv_heads)
                 scales[kind] = state[ap + kind].to(device).float()
 
         h = rms_norm(x, state[f"{lp}input_layernorm.weight"].to(device), spec.rms_norm_eps)
@@ -423,5 +448,5 @@ def perplexity(state: dict, spec: ModelSpec, tokenizer, text: str, prefix: str =
 
 __all__ = ["forward_logits", "perplexity", "continuation_ids", "spec_from_hf_config", "config_problems",
            "config_parameter_count", "ConfigError", "MAX_CONFIG_PARAMETERS", "MAX_CONFIG_LAYERS", "kernel_state_names",
-           "linear_name", "fake_quantize_kv", "dequantize_weight", "dequantized_state", "scaled_mm_linear",
-           "check_kv_scale", "rms_norm", "rope_cos_sin", "apply_rope", "FUSED_PROJS", "LINEARS"]
+           "linear_name", "fake_quantize_kv", "static_quantize_input", "dequantize_weight", "dequantized_state",
+           "scaled_mm_linear", "check_kv_scale", "rms_norm", "rope_cos_sin", "apply_rope", "FUSED_PROJS", "LINEARS"]

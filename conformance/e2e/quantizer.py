@@ -3,7 +3,10 @@
 ``quantize_checkpoint`` writes FP8 q/k/v/o/gate/up/down weights (per-tensor or per-output-row
 scales, ``amax/448``, from ``strategies.producers.quantize_weight``) under HF's unfused names,
 KV-cache scales in the layout of one producer of ``strategies.producers``, and ``config.json``
-with that producer's ``quantization_config``. Calibration runs ``forward`` over the float
+with that producer's ``quantization_config``. The compressed-tensors layouts mirror what
+llm-compressor 0.14.0.1 / compressed-tensors 0.19.0 write (``reports/e2e/real-tools/*.json``,
+``make real-checkpoints``): weight scales in the model's dtype, per-tensor ones of shape
+``(1,)``, per-channel ones ``(out, 1)``, k/v scales only (no ``q_scale``). Calibration runs ``forward`` over the float
 model as the reference loader loads it: there is no second loader here.
 """
 
@@ -16,6 +19,7 @@ from pathlib import Path
 import torch
 
 from loadspec.conformance.e2e.forward import FUSED_PROJS, forward_logits, linear_name, spec_from_hf_config
+from loadspec.conformance.e2e.scales import hf_projection
 from loadspec.reference import api
 from loadspec.reference.checkpoint import iter_checkpoint, read_config
 from loadspec.reference.spec import ModelSpec
@@ -33,12 +37,6 @@ DEFAULT_CALIBRATION_TEXT = (
 )
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "tokenizer.model", "vocab.json", "merges.txt", "generation_config.json")
-
-
-def hf_projection(index: int, projection: str) -> str:
-    """HF name of an unfused projection of layer ``index``, e.g. ``model.layers.0.self_attn.q_proj``."""
-    block = "mlp" if projection in FUSED_PROJS["mlp.gate_up_proj"] + FUSED_PROJS["mlp.down_proj"] else "self_attn"
-    return f"model.layers.{index}.{block}.{projection}"
 
 
 def float_kernel_state(tensors: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, torch.Tensor]:
@@ -109,7 +107,11 @@ def quantize_checkpoint(src_dir: str | Path, dst_dir: str | Path, *, producer_id
 
     producer = PRODUCERS[producer_id]
     model_dtype = hf_state["model.embed_tokens.weight"].dtype
-    per_tensor_shape = (1,) if producer.quant_method == "compressed-tensors" else ()
+    compressed_tensors = producer.quant_method == "compressed-tensors"
+    per_tensor_shape = (1,) if compressed_tensors else ()
+    # compressed-tensors 0.19.0 (llm-compressor 0.14.0.1) writes weight and input scales in the model's dtype
+    # (BF16 in a bf16 model), per-tensor ones of shape (1,); the others write float32 (reports/e2e/real-tools/).
+    linear_scale_dtype = model_dtype if compressed_tensors else torch.float32
     input_scales = (calibrate_input_scales(float_state, spec, tokenizer, calibration_text=calibration_text)
                     if producer.quant_method in STATIC_INPUT_METHODS else {})
     input_scale_of = {f"{hf_projection(i, proj)}.weight": input_scales[linear_name(spec, i, fused)]
@@ -124,15 +126,19 @@ def quantize_checkpoint(src_dir: str | Path, dst_dir: str | Path, *, producer_id
             continue
         weight, scale = quantize_weight(tensor, strategy=weight_strategy)
         out[name] = weight.contiguous()
-        out[name[: -len("weight")] + "weight_scale"] = (
-            scale.reshape(per_tensor_shape) if weight_strategy == "tensor" else scale).contiguous()
+        scale = scale.reshape(per_tensor_shape) if weight_strategy == "tensor" else scale
+        out[name[: -len("weight")] + "weight_scale"] = scale.to(linear_scale_dtype).contiguous()
         if name in input_scale_of:
-            out[name[: -len("weight")] + "input_scale"] = torch.tensor(input_scale_of[name]).reshape(per_tensor_shape)
+            out[name[: -len("weight")] + "input_scale"] = torch.tensor(
+                input_scale_of[name], dtype=linear_scale_dtype).reshape(per_tensor_shape)
     dtype_name = {TORCH_DTYPES[name]: name for name in PARAM_DTYPES}[model_dtype]
     layout = spec.with_(quant_method=producer.quant_method, params_dtype=dtype_name)
+    # A compressed-tensors kv_cache_scheme writes k_scale and v_scale only (no q_scale: that needs attention
+    # quantization); the other layouts get q/prob at 1.0 where their names exist.
+    uncalibrated = {} if compressed_tensors else {"q": 1.0, "prob": 1.0}
     for index, (k, v) in enumerate(scales):
         out.update(kv_scale_tensors(layout, index, producer=producer_id,
-                                    kv_scales={"k": k, "v": v, "q": 1.0, "prob": 1.0}))
+                                    kv_scales={"k": k, "v": v, **uncalibrated}))
 
     dst_dir.mkdir(parents=True, exist_ok=True)
     save_file(out, str(dst_dir / "model.safetensors"), metadata={"format": "pt"})

@@ -7,7 +7,10 @@
    is the checkpoint's, ``kv_cache_dtype`` is ``fp8_e4m3``), dummy-loads it, reloads the
    checkpoint directory and exports the kernel state;
 3. scores the perplexity of ``TEXT`` after ``PREFIX`` with ``forward`` on the same device
-   (on CUDA the forward runs there, FP8 linears through ``torch._scaled_mm``);
+   (on CUDA the forward runs there, FP8 linears through ``torch._scaled_mm``), and compares
+   every k/v, weight and static input scale of the file with the exported one
+   (``scales.expected_scales``: a loader that silently uses 1.0 fails even where the
+   perplexity stays low);
 4. optionally first-loads the same checkpoint into a second model and compares the two
    kernel states bit for bit and the two perplexities.
 
@@ -30,6 +33,7 @@ import torch
 from loadspec.conformance.assertions import state_differences
 from loadspec.conformance.e2e.checkpoints import (
     CheckpointInfo,
+    KVValue,
     inspect_checkpoint,
     load_tokenizer,
     smollm_spec_for,
@@ -37,6 +41,7 @@ from loadspec.conformance.e2e.checkpoints import (
 )
 from loadspec.conformance.e2e.forward import perplexity
 from loadspec.conformance.e2e.quantized_cache import quantized_checkpoint, smollm_checkpoint
+from loadspec.conformance.e2e.scales import expected_scales, scale_mismatches
 from loadspec.conformance.e2e.threads import cpu_threads
 from loadspec.reference.kv_cache import MissingKVScalesWarning
 from loadspec.reference.spec import ModelSpec
@@ -64,11 +69,13 @@ class E2EResult:
     spec: ModelSpec
     device: str
     perplexity: float  # after dummy load + reload
-    kv_scales: tuple[tuple[float, float], ...]  # exported (k, v) per layer after the reload
-    checkpoint_kv_scales: tuple[tuple[float, float], ...]  # what the checkpoint says they must be
+    kv_scales: tuple[tuple[KVValue, KVValue], ...]  # exported (k, v) per layer after the reload (per head: tuples)
+    checkpoint_kv_scales: tuple[tuple[KVValue, KVValue], ...]  # what the checkpoint says they must be
     fresh_perplexity: float | None = None  # after a first load of the same checkpoint
     differences: dict[str, str] | None = None  # reloaded vs fresh kernel state, name -> how it differs
     timings: dict[str, float] = field(default_factory=dict)
+    compared_names: tuple[str, ...] = ()  # the scales compared with the file (scales.expected_scales)
+    scale_differences: tuple[tuple[str, str, str], ...] = ()  # (name, exported, file's) of those that differ
     producer_id: str | None = None
     weight_strategy: str | None = None
     scale_multiplier: float = 1.0
@@ -76,13 +83,36 @@ class E2EResult:
     fresh_state: dict | None = None
 
     def kv_scale_mismatches(self) -> list[tuple[str, float, float]]:
-        """``(name, exported, checkpoint's)`` for every exported k/v scale that is not the checkpoint's."""
-        out = []
+        """``(name, exported, checkpoint's)`` for every exported k/v scale that is not the checkpoint's (per-head
+        scales one entry per differing head, ``name[h]``; a missing head reads NaN)."""
+        out: list[tuple[str, float, float]] = []
         for index, (got, expected) in enumerate(zip(self.kv_scales, self.checkpoint_kv_scales, strict=False)):
             for kind, a, b in zip(("k_scale", "v_scale"), got, expected, strict=False):
-                if a != b:
-                    out.append((self.spec.attention_prefix(index) + kind, a, b))
+                name = self.spec.attention_prefix(index) + kind
+                if isinstance(a, float) and isinstance(b, float):
+                    if a != b:
+                        out.append((name, a, b))
+                    continue
+                a_heads = a if isinstance(a, tuple) else (a,)
+                b_heads = b if isinstance(b, tuple) else (b,)
+                for head in range(max(len(a_heads), len(b_heads))):
+                    x = a_heads[head] if head < len(a_heads) else math.nan
+                    y = b_heads[head] if head < len(b_heads) else math.nan
+                    if x != y:
+                        out.append((f"{name}[{head}]", x, y))
         return out
+
+    def scale_mismatches(self) -> list[tuple[str, str, str]]:
+        """``(name, exported, file's)`` for every compared scale (k/v, weight, static input) that differs [E2E-1]."""
+        return list(self.scale_differences)
+
+    @property
+    def scales_compared(self) -> str:
+        """How many scales of each kind were compared with the file, e.g. ``60 kv, 120 weight, 120 input``."""
+        counts = {kind: sum(name.endswith(suffix) for name in self.compared_names)
+                  for kind, suffix in (("kv", ("k_scale", "v_scale")), ("weight", "weight_scale"),
+                                       ("input", "input_scale"))}
+        return ", ".join(f"{count} {kind}" for kind, count in counts.items())
 
     def label(self) -> str:
         if self.producer_id is None:
@@ -91,10 +121,13 @@ class E2EResult:
         return f"{self.producer_id} ({self.weight_strategy}{extra})"
 
 
-def exported_kv_scales(state: dict[str, torch.Tensor], spec: ModelSpec) -> tuple[tuple[float, float], ...]:
-    """Per layer ``(k_scale, v_scale)`` of an exported kernel state (NaN where absent)."""
+def exported_kv_scales(state: dict[str, torch.Tensor], spec: ModelSpec) -> tuple[tuple[KVValue, KVValue], ...]:
+    """Per layer ``(k_scale, v_scale)`` of an exported kernel state: a float, or one per KV head (NaN where absent)."""
     def value(name):
-        return float(state[name]) if name in state else math.nan
+        if name not in state:
+            return math.nan
+        values = tuple(float(x) for x in state[name].detach().cpu().float().reshape(-1))
+        return values[0] if len(values) == 1 else values
 
     return tuple((value(spec.attention_prefix(i) + "k_scale"), value(spec.attention_prefix(i) + "v_scale"))
                  for i in range(len(spec.layers)))
@@ -165,6 +198,10 @@ def _run(adapter, checkpoint: Path, *, device, spec, info, tokenizer, fresh, kee
                        kv_scales=exported_kv_scales(state, spec), checkpoint_kv_scales=info.kv_scales,
                        timings=timings)
     lap("perplexity")
+    expected = expected_scales(checkpoint, spec, info.kv_scales)
+    result.compared_names = tuple(expected)
+    result.scale_differences = tuple(scale_mismatches(state, expected))
+    lap("compare_scales")
     if fresh:
         fresh_state = load_kernel_state(adapter, spec, checkpoint, device=device)
         lap("fresh_load")
