@@ -15,6 +15,7 @@ from loadspec.conformance.drivers import (
     is_must_producer,
     must_kv_scales,
 )
+from loadspec.conformance.oracle import assert_same_as_reference
 from loadspec.conformance.reproducers import Case, record_case
 from loadspec.reference.vocabulary import QUANT_METHODS, SCALE_KINDS
 from loadspec.strategies.layouts import checkpoint_layouts
@@ -123,10 +124,10 @@ def check_producer_values(impl, ref, request, data, *, producers, rule, kv_scale
     record_case(request, Case(request.node.nodeid, layouts={"base": layout}))
     got = impl.export_kernel_state(built(impl, spec, layout.tensors()))
     expected = ref.export_kernel_state(built(ref, spec, layout.tensors()))
-    for index in range(len(spec.layers)):
-        for kind in SCALE_KINDS:
-            name = f"{spec.attention_prefix(index)}{kind}_scale"
-            assert_equal(f"{name} loaded from {producer_id} names", float(got[name]), float(expected[name]), rule)
+    names = [f"{spec.attention_prefix(index)}{kind}_scale" for index in range(len(spec.layers)) for kind in SCALE_KINDS]
+    assert_same_as_reference(f"KV-cache scales loaded from {producer_id} names ({layout.summary()})",
+                             {name: got[name] for name in names if name in got},
+                             {name: expected[name] for name in names}, rule, request=request)
 
 
 @pytest.mark.requires("model")
