@@ -22,6 +22,7 @@ import torch
 
 from loadspec.reference.spec import ModelSpec
 from loadspec.strategies.capabilities import (
+    ATTENTION_SINKS,
     FP8_PER_CHANNEL,
     FP8_PER_TENSOR,
     HOST_MIRRORS,
@@ -55,6 +56,8 @@ CAPABILITIES: dict[str, str] = {
                   "without it the model-tier mirror checks are skipped",
     STATIC_INPUT_SCALES: "static FP8 activation scales (input_scale) decided from the quantization config "
                          "(compressed-tensors dynamic: false, Quark static, Fp8Config activation_scheme static)",
+    ATTENTION_SINKS: "attention layers owning a parameter besides their KV-cache scales (attention sinks: "
+                     "LayerSpec.sinks, attn.sinks [num_heads] in checkpoint and export)",
     "skip_rules": "the automatic loader takes skip_prefixes/skip_substrs",
     "cuda": "runs on CUDA devices",
 }

@@ -17,6 +17,7 @@ from loadspec.conformance.assertions import outputs_as_floats
 from loadspec.conformance.reproducers import Case, record_case
 from loadspec.conformance.rules import MUST, RULES_BY_ID
 from loadspec.strategies import checkpoint_layouts, kv_scale_sets, make_strategies_namespace, scale_values
+from loadspec.strategies.capabilities import ATTENTION_SINKS
 from loadspec.strategies.layouts import compatible_producers
 from loadspec.strategies.producers import PRODUCERS
 from loadspec.strategies.scales import stored_as
@@ -85,6 +86,12 @@ def graphs_for(adapter, **options):
     """``make_strategies_namespace(adapter).layer_graphs(**options)``: specs ``adapter`` declares it can build,
     kept to those with at least one MUST-covered producer layout."""
     return make_strategies_namespace(adapter).layer_graphs(**options).filter(must_producers)
+
+
+def real_model_options(adapter) -> dict[str, bool]:
+    """``graphs_for`` options that also draw what real models have and the adapter can build: attention layers
+    with sinks when it declares ``attention_sinks`` [RELOAD-15]."""
+    return {"allow_sinks": ATTENTION_SINKS in adapter.capabilities}
 
 
 def built(adapter, spec, weights, *, device: str | None = None):

@@ -353,6 +353,9 @@ RULES: tuple[Rule, ...] = (
     Rule("RELOAD-14", MUST,
          "After every reload (one call or a session, with or without scales delivered), every attention layer's host mirrors _q_scale_float, _k_scale_float, _v_scale_float, _k_scale_cpu and _v_scale_cpu equal its device scales.",
          f"{_LW} _reload_attention_scales; {_KV} BaseKVCacheMethod.process_weights_after_loading step 3f (#42749; stale mirrors after refit: ai-dynamo/modelexpress#711, #783)"),
+    Rule("RELOAD-15", MUST,
+         "An attention layer's parameters besides its KV-cache scales (attention sinks) stay registered as the same tensors with real data through every reload: a reload that does not deliver them leaves their values, one that does writes the delivered values in place.",
+         f"{_LW} _finalize_attention_layer, _copy_and_restore_kernel_tensors; tests/model_executor/model_loader/test_reload.py (the attention-sink case)"),
     # ------------------------------------------------------------------ E2E
     Rule("E2E-1", MUST,
          "A model built with dummy weights and then reloaded from an FP8-KV checkpoint of SmolLM2-135M, in the layout of any producer whose NAMES rule is a MUST (compressed-tensors, ModelOpt, Quark, AutoFP8, legacy kv_scale, fused qkv), scores perplexity below 10 on 'The capital of France is the city of Paris' with the prefix 'The capital of France is' masked.",

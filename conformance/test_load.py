@@ -12,7 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal, assert_raises_value_error, assert_unchanged, fail, snapshot
-from loadspec.conformance.drivers import built, close_quietly, draw_case, graphs_for, heavy, layouts_for, run_device
+from loadspec.conformance.drivers import (
+    built,
+    close_quietly,
+    draw_case,
+    graphs_for,
+    heavy,
+    layouts_for,
+    real_model_options,
+    run_device,
+)
 from loadspec.conformance.oracle import Twin, assert_mirrors_match_scales
 from loadspec.conformance.reproducers import Case, record_case
 from loadspec.reference.spec import ModelSpec, uniform_layers
@@ -356,7 +365,7 @@ def test_a_damaged_checkpoint_directory_is_rejected_before_any_write(impl, tmp_p
 @given(data=st.data())
 def test_first_load_gives_the_reference_kernel_state(impl, ref, request, data):
     """Every exported tensor of a first load equals the reference's, bit for bit [LOAD-17]."""
-    spec, layouts = draw_case(impl, request, data, "base")
+    spec, layouts = draw_case(impl, request, data, "base", **real_model_options(impl))
     Twin(impl, ref, spec, device=run_device()).first_load(layouts["base"].tensors).check(
         "kernel state after a first load", "LOAD-17", request=request)
 

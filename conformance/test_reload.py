@@ -19,7 +19,17 @@ from loadspec.conformance.assertions import (
     fail,
     snapshot,
 )
-from loadspec.conformance.drivers import built, close_quietly, draw_case, heavy, live_pointers, run_device
+from loadspec.conformance.drivers import (
+    built,
+    close_quietly,
+    draw_case,
+    graphs_for,
+    heavy,
+    layouts_for,
+    live_pointers,
+    real_model_options,
+    run_device,
+)
 from loadspec.conformance.oracle import Twin, assert_mirrors_match_scales
 from loadspec.conformance.reproducers import Case, record_case
 
@@ -272,7 +282,7 @@ def _buckets(data, weights):
 
 def _twin_reloaded(impl, ref, request, data):
     """A twin first-loaded (or dummy-loaded) and reloaded along a drawn path; returns it with the path."""
-    spec, layouts = draw_case(impl, request, data, "base", "reload")
+    spec, layouts = draw_case(impl, request, data, "base", "reload", **real_model_options(impl))
     path = data.draw(st.sampled_from(RELOAD_PATHS), label="reload path")
     twin = Twin(impl, ref, spec, device=run_device())
     if path.startswith("a dummy load"):
@@ -317,3 +327,39 @@ def test_host_mirrors_equal_device_scales_after_every_reload(impl, ref, request,
         impl.reload(twin.model, [(norm, weights[norm])])
         assert_mirrors_match_scales(f"after reloading {norm} alone", impl, twin.model, spec, "RELOAD-14",
                                     request=request)
+
+
+# ------------------------------------------------------- attention layers with more than scales (issue 15 item 2)
+SINK_DELIVERIES = ("everything", "everything but the sinks", "the sinks only", "no attention tensor")
+
+
+@pytest.mark.rule("RELOAD-15")
+@pytest.mark.requires("attention_sinks")
+@heavy()
+@given(data=st.data())
+def test_attention_sinks_survive_every_reload(impl, ref, request, data):
+    """An attention layer's sinks stay the same real tensors through every reload, keep their values when not
+    delivered and take the delivered ones when they are; the whole state equals the reference's [RELOAD-15]."""
+    spec = data.draw(graphs_for(impl, allow_sinks=True), label="graph")
+    if not any(layer.sinks for layer in spec.layers):
+        spec = spec.with_(layers=(replace(spec.layers[0], sinks=True), *spec.layers[1:]))
+    layouts = {role: data.draw(layouts_for(spec), label=f"{role} checkpoint") for role in ("base", "reload")}
+    record_case(request, Case(request.node.nodeid, layouts=layouts))
+    delivery = data.draw(st.sampled_from(SINK_DELIVERIES), label="what the reload delivers")
+    scales = set(layouts["reload"].kv_scale_names)
+    keep = {"everything": lambda n: True, "everything but the sinks": lambda n: not n.endswith(".sinks"),
+            "the sinks only": lambda n: n.endswith(".sinks"),
+            "no attention tensor": lambda n: not n.endswith(".sinks") and n not in scales}[delivery]
+    weights = [(n, t) for n, t in layouts["reload"].tensors() if keep(n)]
+    twin = Twin(impl, ref, spec, device=run_device()).first_load(layouts["base"].tensors)
+    sinks = [f"{spec.attention_prefix(i)}sinks" for i, layer in enumerate(spec.layers) if layer.sinks]
+    before = {n: t.data_ptr() for n, t in impl.kernel_tensors(twin.model).items() if n in sinks}
+    twin.reload(lambda: weights)
+    tensors = impl.kernel_tensors(twin.model)
+    meta = [n for n, t in tensors.items() if t.is_meta]
+    if meta:
+        fail(f"kernel tensors after a reload delivering {delivery}", f"meta (no data): {meta[:5]}", "real tensors",
+             "RELOAD-15")
+    assert_equal(f"sinks' data_ptr after a reload delivering {delivery}",
+                 {n: t.data_ptr() for n, t in tensors.items() if n in sinks}, before, "RELOAD-15")
+    twin.check(f"kernel state after a reload delivering {delivery}", "RELOAD-15", request=request)

@@ -27,7 +27,7 @@ from loadspec.conformance.assertions import (
     assert_unchanged,
     snapshot,
 )
-from loadspec.conformance.drivers import built, graphs_for, layouts_for, live_pointers, run_device
+from loadspec.conformance.drivers import built, graphs_for, layouts_for, live_pointers, real_model_options, run_device
 from loadspec.conformance.oracle import Twin
 
 pytestmark = pytest.mark.requires("model")
@@ -44,7 +44,7 @@ class ReloadMachine(RuleBasedStateMachine):
 
     @initialize(data=st.data())
     def first_load(self, data):
-        self.spec = data.draw(graphs_for(self.impl), label="graph")
+        self.spec = data.draw(graphs_for(self.impl, **real_model_options(self.impl)), label="graph")
         layout = data.draw(layouts_for(self.spec), label="first checkpoint")
         self.twin = Twin(self.impl, self.ref, self.spec, device=run_device()).first_load(layout.tensors)
         self.pointers = live_pointers(self.impl, self.twin.model)

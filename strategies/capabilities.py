@@ -13,7 +13,7 @@ from loadspec.reference.vocabulary import FORMAT_ACTIVATION_SCHEMES, PER_TOKEN_H
 
 __all__ = ["PRIMITIVES", "MODEL", "MLA", "FP8_PER_TENSOR", "FP8_PER_CHANNEL", "TIED_EMBEDDINGS", "NESTED_WRAPPERS",
            "MIXER_CONTAINER", "PER_TOKEN_HEAD_KV", "REDUCED_PRECISION_PARAMS", "HOST_MIRRORS", "GRAPH_CHOICES",
-           "GRAPH_FLAGS", "spec_capabilities", "STATIC_INPUT_SCALES", "KV_SCALES_PER_HEAD"]
+           "GRAPH_FLAGS", "spec_capabilities", "ATTENTION_SINKS", "STATIC_INPUT_SCALES", "KV_SCALES_PER_HEAD"]
 
 PRIMITIVES = "primitives"
 """The primitives tier: scale parameter, KV-cache method, mapper, loaders, copy counter."""
@@ -28,6 +28,8 @@ MIXER_CONTAINER = "mixer_container"
 PER_TOKEN_HEAD_KV = "per_token_head_kv"
 REDUCED_PRECISION_PARAMS = "reduced_precision_params"
 HOST_MIRRORS = "host_mirrors"
+ATTENTION_SINKS = "attention_sinks"
+"""Attention layers owning a parameter besides their KV-cache scales (``LayerSpec.sinks``) [RELOAD-15]."""
 """The engine keeps host copies of the KV-cache scales; without it the model-tier mirror checks are skipped
 [LOAD-18, RELOAD-14]."""
 
@@ -73,6 +75,8 @@ def spec_capabilities(spec: ModelSpec) -> frozenset[str]:
         needs.update(GRAPH_CHOICES[argument][c] for c in chosen if c in GRAPH_CHOICES[argument])
     flags = {"allow_tied": spec.tie_embeddings, "allow_wrappers": bool(spec.wrapper)}
     needs.update(GRAPH_FLAGS[flag] for flag, used in flags.items() if used)
+    if any(layer.sinks for layer in spec.layers):  # opt-in (allow_sinks), so not a GRAPH_FLAGS default
+        needs.add(ATTENTION_SINKS)
     if spec.static_input_scales and FORMAT_ACTIVATION_SCHEMES.get(spec.quant_method or "") != "static":
         needs.add(STATIC_INPUT_SCALES)
     return frozenset(needs)

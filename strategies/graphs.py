@@ -36,7 +36,8 @@ def layer_graphs(draw: st.DrawFn, *, min_layers: int = 1, max_layers: int | None
                  kv_cache_dtypes: Iterable[str] = DEFAULT_KV_CACHE_DTYPES,
                  quant_methods: Iterable[str] = QUANT_METHODS, allow_unquantized: bool = True,
                  allow_tied: bool = True, allow_wrappers: bool = True, containers: Iterable[str] = CONTAINERS,
-                 params_dtypes: Iterable[str] = PARAM_DTYPES, max_hidden: int = 32) -> ModelSpec:
+                 params_dtypes: Iterable[str] = PARAM_DTYPES, max_hidden: int = 32,
+                 allow_sinks: bool = False) -> ModelSpec:
     """Draws ``ModelSpec``s: small decoder models that ``loadspec.reference.build`` accepts.
 
     * ``min_layers``/``max_layers`` bound the number of decoder layers (``None``: ``max(min_layers, 3)``).
@@ -47,6 +48,7 @@ def layer_graphs(draw: st.DrawFn, *, min_layers: int = 1, max_layers: int | None
       ``"fp8_e5m2"`` is drawn only with ``quant_method=None`` [KVPROC-10].
     * ``allow_tied``/``allow_wrappers``: tied embeddings; wrappers ``("language_model",)`` etc.
     * ``max_hidden`` bounds ``hidden_size`` (a multiple of the head count).
+    * ``allow_sinks``: whether a layer's attention may own ``sinks`` besides its KV-cache scales [RELOAD-15].
 
     Bad arguments raise ``InvalidArgument`` when a spec is drawn, not when this is called.
 
@@ -64,7 +66,7 @@ def layer_graphs(draw: st.DrawFn, *, min_layers: int = 1, max_layers: int | None
     containers = check_choices("containers", containers, CHOICES["containers"])
     params_dtypes = check_choices("params_dtypes", params_dtypes, CHOICES["params_dtypes"])
     for name, flag in (("allow_unquantized", allow_unquantized), ("allow_tied", allow_tied),
-                       ("allow_wrappers", allow_wrappers)):
+                       ("allow_wrappers", allow_wrappers), ("allow_sinks", allow_sinks)):
         check_flag(name, flag)
     quant_methods = check_choices("quant_methods", quant_methods, QUANT_METHODS, allow_empty=allow_unquantized)
     if not isinstance(max_hidden, int) or isinstance(max_hidden, bool) or max_hidden < 1:
@@ -79,7 +81,8 @@ def layer_graphs(draw: st.DrawFn, *, min_layers: int = 1, max_layers: int | None
     return draw(_graphs(min_layers=min_layers, max_layers=max_layers, attention=attention,
                         linear_quants=linear_quants, kv_cache_dtypes=kv_cache_dtypes, quant_methods=quant_methods,
                         unquantized_ok=unquantized_ok, allow_tied=allow_tied, allow_wrappers=allow_wrappers,
-                        containers=containers, params_dtypes=params_dtypes, max_hidden=max_hidden))
+                        containers=containers, params_dtypes=params_dtypes, max_hidden=max_hidden,
+                        allow_sinks=allow_sinks))
 
 
 def _kv_choices(kv_cache_dtypes: tuple[str, ...], unquantized_ok: bool) -> list[str]:
@@ -91,7 +94,7 @@ def _kv_choices(kv_cache_dtypes: tuple[str, ...], unquantized_ok: bool) -> list[
 def _graphs(draw: st.DrawFn, *, min_layers: int, max_layers: int, attention: tuple[str, ...],
             linear_quants: tuple[str, ...], kv_cache_dtypes: tuple[str, ...], quant_methods: tuple[str, ...],
             unquantized_ok: bool, allow_tied: bool, allow_wrappers: bool, containers: tuple[str, ...],
-            params_dtypes: tuple[str, ...], max_hidden: int) -> ModelSpec:
+            params_dtypes: tuple[str, ...], max_hidden: int, allow_sinks: bool = False) -> ModelSpec:
     """Draw one spec from already validated arguments."""
     kv_choices = _kv_choices(kv_cache_dtypes, unquantized_ok)
     kv_cache_dtype = draw(st.sampled_from(kv_choices))
@@ -101,7 +104,7 @@ def _graphs(draw: st.DrawFn, *, min_layers: int, max_layers: int, attention: tup
     quant_method = draw(st.sampled_from(methods))
     quants = st.sampled_from(linear_quants if quant_method is not None else ("none",))
     layer = st.builds(LayerSpec, qkv_quant=quants, o_quant=quants, gate_up_quant=quants, down_quant=quants,
-                      attention_first=st.booleans())
+                      attention_first=st.booleans(), sinks=st.booleans() if allow_sinks else st.just(False))
     num_heads = draw(st.integers(1, min(MAX_HEADS, max_hidden)))
     num_kv_heads = draw(st.sampled_from([d for d in range(num_heads, 0, -1) if num_heads % d == 0]))
     return ModelSpec(

@@ -20,7 +20,14 @@ from loadspec.reference.spec import ModelSpec
 from loadspec.reference.vocabulary import QUANT_METHODS
 from loadspec.strategies import graphs, layouts
 from loadspec.strategies._validation import check_choices, check_flag
-from loadspec.strategies.capabilities import GRAPH_CHOICES, GRAPH_FLAGS, MODEL, PRIMITIVES, spec_capabilities
+from loadspec.strategies.capabilities import (
+    ATTENTION_SINKS,
+    GRAPH_CHOICES,
+    GRAPH_FLAGS,
+    MODEL,
+    PRIMITIVES,
+    spec_capabilities,
+)
 from loadspec.strategies.layouts import ORDERS, CheckpointLayout
 from loadspec.strategies.mappers import mappers, weight_names
 from loadspec.strategies.scales import kv_scale_sets, scale_dtypes, scale_shapes, scale_tensors, scale_values
@@ -125,25 +132,35 @@ def _strategies(name: str, capabilities: frozenset[str]) -> dict[str, Any]:
                                   f"{capability!r}")
         return value
 
+    def sinks_flag(value: bool) -> bool:
+        """``allow_sinks``: opt-in (default ``False``), and only with ``attention_sinks`` declared [RELOAD-15]."""
+        check_flag("allow_sinks", value)
+        if value and ATTENTION_SINKS not in capabilities:
+            raise InvalidArgument(f"allow_sinks=True, but {label} cannot draw it: the adapter does not declare "
+                                  f"{ATTENTION_SINKS!r}")
+        return value
+
     @st.composite
     def layer_graphs(draw: st.DrawFn, *, min_layers: int = 1, max_layers: int | None = 3,
                      attention: Iterable[str] | None = None, linear_quants: Iterable[str] | None = None,
                      kv_cache_dtypes: Iterable[str] | None = None, quant_methods: Iterable[str] = QUANT_METHODS,
                      allow_unquantized: bool = True, allow_tied: bool | None = None,
                      allow_wrappers: bool | None = None, containers: Iterable[str] | None = None,
-                     params_dtypes: Iterable[str] | None = None, max_hidden: int = 32) -> ModelSpec:
+                     params_dtypes: Iterable[str] | None = None, max_hidden: int = 32,
+                     allow_sinks: bool = False) -> ModelSpec:
         """Draws ``ModelSpec``s the adapter can build: ``loadspec.strategies.layer_graphs`` within its capabilities.
 
         Arguments as there. Those that default to ``None`` draw every choice the adapter's capabilities
         allow (``capabilities.GRAPH_CHOICES``/``GRAPH_FLAGS``: no ``"mla"`` without the ``mla``
         capability, no tied embeddings without ``tied_embeddings``, ...); naming a choice it does not
-        declare raises ``InvalidArgument`` when drawn.
+        declare raises ``InvalidArgument`` when drawn. ``allow_sinks`` (default ``False``) needs ``attention_sinks``.
         """
         gated = {"attention": attention, "linear_quants": linear_quants, "kv_cache_dtypes": kv_cache_dtypes,
                  "containers": containers, "params_dtypes": params_dtypes}
         defaults = {**graphs.CHOICES, "kv_cache_dtypes": graphs.DEFAULT_KV_CACHE_DTYPES}
         options: dict[str, Any] = {arg: choices(arg, value, defaults[arg]) for arg, value in gated.items()}
-        options.update(allow_tied=flag("allow_tied", allow_tied), allow_wrappers=flag("allow_wrappers", allow_wrappers))
+        options.update(allow_tied=flag("allow_tied", allow_tied), allow_wrappers=flag("allow_wrappers", allow_wrappers),
+                       allow_sinks=sinks_flag(allow_sinks))
         return draw(graphs.layer_graphs(min_layers=min_layers, max_layers=max_layers, quant_methods=quant_methods,
                                         allow_unquantized=allow_unquantized, max_hidden=max_hidden, **options))
 

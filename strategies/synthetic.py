@@ -72,6 +72,8 @@ def synthetic_checkpoint(spec: ModelSpec, *, producer: str = "canonical", seed: 
         out[f"{lp}post_attention_layernorm.weight"] = (1 + rand(spec.hidden_size)).to(dtype)
         if spec.attention == "mla":
             out[f"{lp}{spec.container}.kv_a_layernorm.weight"] = (1 + rand(spec.kv_lora_rank)).to(dtype)
+        if spec.layers[index].sinks:  # one learned logit per head [RELOAD-15]
+            out[f"{spec.attention_prefix(index)}sinks"] = rand(spec.num_heads, scale=1.0).to(dtype)
         for name, (rows, cols, scheme) in hf_linears(spec, index).items():
             values = rand(rows, cols)
             if scheme == "none":

@@ -393,3 +393,49 @@ def test_readme_strategies_example_fails_an_engine_that_drops_kv_scales(monkeypa
         settings.load_profile(previous)
     compared = next(n for n, line in enumerate(README_EXAMPLE.splitlines(), 1) if "torch.equal" in line)
     assert info.traceback[-1].lineno + 1 == compared, "the example failed, but not on its kernel-state comparison"
+
+
+# --------------------------------------------------------------- attention sinks [RELOAD-15]
+def test_graphs_draw_sinks_only_when_allowed():
+    find(layer_graphs(allow_sinks=True), lambda spec: any(layer.sinks for layer in spec.layers))
+    from hypothesis.errors import NoSuchExample
+
+    with pytest.raises(NoSuchExample):
+        find(layer_graphs(), lambda spec: any(layer.sinks for layer in spec.layers),
+             settings=settings(max_examples=200, database=None))
+
+
+def test_sinks_flag_is_validated():
+    from hypothesis.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="allow_sinks"):
+        layer_graphs(allow_sinks="yes").example()
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_sinks_layouts_write_one_logit_per_head_and_load(data):
+    spec = data.draw(layer_graphs(allow_sinks=True).filter(lambda s: any(layer.sinks for layer in s.layers)))
+    layout = data.draw(checkpoint_layouts(spec))
+    tensors = dict(layout.tensors())
+    sinks = {f"{spec.attention_prefix(i)}sinks" for i, layer in enumerate(spec.layers) if layer.sinks}
+    assert {n for n in tensors if n.endswith(".sinks")} == sinks
+    assert all(tuple(tensors[n].shape) == (spec.num_heads,) for n in sinks)
+    model = api.build(spec)
+    api.first_load(model, layout.tensors())  # every sinks tensor has a parameter, none is missing
+    exported = api.export(model)
+    assert all(torch.equal(exported[n], tensors[n]) for n in sinks)
+
+
+def test_namespace_draws_sinks_only_for_an_adapter_declaring_them():
+    from hypothesis.errors import InvalidArgument
+
+    from loadspec.strategies import make_strategies_namespace
+
+    class NoSinks(ReferenceAdapter):
+        capabilities = frozenset(ReferenceAdapter.capabilities) - {"attention_sinks"}
+
+    with pytest.raises(InvalidArgument, match="attention_sinks"):
+        make_strategies_namespace(NoSinks()).layer_graphs(allow_sinks=True).example()
+    find(make_strategies_namespace(ReferenceAdapter()).layer_graphs(allow_sinks=True),
+         lambda spec: any(layer.sinks for layer in spec.layers))
