@@ -21,7 +21,7 @@ from loadspec.conformance.drivers import (
     process_scales,
     run_device,
 )
-from loadspec.conformance.oracle import MIRRORED_SCALE, mirror_differences
+from loadspec.conformance.oracle import MIRRORED_SCALE, assert_same_as_reference, mirror_differences
 from loadspec.conformance.reproducers import Case, record_case
 from loadspec.reference.vocabulary import OUTPUT_BUFFERS, QUANT_METHODS, SCALE_KINDS
 from loadspec.strategies.capabilities import HOST_MIRRORS
@@ -220,6 +220,14 @@ def test_device_scales_written_in_place(impl, device):
     assert_equal("output scale data_ptrs", after, pointers, "KVPROC-13")
 
 
+def assert_scales_as_reference(what: str, got: dict, expected: dict, spec, kinds, rule: str, request) -> None:
+    """The exported ``kinds`` scales of every attention layer equal the reference's (per-tensor diff on failure)."""
+    __tracebackhide__ = True
+    names = [f"{spec.attention_prefix(index)}{kind}_scale" for index in range(len(spec.layers)) for kind in kinds]
+    assert_same_as_reference(what, {name: got[name] for name in names if name in got},
+                             {name: expected[name] for name in names}, rule, request=request)
+
+
 def model_holding(adapter, spec, weights, start: str):
     """A model of ``spec`` holding ``weights``: first-loaded, or dummy-loaded and then reloaded."""
     if start == "first load":
@@ -269,12 +277,13 @@ def test_every_configs_kv_method_resolves_scales(impl, ref, request, kinds, kv_c
     got, expected = (adapter.export_kernel_state(model_holding(adapter, spec, layouts["base"].tensors(), start))
                      for adapter in (impl, ref))
     loaded_scales = {kind: value for kind, value in layouts["base"].kv_scales.items() if value is not None}
+    by_rule = {}  # rule -> the kinds it decides
     for kind in kinds:
-        for index in range(len(spec.layers)):
-            name = f"{spec.attention_prefix(index)}{kind}_scale"
-            assert_equal(f"{name} under {spec.quant_method} after {start} (kv_cache_dtype={spec.kv_cache_dtype}, "
-                         f"loaded {loaded_scales})", float(got[name]), float(expected[name]),
-                         config_rule(kind, spec, loaded_scales))
+        by_rule.setdefault(config_rule(kind, spec, loaded_scales), []).append(kind)
+    for rule, rule_kinds in by_rule.items():
+        assert_scales_as_reference(f"{'/'.join(rule_kinds)} scales under {spec.quant_method} after {start} "
+                                   f"(kv_cache_dtype={spec.kv_cache_dtype}, loaded {loaded_scales})",
+                                   got, expected, spec, rule_kinds, rule, request)
 
 
 @pytest.mark.rule("KVPROC-4")
@@ -295,10 +304,8 @@ def test_k_only_in_every_configs_model(impl, ref, request, method, start, data):
     record_case(request, Case(request.node.nodeid, layouts={"base": layout}))
     got, expected = (adapter.export_kernel_state(model_holding(adapter, spec, layout.tensors(), start))
                      for adapter in (impl, ref))
-    for index in range(len(spec.layers)):
-        name = f"{spec.attention_prefix(index)}v_scale"
-        assert_equal(f"{name} under {method} after {start} ({layout.producer} layout, loaded k only)",
-                     float(got[name]), float(expected[name]), "KVPROC-4")
+    assert_scales_as_reference(f"v scales under {method} after {start} ({layout.producer} layout, loaded k only)",
+                               got, expected, spec, ("v",), "KVPROC-4", request)
 
 
 def naming_k_and_v(spec) -> tuple[str, ...]:
@@ -329,12 +336,9 @@ def test_both_loaded_in_a_bf16_model(impl, ref, request, values_dtype, data):
     record_case(request, Case(request.node.nodeid, layouts={"base": layout}))
     got, expected = (adapter.export_kernel_state(built(adapter, spec, layout.tensors())) for adapter in (impl, ref))
     loaded = {kind: value for kind, value in layout.kv_scales.items() if value is not None}
-    for index in range(len(spec.layers)):
-        for kind in ("k", "v"):
-            name = f"{spec.attention_prefix(index)}{kind}_scale"
-            assert_equal(f"{name} in a bfloat16 model under {spec.quant_method} ({layout.producer} names, "
-                         f"kv_cache_dtype={spec.kv_cache_dtype}, loaded {loaded})", float(got[name]),
-                         float(expected[name]), rule)
+    assert_scales_as_reference(f"k/v scales in a bfloat16 model under {spec.quant_method} ({layout.producer} names, "
+                               f"kv_cache_dtype={spec.kv_cache_dtype}, loaded {loaded})", got, expected, spec,
+                               ("k", "v"), rule, request)
 
 
 def check_model_mirrors(impl, model, spec, when: str, *, in_session: bool = False) -> None:
