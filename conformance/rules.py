@@ -271,6 +271,9 @@ RULES: tuple[Rule, ...] = (
     Rule("LOAD-18", MUST,
          "After a first load and after a dummy load, every attention layer's host mirrors _q_scale_float, _k_scale_float, _v_scale_float, _k_scale_cpu and _v_scale_cpu exist and equal its device scales (_prob_scale_float is KVPROC-11's).",
          f"{_KV} BaseKVCacheMethod.process_weights_after_loading steps 3f, 4 (#42749)"),
+    Rule("LOAD-19", MUST,
+         "On a tied model whose checkpoint carries lm_head.weight beside embed_tokens.weight, a first load and a reload give the same outcome whatever the order of the two tensors: rejected both ways, or loaded to the same kernel state.",
+         "vllm/model_executor/models/llama.py LlamaForCausalLM.load_weights (AutoWeightsLoader skip_prefixes=['lm_head.'] when tie_word_embeddings); " f"{_UTILS} AutoWeightsLoader.load_weights"),
     # ---------------------------------------------------------------- COUNT
     Rule("COUNT-1", MUST,
          "The copy counter counts every element written by copy_, one-element and 0-d copies included.",

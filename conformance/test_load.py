@@ -11,7 +11,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadspec.conformance.assertions import assert_equal, assert_raises_value_error, assert_unchanged, fail, snapshot
+from loadspec.conformance.assertions import (
+    assert_equal,
+    assert_raises_value_error,
+    assert_same_state,
+    assert_unchanged,
+    fail,
+    snapshot,
+)
 from loadspec.conformance.drivers import (
     built,
     close_quietly,
@@ -412,3 +419,38 @@ def test_multi_element_kv_scale_rejected_naming_it_model_unchanged(impl, request
     finally:
         close_quietly(session)
     assert_unchanged(f"model after a session rejected {what}", before, _model_state(impl, model), "LOAD-6")
+
+
+# ------------------------------------------------------- tied models whose checkpoint carries both names
+@pytest.mark.rule("LOAD-19")
+@pytest.mark.requires("model", "tied_embeddings")
+@heavy()
+@given(data=st.data())
+def test_tied_checkpoint_with_lm_head_does_not_depend_on_order(impl, request, data):
+    """A tied model's checkpoint that also carries a (different) lm_head.weight gives the same outcome whatever
+    the order of the two tensors: rejected both ways, or loaded to the same kernel state [LOAD-19]."""
+    spec, layouts = draw_case(impl, request, data, "base", "new", allow_tied=True)
+    if not spec.tie_embeddings:
+        spec = spec.with_(tie_embeddings=True)
+        layouts = {role: replace(layout, spec=spec) for role, layout in layouts.items()}
+        record_case(request, Case(request.node.nodeid, layouts=layouts))
+    weights = layouts["new"].tensors()
+    embed = dict(weights)[f"{spec.prefix}embed_tokens.weight"]
+    head = (spec.lm_head_name, (embed.float() + 0.25).to(embed.dtype))  # a different value for the same tensor
+    phase = data.draw(PHASES, label="phase")
+    outcomes = {}
+    for order, delivery in (("lm_head.weight first", [head, *weights]), ("lm_head.weight last", [*weights, head])):
+        model = impl.build_model(spec, device=run_device()) if phase == "first_load" else built(
+            impl, spec, layouts["base"].tensors())
+        try:
+            (impl.first_load if phase == "first_load" else impl.reload)(model, delivery)
+        except ValueError as exc:
+            outcomes[order] = ("rejected", str(exc).splitlines()[0][:200])
+        except Exception as exc:  # noqa: BLE001
+            fail(f"{phase} with {order}", f"{type(exc).__name__}: {exc}", "a ValueError or a load", "LOAD-19")
+        else:
+            outcomes[order] = ("loaded", impl.export_kernel_state(model))
+    (first, a), (last, b) = outcomes.values()
+    assert_equal(f"{phase} of a tied checkpoint with lm_head.weight last vs first", last, first, "LOAD-19")
+    if first == "loaded":
+        assert_same_state(f"kernel state after a {phase} with lm_head.weight last vs first", b, a, "LOAD-19")
