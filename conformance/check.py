@@ -24,7 +24,7 @@ from typing import Any
 
 from loadspec.conformance import selection
 from loadspec.conformance.e2e.checkpoints import CheckpointError, resolve_checkpoint
-from loadspec.conformance.e2e.spec_inference import Scheme, SchemeError, read_scheme
+from loadspec.conformance.e2e.spec_inference import Scheme, SchemeError, kv_strategy_hint, read_scheme
 from loadspec.reference.cache_scale_mappers import cache_scale_mapper
 from loadspec.reference.checkpoint import Checkpoint, open_checkpoint, read_config
 from loadspec.reference.errors import CheckpointFormatError
@@ -207,7 +207,8 @@ def _linear(report: Report, checkpoint: Checkpoint, scheme: Scheme | None) -> No
     if inputs:
         finite = [v for v in inputs if math.isfinite(v)]
         counts["input_scale_range"] = f"{min(finite):.4g}..{max(finite):.4g}" if finite else "non-finite"
-        counts["static_inputs"] = "applied (fused shards: the largest, as vLLM processes them)"
+        counts["static_inputs"] = ("applied (fused shards: the largest, as vLLM processes them)" if static_inputs
+                                   else "not loaded (the config does not say static)")
     counts["scale_dtypes"] = "/".join(sorted(dtypes)) or "-"
     report.linear = counts
 
@@ -259,8 +260,7 @@ def check(path: Path, *, impl: str | None = None) -> Report:
     except SchemeError as exc:
         report.problems += [f"{exc.where}: {problem}" for problem in exc.problems]
     kv_heads = config.get("num_key_value_heads") or config.get("num_attention_heads")
-    heads = kv_heads if scheme is not None and scheme.kv_cache_strategy == "attn_head" and isinstance(
-        kv_heads, int) else None
+    heads = kv_heads if kv_strategy_hint(config, scheme) == "attn_head" and isinstance(kv_heads, int) else None
     prefixes = {m.group("prefix") for m in map(_CANONICAL.match, found) if m}
     layers = config.get("num_hidden_layers")
     if isinstance(layers, int) and prefixes:  # layers without any scale get rows too (defaults)

@@ -98,8 +98,9 @@ def test_scenario_rejects_per_tensor_scales_under_an_attn_head_config(tmp_path):
                    kv_cache_scheme={"num_bits": 8, "type": "float", "strategy": "attn_head", "dynamic": False})
     path = tiny_checkpoint(tmp_path, producer_scales("compressed-tensors"), qconfig=qconfig,
                            producer="compressed-tensors")
-    with pytest.raises(ValueError, match=r"problem\(s\)\).*k_scale has shape \(1,\), but should have 2 elements "
-                                         r"\(one per KV head"):
+    with pytest.raises(ValueError, match=r"problem\(s\)\).*4 KV-cache scales have the wrong size \(e\.g\. "
+                                         r"model\.layers\.0\.self_attn\.k_scale has shape \(1,\).*should have 2 "
+                                         r"elements \(one per KV head"):
         e2e.run_reload(NothingAdapter(), path)
 
 
@@ -119,3 +120,37 @@ def test_quantized_checkpoints_are_cached(smollm):
     assert first.parent == e2e.cache_dir()
     marker = json.loads((first / e2e.quantized_cache.MARKER).read_text())
     assert marker["producer_id"] == producer and marker["source"]["gguf_sha256"]
+
+
+def test_every_scale_is_compared_with_the_file_after_the_producers_transform(tmp_path):
+    """Fused per-tensor shards: the max weight and input scale; per-head k/v one value per head; a loader that
+    silently exported 1.0 (or dropped a scale) is caught even where the perplexity would stay low [E2E-1]."""
+    qconfig = dict(quantization_config("compressed-tensors", activation_scheme="static"),
+                   kv_cache_scheme={"num_bits": 8, "type": "float", "strategy": "attn_head", "dynamic": False,
+                                    "symmetric": True})
+    scales = {}
+    for index in range(2):
+        prefix = f"model.layers.{index}."
+        scales[prefix + "self_attn.k_scale"] = torch.tensor([0.5, 0.25]).reshape(2, 1, 1)
+        scales[prefix + "self_attn.v_scale"] = torch.tensor([0.125, 2.0]).reshape(2, 1, 1)
+        for n, proj in enumerate(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")):
+            scales[f"{prefix}{proj}.weight_scale"] = torch.tensor([0.01 * (n + 1)])
+            scales[f"{prefix}{proj}.input_scale"] = torch.tensor([0.1 * (n + 1)])
+    path = tiny_checkpoint(tmp_path, scales, qconfig=qconfig)
+    spec = e2e.forward.spec_from_hf_config(TINY, linear_quant="fp8_per_tensor", quant_method="compressed-tensors")
+    kv = tuple(((0.5, 0.25), (0.125, 2.0)) for _ in range(2))
+    expected = e2e.expected_scales(path, spec, kv)
+    qkv = "model.layers.1.self_attn.qkv_proj"
+    assert float(expected[f"{qkv}.weight_scale"]) == pytest.approx(0.03)  # max of q, k, v
+    assert float(expected["model.layers.1.mlp.gate_up_proj.weight_scale"]) == pytest.approx(0.06)
+    assert expected["model.layers.0.self_attn.attn.v_scale"].tolist() == [0.125, 2.0]
+    if e2e.scales.spec_static_inputs(spec.with_(activation_scheme="static")):
+        static = e2e.expected_scales(path, spec.with_(activation_scheme="static"), kv)
+        assert float(static[f"{qkv}.input_scale"]) == pytest.approx(0.3)
+    state = {name: value.clone() for name, value in expected.items()}
+    assert e2e.scale_mismatches(state, expected) == []
+    state["model.layers.0.self_attn.attn.k_scale"] = torch.ones(2)  # the silent 1.0
+    del state[f"{qkv}.weight_scale"]
+    assert e2e.scale_mismatches(state, expected) == [
+        ("model.layers.0.self_attn.attn.k_scale", "[1, 1]", "[0.5, 0.25]"), (f"{qkv}.weight_scale", "absent", "0.03")]

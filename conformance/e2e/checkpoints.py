@@ -24,7 +24,7 @@ from pathlib import Path
 
 from loadspec.conformance.e2e.forward import config_parameter_count, config_problems, spec_from_hf_config
 from loadspec.conformance.e2e.smollm import smollm_spec
-from loadspec.conformance.e2e.spec_inference import Scheme, SchemeError, infer_scheme, read_scheme
+from loadspec.conformance.e2e.spec_inference import Scheme, SchemeError, infer_scheme, kv_strategy_hint, read_scheme
 from loadspec.reference.cache_scale_mappers import cache_scale_mapper
 from loadspec.reference.checkpoint import CONFIG_FILE, Checkpoint, open_checkpoint, read_config
 from loadspec.reference.errors import CheckpointFormatError, UnsupportedSchemeError
@@ -176,6 +176,8 @@ def _kv_scales(path: Path, checkpoint: Checkpoint, layers: int, *, heads: int | 
     found: dict[tuple[int, str], dict[str, KVValue]] = {}
     problems: list[str] = []
     rejected: set[int] = set()  # layers with a scale already reported as a problem: not "missing" too
+    wrong_size: list[str] = []
+    wrong_what = ""
     for name in sorted(headers):
         mapped = mapper.map_name(name)
         match = _LAYER_KV_SCALE.match(mapped or "")
@@ -186,7 +188,8 @@ def _kv_scales(path: Path, checkpoint: Checkpoint, layers: int, *, heads: int | 
         if math.prod(shape) != want:
             what = ("exactly one element: the config asks for per-tensor KV-cache scales" if heads is None else
                     f"{heads} elements (one per KV head, e.g. ({heads}, 1, 1)): the config asks for attn_head scales")
-            problems.append(f"KV-cache scale {name} has shape {shape}, but should have {what}")
+            wrong_size.append(f"{name} has shape {shape}")
+            wrong_what = what
             rejected.add(int(match.group(1)))
             continue
         values = tuple(float(x) for x in checkpoint.read(name).float().reshape(-1))
@@ -195,6 +198,10 @@ def _kv_scales(path: Path, checkpoint: Checkpoint, layers: int, *, heads: int | 
             rejected.add(int(match.group(1)))
             continue
         found.setdefault((int(match.group(1)), match.group(2)), {})[name] = values if heads is not None else values[0]
+    if wrong_size:
+        problems.insert(0, f"KV-cache scale {wrong_size[0]}, but should have {wrong_what}" if len(wrong_size) == 1 else
+                        f"{len(wrong_size)} KV-cache scales have the wrong size (e.g. {', '.join(wrong_size[:2])}), "
+                        f"but each should have {wrong_what}")
     scales, missing = [], []
     for index in range(layers):
         got: dict[str, KVValue] = {}
@@ -260,7 +267,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
         _raise_problems(path, scheme_problems, [*problems, f"unsupported model: {exc}"])
         raise  # unreachable: the line above raised
     layers = len(spec.layers)
-    per_head = scheme is not None and scheme.kv_cache_strategy == "attn_head"
+    per_head = kv_strategy_hint(config, scheme) == "attn_head"
     kv_scales, found_names, missing, kv_problems = _kv_scales(path, checkpoint, layers,
                                                               heads=spec.num_kv_heads if per_head else None)
     problems += kv_problems

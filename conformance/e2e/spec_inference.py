@@ -338,6 +338,16 @@ def infer_scheme(config: dict[str, Any], hf_quant_config: dict[str, Any] | None 
     return scheme
 
 
+def kv_strategy_hint(config: dict[str, Any], scheme: Scheme | None) -> str | None:
+    """The KV-scale strategy to judge scale tensors by: the scheme's, else (the config has other problems) what
+    ``kv_cache_scheme.strategy`` says, so one bad field elsewhere does not turn every per-head scale into a problem."""
+    if scheme is not None:
+        return scheme.kv_cache_strategy
+    qconfig = config.get("quantization_config")
+    kv = qconfig.get("kv_cache_scheme") if isinstance(qconfig, dict) else None
+    return kv.get("strategy") if isinstance(kv, dict) and kv.get("strategy") in ("tensor", "attn_head") else None
+
+
 def read_scheme(path: str | Path, config: dict[str, Any]) -> Scheme:
     """``infer_scheme`` of checkpoint directory ``path`` whose ``config.json`` is ``config``."""
     hf_file = Path(path) / HF_QUANT_CONFIG
@@ -353,4 +363,4 @@ def read_scheme(path: str | Path, config: dict[str, Any]) -> Scheme:
 
 
 __all__ = ["HF_QUANT_CONFIG", "UNQUANTIZED_MODULES", "Scheme", "SchemeError", "infer_scheme", "read_scheme",
-           "dtype_of"]
+           "dtype_of", "kv_strategy_hint"]
