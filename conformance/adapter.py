@@ -26,6 +26,7 @@ from loadspec.strategies.capabilities import (
     FP8_PER_CHANNEL,
     FP8_PER_TENSOR,
     HOST_MIRRORS,
+    KV_SCALES_PER_HEAD,
     MIXER_CONTAINER,
     MLA,
     MODEL,
@@ -35,6 +36,7 @@ from loadspec.strategies.capabilities import (
     REDUCED_PRECISION_PARAMS,
     STATIC_INPUT_SCALES,
     TIED_EMBEDDINGS,
+    TP_HEAD_SLICING,
 )
 
 Weights = Iterable[tuple[str, torch.Tensor]]
@@ -56,6 +58,9 @@ CAPABILITIES: dict[str, str] = {
                   "without it the model-tier mirror checks are skipped",
     STATIC_INPUT_SCALES: "static FP8 activation scales (input_scale) decided from the quantization config "
                          "(compressed-tensors dynamic: false, Quark static, Fp8Config activation_scheme static)",
+    KV_SCALES_PER_HEAD: "per-attention-head KV-cache scales (compressed-tensors kv_cache_scheme strategy attn_head): "
+                        "build models whose spec has kv_scale_strategy='attn_head'",
+    TP_HEAD_SLICING: "slice_head_scales: the per-head KV-cache scales one tensor-parallel rank holds",
     ATTENTION_SINKS: "attention layers owning a parameter besides their KV-cache scales (attention sinks: "
                      "LayerSpec.sinks, attn.sinks [num_heads] in checkpoint and export)",
     "skip_rules": "the automatic loader takes skip_prefixes/skip_substrs",
@@ -72,6 +77,7 @@ MODEL_METHODS = (
 )
 SESSION_METHODS = ("open_reload", "count_loader_call")
 ORDER_METHODS = ("processing_order",)
+TP_METHODS = ("slice_head_scales",)
 
 
 @runtime_checkable
@@ -195,6 +201,11 @@ class Adapter(Protocol):
     def processing_order(self, model: Any) -> list[str]:
         """[processing_order] Module names processed by the last load or reload, in order."""
 
+    def slice_head_scales(self, scale: torch.Tensor, *, kind: str, total_heads: int, total_kv_heads: int,
+                          tp_rank: int, tp_size: int) -> torch.Tensor:
+        """[tp_head_slicing] The ``(n,)`` per-head scales rank ``tp_rank`` of ``tp_size`` loads from the whole
+        checkpoint tensor ``scale`` of ``kind`` (``"q"``, ``"k"``, ``"v"``) [HEADS-8]."""
+
 
 def capabilities_table() -> str:
     """The capabilities as a Markdown table, as the README shows it."""
@@ -213,6 +224,8 @@ def required_methods(capabilities: frozenset[str]) -> tuple[str, ...]:
         methods += SESSION_METHODS
     if "processing_order" in capabilities:
         methods += ORDER_METHODS
+    if TP_HEAD_SLICING in capabilities:
+        methods += TP_METHODS
     return methods
 
 

@@ -24,6 +24,8 @@ _FP8 = "vllm/model_executor/layers/quantization/fp8.py"
 _META = "vllm/model_executor/model_loader/reload/meta.py"
 _LW = "vllm/model_executor/model_loader/reload/layerwise.py"
 _CT_FP8 = "vllm/model_executor/layers/quantization/compressed_tensors/schemes/compressed_tensors_w8a8_fp8.py"
+_CT_KV = ("vllm/model_executor/layers/quantization/compressed_tensors/compressed_tensors.py "
+          "CompressedTensorsKVCacheMethod")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ FAMILIES = {
     "RELOAD": "The layerwise reload lifecycle",
     "E2E": "End to end: a real model (SmolLM2-135M) reloaded from FP8-KV checkpoints",
     "STATIC": "Static activation scales (input_scale) of FP8 linears",
+    "HEADS": "Per-attention-head KV-cache scales (compressed-tensors kv_cache_scheme strategy attn_head)",
 }
 
 RULES: tuple[Rule, ...] = (
@@ -391,6 +394,38 @@ RULES += (
          "A first load of a static-activation checkpoint that lacks the input_scale of any FP8 projection (one shard of a fused linear included) is rejected with a ValueError naming the engine's input_scale parameter, before anything is written.",
          "vllm/model_executor/layers/quantization/utils/fp8_utils.py create_fp8_input_scale",
          "vLLM fills input_scale with float32's minimum (-3.4e38) at creation and never checks that it was loaded: a missing shard silently drops out of the max, and a linear with no input_scale at all is processed with a scale of -3.4e38."),
+)
+
+RULES += (
+    # ---------------------------------------------------------------- HEADS
+    Rule("HEADS-1", MUST,
+         "Under a compressed-tensors kv_cache_scheme with strategy attn_head, k_scale and v_scale load from checkpoint tensors of shape (num_kv_heads, 1, 1) and q_scale from one of shape (num_heads, 1, 1); after a first load the device scales _k_scale and _v_scale hold, per KV head, the checkpoint's value, and _q_scale holds per KV head the largest q scale of the query heads that share it (query head h uses KV head h // (num_heads / num_kv_heads)).",
+         f"{_CT_KV}.create_weights (n_scales = num_kv_heads; _tp_aware_loader: flatten, q amax over head groups), .process_weights_after_loading (#30141)"),
+    Rule("HEADS-2", SHOULD,
+         "A per-head scale whose shape is not (heads, 1, 1), (heads, 1) or (heads,) (heads = num_kv_heads for k and v, num_heads for q) is rejected by a first load and by a reload with a ValueError naming the weight, its shape and the head count, and the model is unchanged.",
+         f"{_CT_KV}.create_weights (_tp_aware_loader)",
+         "vLLM flattens whatever it gets and copies it with copy_: a one-element tensor is broadcast to every head silently, a tensor of num_kv_heads elements in any shape is accepted, and another count fails with a RuntimeError from view or copy_ after the weights before it were written."),
+    Rule("HEADS-3", MUST,
+         "A reload that delivers per-head k, v and q scales leaves the per-head device scales equal to those of a fresh load of the same checkpoint, and every kernel tensor keeps its data_ptr.",
+         f"{_LW} _reload_attention_scales, _copy_and_restore_kernel_tensors (#38995); {_CT_KV}.process_weights_after_loading"),
+    Rule("HEADS-4", SHOULD,
+         "The per-head device scales _q_scale, _k_scale and _v_scale have shape (num_kv_heads,) from the moment the model is built, and no load or reload changes their data_ptr.",
+         f"{_CT_KV}.process_weights_after_loading (register_buffer('_k_scale', ...))",
+         "vLLM builds them 0-d (set_default_quant_scales) and the first processing registers new (num_kv_heads,) buffers in their place, so a tensor captured before the first load (a CUDA graph, a kernel argument) keeps reading the old 0-d 1.0."),
+    Rule("HEADS-5", MUST,
+         "With per-head scales, after every first load and reload the host mirrors _k_scale_float, _v_scale_float, _q_scale_float, _k_scale_cpu and _v_scale_cpu equal the largest head's device scale.",
+         f"{_CT_KV}.process_weights_after_loading (_to_scalar: max().item(); _k_scale_cpu.fill_)"),
+    Rule("HEADS-6", SHOULD,
+         "Under a per-tensor KV-cache config, a checkpoint k_scale, v_scale or q_scale with more than one element (a per-head checkpoint) is rejected with a ValueError naming the weight and its shape, on a first load and on a reload, and the model is unchanged: a per-head checkpoint is never collapsed to one scale silently.",
+         f"{_KV} KVCacheScaleParameter.weight_loader; {_WU} default_weight_loader; {_CT_KV}.create_weights (tensor strategy: one-element parameters)",
+         "Under Fp8Config vLLM raises the ValueError (SCALE-4), but under a compressed-tensors tensor-strategy config the scales are plain one-element parameters loaded by default_weight_loader, which fails with a bare AssertionError after the weights before it were written."),
+    Rule("HEADS-7", SHOULD,
+         "With per-head scales and a quantized KV-cache dtype, the scales a checkpoint lacks take the per-tensor defaults head by head: only k given, v equals k per head (and only v, k equals v); neither, every head's k and v is 1.0; no q, every q is 1.0.",
+         f"{_CT_KV}.create_weights (torch.ones placeholders); {_KV} BaseKVCacheMethod.process_weights_after_loading step 3c",
+         "vLLM's compressed-tensors method creates its placeholders as 1.0, not the sentinel, so a scale the checkpoint lacks stays 1.0: with only k given, every v is 1.0 instead of k (unlike KVPROC-4)."),
+    Rule("HEADS-8", MUST,
+         "Under tensor parallelism of size tp, rank r holds the per-head scales of its own KV heads, q being first reduced to one scale per KV head: when num_kv_heads >= tp (tp divides it) entries [r*n, (r+1)*n) with n = num_kv_heads / tp; when num_kv_heads < tp (it divides tp), the single entry r // (tp / num_kv_heads) of the KV head the rank replicates.",
+         f"{_CT_KV}.create_weights (_tp_aware_loader: 'heads evenly distributed' / 'heads replicated to match TP size')"),
 )
 
 RULES_BY_ID = {rule.id: rule for rule in RULES}

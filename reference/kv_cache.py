@@ -7,8 +7,8 @@ import warnings
 
 import torch
 
-from loadspec.reference.errors import ScaleValueError
-from loadspec.reference.scales import KVCacheScaleParameter
+from loadspec.reference.errors import ScaleValueError, UnsupportedSchemeError
+from loadspec.reference.scales import HeadScaleParameter, KVCacheScaleParameter
 from loadspec.reference.vocabulary import (
     CPU_MIRRORS,
     FLOAT_MIRRORS,
@@ -25,7 +25,14 @@ class MissingKVScalesWarning(UserWarning):
 
 
 __all__ = ["KVCacheMethod", "MissingKVScalesWarning", "set_default_scales", "reset_default_scales", "write_outputs",
-           "output_scales", "OUTPUT_BUFFERS", "FLOAT_MIRRORS", "CPU_MIRRORS"]
+           "output_scales", "OUTPUT_BUFFERS", "FLOAT_MIRRORS", "CPU_MIRRORS", "PER_HEAD_SCALES", "reduce_q_to_kv_heads",
+           "tp_head_scales"]
+
+PER_HEAD_SCALES = ("q_scale", "k_scale", "v_scale")
+"""The scales that are per head under ``attn_head``; ``prob_scale`` stays per tensor [HEADS-1]."""
+
+OutputValue = float | torch.Tensor
+"""A resolved output scale: a float (per tensor) or a ``(num_kv_heads,)`` float32 tensor (per head)."""
 
 
 def set_default_scales(layer: torch.nn.Module, *, device: torch.device | str | None = None) -> None:
@@ -43,34 +50,149 @@ def reset_default_scales(layer: torch.nn.Module) -> None:
     write_outputs(layer, {name: 1.0 for name in SCALE_NAMES})
 
 
-def write_outputs(layer: torch.nn.Module, values: dict[str, float]) -> None:
-    """Write resolved scales into the device buffers and all host mirrors, in place [KVPROC-11, KVPROC-13]."""
+def write_outputs(layer: torch.nn.Module, values: dict[str, OutputValue]) -> None:
+    """Write resolved scales into the device buffers and all host mirrors, in place [KVPROC-11, KVPROC-13].
+
+    A per-head value is copied into its ``(num_kv_heads,)`` buffer; its host mirrors hold the largest head's
+    scale, the one scalar a per-tensor kernel may use [HEADS-4, HEADS-5].
+    """
     for name, value in values.items():
-        getattr(layer, OUTPUT_BUFFERS[name]).fill_(value)
+        if isinstance(value, torch.Tensor):
+            getattr(layer, OUTPUT_BUFFERS[name]).copy_(value)
+            value = float(value.max())
+        else:
+            getattr(layer, OUTPUT_BUFFERS[name]).fill_(value)
         setattr(layer, FLOAT_MIRRORS[name], float(torch.tensor(value, dtype=torch.float32)))
         if name in CPU_MIRRORS:
             getattr(layer, CPU_MIRRORS[name]).fill_(value)
 
 
 def output_scales(layer: torch.nn.Module) -> dict[str, float]:
-    """The device output scales of an attention layer as Python floats."""
-    return {name: float(getattr(layer, buffer)) for name, buffer in OUTPUT_BUFFERS.items()}
+    """The device output scales of an attention layer as Python floats (per head: the largest head's)."""
+    return {name: float(getattr(layer, buffer).max()) for name, buffer in OUTPUT_BUFFERS.items()}
+
+
+def reduce_q_to_kv_heads(q: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """Per KV head, the largest q scale of the query heads sharing it (head ``h`` uses KV head
+    ``h // (num_heads // num_kv_heads)``) [HEADS-1]: FlashAttention takes one q scale per KV head."""
+    flat = q.reshape(-1)
+    if flat.numel() % num_kv_heads:
+        raise ValueError(f"{flat.numel()} q scales do not split into {num_kv_heads} KV-head groups")
+    return flat.reshape(num_kv_heads, -1).amax(dim=1)
+
+
+def tp_head_scales(scale: torch.Tensor, *, kind: str, total_heads: int, total_kv_heads: int, tp_rank: int,
+                   tp_size: int) -> torch.Tensor:
+    """The per-head scales tensor-parallel rank ``tp_rank`` of ``tp_size`` holds, from a checkpoint tensor [HEADS-8].
+
+    ``scale`` is the whole checkpoint tensor: ``(total_kv_heads, 1, 1)`` for k and v, ``(total_heads, 1, 1)``
+    for q (any of ``head_scale_shapes``). q is first reduced to one scale per KV head
+    (``reduce_q_to_kv_heads``), so every kind then has one entry per KV head. Attention shards KV heads over
+    the ranks: when ``total_kv_heads >= tp_size`` (``tp_size`` must divide it) rank ``r`` holds KV heads
+    ``[r * n, (r + 1) * n)`` with ``n = total_kv_heads // tp_size``; when ``total_kv_heads < tp_size``
+    (``total_kv_heads`` must divide ``tp_size``) each KV head is replicated on ``tp_size // total_kv_heads``
+    consecutive ranks and rank ``r`` holds the single head ``r // (tp_size // total_kv_heads)``. The result is
+    a new ``(n,)`` float32 tensor (``n = 1`` when replicated); anything else raises ``ValueError`` naming the
+    numbers. This is vLLM's ``_tp_aware_loader`` (``compressed_tensors.py``
+    ``CompressedTensorsKVCacheMethod.create_weights``), strict where it asserts or slices silently.
+    """
+    if kind not in ("q", "k", "v"):
+        raise ValueError(f"kind={kind!r}, but should be 'q', 'k' or 'v'")
+    if min(total_heads, total_kv_heads, tp_size) < 1 or total_heads % total_kv_heads:
+        raise ValueError(f"total_heads={total_heads}, total_kv_heads={total_kv_heads}, tp_size={tp_size}: "
+                         "the head counts must be positive and num_heads a multiple of num_kv_heads")
+    if not 0 <= tp_rank < tp_size:
+        raise ValueError(f"tp_rank={tp_rank}, but should be in [0, {tp_size})")
+    expected = total_heads if kind == "q" else total_kv_heads
+    if scale.numel() != expected:
+        raise ValueError(f"{kind}_scale has {scale.numel()} elements (shape {tuple(scale.shape)}), but should "
+                         f"have {expected}, one per {'query' if kind == 'q' else 'KV'} head")
+    per_kv = scale.detach().reshape(-1).float()
+    if kind == "q":
+        per_kv = reduce_q_to_kv_heads(per_kv, total_kv_heads)
+    if total_kv_heads >= tp_size:
+        if total_kv_heads % tp_size:
+            raise ValueError(f"total_kv_heads={total_kv_heads} does not split evenly over tp_size={tp_size}")
+        local = total_kv_heads // tp_size
+        return per_kv[tp_rank * local:(tp_rank + 1) * local].clone()
+    if tp_size % total_kv_heads:
+        raise ValueError(f"tp_size={tp_size} is not a multiple of total_kv_heads={total_kv_heads}, so KV heads "
+                         "cannot be replicated evenly")
+    replicas = tp_size // total_kv_heads
+    return per_kv[tp_rank // replicas:tp_rank // replicas + 1].clone()
 
 
 class KVCacheMethod:
-    """Per-tensor KV-cache scales for one attention layer [KVPROC-1..13]."""
+    """KV-cache scales for one attention layer: per tensor [KVPROC-1..13] or, with ``per_head``, q/k/v per
+    attention head as compressed-tensors ``attn_head`` writes them [HEADS-1..7]."""
 
     loads_weights = True
 
-    def __init__(self, kv_cache_dtype: str) -> None:
+    def __init__(self, kv_cache_dtype: str, *, per_head: bool = False) -> None:
         self.kv_cache_dtype = kv_cache_dtype
+        self.per_head = per_head
+
+    @staticmethod
+    def head_counts(layer: torch.nn.Module) -> dict[str, int]:
+        """Scale name -> heads of a per-head scale: q has ``num_heads``, k and v ``num_kv_heads`` [HEADS-1]."""
+        heads, kv_heads = getattr(layer, "num_heads", None), getattr(layer, "num_kv_heads", None)
+        if not isinstance(heads, int) or not isinstance(kv_heads, int):
+            raise UnsupportedSchemeError(f"{getattr(layer, 'loadspec_name', type(layer).__name__)}: per-head "
+                                         "KV-cache scales need an attention layer with num_heads and num_kv_heads")
+        return {"q_scale": heads, "k_scale": kv_heads, "v_scale": kv_heads}
 
     def create_weights(self, layer: torch.nn.Module, *, device: torch.device | str | None = None) -> None:
-        """Give ``layer`` four fresh sentinel scale parameters [KVPROC-1, SCALE-1]."""
+        """Give ``layer`` four fresh sentinel scale parameters [KVPROC-1, SCALE-1]; per head, q/k/v are
+        ``HeadScaleParameter``s and the q/k/v device scales become ``(num_kv_heads,)`` (once, at build: a
+        re-creation finds them in that shape and keeps them, so their ``data_ptr`` never changes) [HEADS-4]."""
+        heads = self.head_counts(layer) if self.per_head else {}
         for name in SCALE_NAMES:
             if hasattr(layer, name):
                 delattr(layer, name)
-            layer.register_parameter(name, KVCacheScaleParameter(device=device))
+            param = HeadScaleParameter(heads[name], device=device) if name in heads else KVCacheScaleParameter(
+                device=device)
+            layer.register_parameter(name, param)
+        kv_heads = heads.get("k_scale")
+        for name in heads:
+            buffer = getattr(layer, OUTPUT_BUFFERS[name])
+            if kv_heads is not None and tuple(buffer.shape) != (kv_heads,):
+                layer.register_buffer(OUTPUT_BUFFERS[name], buffer.new_full((kv_heads,), float(buffer.reshape(-1)[0])),
+                                      persistent=True)
+
+    def resolve_per_head(self, layer: torch.nn.Module) -> dict[str, OutputValue]:
+        """Per-head outputs: each loaded kind per head, the per-tensor defaults per head otherwise (only k: v = k;
+        neither: 1.0; no q: 1.0) [HEADS-1, HEADS-7]; q reduced to KV heads; raises on a bad value [KVPROC-7]."""
+        where = getattr(layer, "loadspec_name", type(layer).__name__)
+        kv_heads = self.head_counts(layer)["k_scale"]
+        present: dict[str, torch.Tensor] = {}
+        for name in SCALE_NAMES:
+            values = getattr(layer, name).detach().to("cpu", torch.float32).reshape(-1)
+            if bool((values == SENTINEL).all()):
+                continue
+            bad = ~(torch.isfinite(values) & (values > 0))
+            if bool(bad.any()):
+                raise ScaleValueError(f"{where}.{name}={values.tolist()!r}: a KV-cache scale must be finite and "
+                                      "positive (-1.0 marks an unloaded scale) [KVPROC-7]")
+            present[name] = values
+        device = getattr(layer, OUTPUT_BUFFERS["k_scale"]).device
+        ones = torch.ones(kv_heads, dtype=torch.float32)
+        resolved: dict[str, OutputValue] = {
+            "q_scale": (reduce_q_to_kv_heads(present["q_scale"], kv_heads) if "q_scale" in present
+                        else ones).to(device),
+            "prob_scale": float(present["prob_scale"]) if "prob_scale" in present else 1.0}
+        dtype = self.kv_cache_dtype
+        if dtype in PER_TOKEN_HEAD_KV_DTYPES:
+            return {"k_scale": ones.to(device), "v_scale": ones.to(device)}
+        if dtype in UNQUANTIZED_KV_DTYPES:
+            return resolved
+        k, v = present.get("k_scale"), present.get("v_scale")
+        if k is None and v is None and "e5m2" not in dtype:
+            warnings.warn(f"{where}: the checkpoint has no k_scale or v_scale; using KV-cache scale 1.0 for "
+                          f"{dtype} [KVPROC-3]", MissingKVScalesWarning, stacklevel=3)
+        k = k if k is not None else (v if v is not None else ones)
+        v = v if v is not None else k
+        resolved.update(k_scale=k.to(device), v_scale=v.to(device))
+        return resolved
 
     def resolve(self, layer: torch.nn.Module) -> dict[str, float]:
         """The output scales the loaded parameters call for; raises on bad values [KVPROC-2..9]."""
@@ -110,7 +232,11 @@ class KVCacheMethod:
         """Resolve sentinels into the output scales, then delete the scale parameters [KVPROC-2..13]."""
         if not hasattr(layer, "q_scale"):
             return  # already processed [KVPROC-12]
-        values = self.resolve(layer)  # raises before anything is written [KVPROC-7]
+        values: dict[str, OutputValue]
+        if self.per_head:
+            values = self.resolve_per_head(layer)  # raises before anything is written [KVPROC-7]
+        else:
+            values = dict(self.resolve(layer))  # raises before anything is written [KVPROC-7]
         write_outputs(layer, values)
         for name in SCALE_NAMES:
             delattr(layer, name)

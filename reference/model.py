@@ -143,7 +143,8 @@ class ReferenceModel(torch.nn.Module):
     def __init__(self, spec: ModelSpec, *, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.spec = spec
-        self.quant_config = QuantConfig(spec.quant_method) if spec.quant_method else None
+        self.quant_config = (QuantConfig(spec.quant_method, kv_scale_strategy=spec.kv_scale_strategy)
+                             if spec.quant_method else None)
         self.mapper = checkpoint_mapper(spec)
         inner = CausalLM(spec, self.quant_config, dtype=torch_dtype(spec.params_dtype), device=device)
         if spec.wrapper:

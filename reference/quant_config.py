@@ -9,7 +9,12 @@ from loadspec.reference.cache_scale_mappers import cache_scale_mapper
 from loadspec.reference.errors import UnsupportedSchemeError
 from loadspec.reference.kv_cache import KVCacheMethod
 from loadspec.reference.mapper import WeightsMapper
-from loadspec.reference.vocabulary import FORMAT_ACTIVATION_SCHEMES, QUANT_METHODS
+from loadspec.reference.vocabulary import (
+    FORMAT_ACTIVATION_SCHEMES,
+    KV_SCALE_STRATEGIES,
+    PER_HEAD_KV_METHODS,
+    QUANT_METHODS,
+)
 
 
 @dataclass(frozen=True)
@@ -17,20 +22,28 @@ class QuantConfig:
     """The engine-side view of ``config.json``'s ``quantization_config``."""
 
     quant_method: str
+    kv_scale_strategy: str = "tensor"  # "attn_head": compressed-tensors per-head KV-cache scales [HEADS-1]
 
     def __post_init__(self) -> None:
         if self.quant_method not in QUANT_METHODS:
             raise UnsupportedSchemeError(
                 f"quantization_config.quant_method={self.quant_method!r} is not supported; "
                 f"supported: {', '.join(QUANT_METHODS)}")
+        if self.kv_scale_strategy not in KV_SCALE_STRATEGIES:
+            raise UnsupportedSchemeError(f"kv_cache_scheme strategy {self.kv_scale_strategy!r}: supported "
+                                         f"{', '.join(KV_SCALE_STRATEGIES)}")
+        if self.kv_scale_strategy != "tensor" and self.quant_method not in PER_HEAD_KV_METHODS:
+            raise UnsupportedSchemeError(f"kv_cache_scheme strategy {self.kv_scale_strategy!r} exists for "
+                                         f"{', '.join(PER_HEAD_KV_METHODS)} only, not {self.quant_method!r}")
 
     def get_cache_scale_mapper(self) -> WeightsMapper:
         """Every config maps every producer's scale names [NAMES-1..13]."""
         return cache_scale_mapper()
 
     def kv_cache_method(self, kv_cache_dtype: str) -> KVCacheMethod:
-        """The KV-cache method for any attention layer, MHA/GQA and MLA alike [NAMES-8]."""
-        return KVCacheMethod(kv_cache_dtype)
+        """The KV-cache method for any attention layer, MHA/GQA and MLA alike [NAMES-8]; per head under
+        ``attn_head`` [HEADS-1]."""
+        return KVCacheMethod(kv_cache_dtype, per_head=self.kv_scale_strategy == "attn_head")
 
 
 def quant_config_from_dict(config: dict[str, Any] | None) -> QuantConfig | None:
@@ -90,3 +103,19 @@ def activation_scheme_of(config: dict[str, Any] | None) -> str:
         return cast(str, scheme)
     raise UnsupportedSchemeError(f"quantization_config.quant_method={method!r} is not supported; "
                                  f"supported: {', '.join(QUANT_METHODS)}")
+
+
+def kv_scale_strategy_of(config: dict[str, Any] | None) -> str:
+    """``"tensor"`` or ``"attn_head"``: the KV-cache scale granularity a ``quantization_config`` asks for [HEADS-1].
+
+    Only compressed-tensors' ``kv_cache_scheme`` has a ``strategy``; every other format (and a config without a
+    scheme) is per tensor. Another strategy raises ``UnsupportedSchemeError``.
+    """
+    scheme = (config or {}).get("kv_cache_scheme")
+    if (config or {}).get("quant_method") not in PER_HEAD_KV_METHODS or not isinstance(scheme, dict):
+        return "tensor"
+    strategy = scheme.get("strategy", "tensor")
+    if strategy not in KV_SCALE_STRATEGIES:
+        raise UnsupportedSchemeError(f"kv_cache_scheme strategy {strategy!r}: supported "
+                                     f"{', '.join(KV_SCALE_STRATEGIES)}")
+    return cast(str, strategy)

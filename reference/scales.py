@@ -11,8 +11,8 @@ from loadspec.reference.loaders import check_dtype
 from loadspec.reference.mapper import ShardId
 from loadspec.reference.vocabulary import SCALE_NAMES, SENTINEL
 
-__all__ = ["KVCacheScaleParameter", "check_scale_shape", "check_scale_value", "is_scale_parameter", "SCALE_NAMES",
-           "SENTINEL"]
+__all__ = ["KVCacheScaleParameter", "HeadScaleParameter", "check_scale_shape", "check_scale_value",
+           "check_head_scale_shape", "head_scale_shapes", "is_scale_parameter", "SCALE_NAMES", "SENTINEL"]
 
 
 class KVCacheScaleParameter(torch.nn.Parameter):
@@ -47,6 +47,55 @@ class KVCacheScaleParameter(torch.nn.Parameter):
         check_scale_shape(loaded_weight, name=getattr(param, "loadspec_name", None))
         check_dtype(param, loaded_weight)
         param.data.copy_(loaded_weight.reshape(()))
+
+
+class HeadScaleParameter(KVCacheScaleParameter):
+    """A per-head KV-cache scale (compressed-tensors ``attn_head``): ``(heads,)`` float32 sentinels [HEADS-1].
+
+    ``heads`` is ``num_kv_heads`` for k and v, ``num_heads`` for q. Its loader accepts exactly the shapes of
+    ``head_scale_shapes(heads)`` [HEADS-2]; every element is validated like a per-tensor scale [LOAD-13].
+    """
+
+    def __new__(cls, heads: int, *, device: torch.device | str | None = None) -> HeadScaleParameter:
+        data = torch.full((heads,), SENTINEL, dtype=torch.float32, device=device)
+        return torch.nn.Parameter.__new__(cls, data, requires_grad=False)
+
+    @staticmethod
+    def weight_check(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
+        """Validate a load without writing: shape against the head count [HEADS-2], dtype [LOAD-11], every value
+        [LOAD-13]; a shard id is rejected."""
+        name = getattr(param, "loadspec_name", None)
+        if shard_id is not None:
+            who = name or "KV-cache scale"
+            raise ShapeMismatchError(f"{who}: is not a fused parameter, but got shard {shard_id!r}")
+        check_head_scale_shape(loaded_weight, param.numel(), name=name)
+        check_dtype(param, loaded_weight)
+        for value in loaded_weight.detach().reshape(-1):
+            check_scale_value(value, name=name)
+
+    @staticmethod
+    def weight_loader(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
+        """Copy one value per head into ``param`` with one ``copy_`` [HEADS-1, SCALE-5, SCALE-6]."""
+        check_head_scale_shape(loaded_weight, param.numel(), name=getattr(param, "loadspec_name", None))
+        check_dtype(param, loaded_weight)
+        param.data.copy_(loaded_weight.reshape(param.shape))
+
+
+def head_scale_shapes(heads: int) -> tuple[tuple[int, ...], ...]:
+    """The checkpoint shapes a per-head scale of ``heads`` heads accepts: llm-compressor's ``(heads, 1, 1)`` and its
+    flattened forms ``(heads, 1)`` and ``(heads,)`` [HEADS-2]."""
+    return ((heads, 1, 1), (heads, 1), (heads,))
+
+
+def check_head_scale_shape(loaded_weight: torch.Tensor, heads: int, *, name: str | None = None) -> None:
+    """Raise ``ScaleShapeError`` naming the weight and both shapes unless ``loaded_weight`` has one of
+    ``head_scale_shapes(heads)``: a per-tensor scale is never broadcast to every head [HEADS-2, HEADS-6]."""
+    if tuple(loaded_weight.shape) in head_scale_shapes(heads):
+        return
+    who = f"{name}: " if name else ""
+    raise ScaleShapeError(
+        f"{who}per-head KV-cache scale expects shape ({heads}, 1, 1) (one value per head; or ({heads},)), "
+        f"got shape {tuple(loaded_weight.shape)} [HEADS-2]")
 
 
 def check_scale_shape(loaded_weight: torch.Tensor, *, name: str | None = None) -> None:

@@ -18,8 +18,10 @@ from loadspec.reference.vocabulary import (
     CONTAINERS,
     FORMAT_ACTIVATION_SCHEMES,
     KV_CACHE_DTYPES,
+    KV_SCALE_STRATEGIES,
     LINEAR_QUANTS,
     PARAM_DTYPES,
+    PER_HEAD_KV_METHODS,
     PER_TOKEN_HEAD_KV_DTYPES,
     QUANTIZED_KV_DTYPES,
     UNQUANTIZED_KV_DTYPES,
@@ -65,6 +67,7 @@ class ModelSpec:
     kv_cache_dtype: str = "fp8_e4m3"
     quant_method: str | None = "fp8"
     activation_scheme: str | None = None  # "dynamic", "static", None: the format's (static_input_scales) [STATIC-1]
+    kv_scale_strategy: str = "tensor"  # "attn_head": q/k/v KV-cache scales per head (compressed-tensors) [HEADS-1]
     container: str = "self_attn"
     wrapper: tuple[str, ...] = ()
     params_dtype: str = "float32"
@@ -92,6 +95,14 @@ class ModelSpec:
             if self.quant_method is None or fixed not in (None, self.activation_scheme):
                 raise ValueError(f"activation_scheme={self.activation_scheme!r} does not exist for quant_method="
                                  f"{self.quant_method!r} (its only scheme: {fixed or 'none'}) [STATIC-1]")
+        if self.kv_scale_strategy not in KV_SCALE_STRATEGIES:
+            raise ValueError(f"kv_scale_strategy={self.kv_scale_strategy!r}, but should be one of "
+                             f"{KV_SCALE_STRATEGIES}")
+        if self.kv_scale_strategy != "tensor" and (self.quant_method not in PER_HEAD_KV_METHODS
+                                                   or self.attention != "mha"):
+            raise ValueError(f"kv_scale_strategy={self.kv_scale_strategy!r} needs MHA/GQA attention under "
+                             f"{' or '.join(PER_HEAD_KV_METHODS)}, not {self.attention} under "
+                             f"{self.quant_method!r} [HEADS-1]")
         for layer in self.layers:
             for name, quant in layer.linear_quants().items():
                 if quant not in LINEAR_QUANTS:

@@ -13,7 +13,8 @@ from loadspec.reference.vocabulary import FORMAT_ACTIVATION_SCHEMES, PER_TOKEN_H
 
 __all__ = ["PRIMITIVES", "MODEL", "MLA", "FP8_PER_TENSOR", "FP8_PER_CHANNEL", "TIED_EMBEDDINGS", "NESTED_WRAPPERS",
            "MIXER_CONTAINER", "PER_TOKEN_HEAD_KV", "REDUCED_PRECISION_PARAMS", "HOST_MIRRORS", "GRAPH_CHOICES",
-           "GRAPH_FLAGS", "spec_capabilities", "ATTENTION_SINKS", "STATIC_INPUT_SCALES", "KV_SCALES_PER_HEAD"]
+           "GRAPH_FLAGS", "spec_capabilities", "ATTENTION_SINKS", "STATIC_INPUT_SCALES", "KV_SCALES_PER_HEAD",
+           "TP_HEAD_SLICING"]
 
 PRIMITIVES = "primitives"
 """The primitives tier: scale parameter, KV-cache method, mapper, loaders, copy counter."""
@@ -37,7 +38,9 @@ STATIC_INPUT_SCALES = "static_input_scales"
 """Static activation scales decided from the config (compressed-tensors ``dynamic: false``, Quark static,
 Fp8Config ``activation_scheme: static``); ModelOpt FP8, static by format, needs no capability [STATIC-1..3]."""
 KV_SCALES_PER_HEAD = "kv_scales_per_head"
-"""Per-KV-head scales (compressed-tensors ``kv_cache_scheme.strategy: attn_head``) [HEADS-1..]."""
+"""Per-KV-head scales (compressed-tensors ``kv_cache_scheme.strategy: attn_head``) [HEADS-1..7]."""
+TP_HEAD_SLICING = "tp_head_slicing"
+"""The adapter's ``slice_head_scales``: which per-head scales a tensor-parallel rank holds [HEADS-8]."""
 
 GRAPH_CHOICES: dict[str, dict[str, str]] = {
     "attention": {"mla": MLA},
@@ -79,4 +82,6 @@ def spec_capabilities(spec: ModelSpec) -> frozenset[str]:
         needs.add(ATTENTION_SINKS)
     if spec.static_input_scales and FORMAT_ACTIVATION_SCHEMES.get(spec.quant_method or "") != "static":
         needs.add(STATIC_INPUT_SCALES)
+    if spec.kv_scale_strategy != "tensor":
+        needs.add(KV_SCALES_PER_HEAD)
     return frozenset(needs)

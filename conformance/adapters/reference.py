@@ -18,7 +18,7 @@ from loadspec.reference import api
 from loadspec.reference.auto_loader import AutoWeightsLoader
 from loadspec.reference.cache_scale_mappers import cache_scale_mapper
 from loadspec.reference.copy_counter import CopyCounter, credited_elements
-from loadspec.reference.kv_cache import KVCacheMethod
+from loadspec.reference.kv_cache import KVCacheMethod, tp_head_scales
 from loadspec.reference.layers.attention import Attention, AttentionLayerBase
 from loadspec.reference.loaders import default_weight_loader
 from loadspec.reference.mapper import WeightsMapper
@@ -138,3 +138,7 @@ class ReferenceAdapter:
 
     def processing_order(self, model) -> list[str]:
         return list(model.loadspec_order)
+
+    def slice_head_scales(self, scale, *, kind, total_heads, total_kv_heads, tp_rank, tp_size) -> torch.Tensor:
+        return tp_head_scales(scale, kind=kind, total_heads=total_heads, total_kv_heads=total_kv_heads,
+                              tp_rank=tp_rank, tp_size=tp_size)
