@@ -15,14 +15,16 @@ Where the cost goes, and why it is small:
   counted (they are processed at ``finish`` whatever arrived) [ORDER-1].
 * **Validation.** Each tensor is validated once, by ``AutoWeightsLoader.plan`` [LOAD-6]; an owned
   loader's write is then a plain ``copy_`` into its region (``non_blocking`` on a GPU: from pinned host
-  memory the copy overlaps the host's work; the device is synchronized once per processed layer and
-  once per ``load`` call, so the caller may reuse its buffers when ``load`` returns).
+  memory the copy overlaps the host's work). The device is synchronized once per ``load`` call and at
+  ``finish``, so the caller may reuse its buffers when ``load`` returns.
 * **Layout-preserving layers** (their quant method or module says ``preserves_layout``, and every
   kernel tensor still has its template's class, shape and dtype) keep their kernel tensors registered
   for the whole session: the loads resolve to them, and the layer is written straight into them, each
   byte once [RELOAD-1]. Any other layer has its kernel tensors swapped for ``meta`` templates during
   the session; when complete it is materialized (views of one staging buffer, reused from layer to
-  layer), processed, and copied into its kernel tensors, which stay the same objects [RELOAD-1].
+  layer), processed, and copied into its kernel tensors, which stay the same objects [RELOAD-1]. On a
+  GPU two staging buffers alternate: a layer's host-to-device copies run on a copy stream while the
+  previous layer is processed, ordered by events (no host synchronization per layer).
 * **Attention layers**: a parameter other than the KV-cache scales (e.g. attention sinks) is kept
   registered and written in place when delivered [RELOAD-15]; the scales are re-created and processed
   only if some scale was delivered [RELOAD-3, RELOAD-4].
@@ -321,7 +323,10 @@ class ReloadSession:
         self._owner: dict[int, tuple[LayerLoad, str]] = {}
         self._meta: dict[tuple[str, str], torch.nn.Parameter] = {}
         self._staged: list[PlannedLoad] = []
-        self._staging: torch.Tensor | None = None
+        self._staging: list[torch.Tensor | None] = [None, None]
+        self._staging_free: list[torch.cuda.Event | None] = [None, None]
+        self._slot = 0
+        self._copy_stream: torch.cuda.Stream | None = None
         self._deferred: list[LayerLoad] | None = None
         self._cuda = False
         self.staged_bytes = 0
@@ -498,21 +503,59 @@ class ReloadSession:
             else:
                 module.register_parameter(name, cast(torch.nn.Parameter, tensor))
 
-    def _materialize(self, layer: LayerLoad) -> dict[str, torch.nn.Parameter]:
-        """The layer's templates as parameters over views of one staging buffer, reused from layer to layer."""
+    def _materialize(self, layer: LayerLoad, slot: int) -> tuple[dict[str, torch.nn.Parameter], bool]:
+        """The layer's templates as parameters over views of staging buffer ``slot``, reused from layer to layer;
+        and whether the buffer is new (two buffers alternate on a GPU, one serves on CPU)."""
         device = next(iter(layer.kernel.values())).device
         offsets: dict[str, int] = {}
         size = 0
         for name, template in layer.templates.items():
             offsets[name] = size
             size += -(-template.nbytes // STAGING_ALIGN) * STAGING_ALIGN
-        staging = self._staging
-        if staging is None or staging.numel() < size or staging.device != device:
-            self._staging = staging = None  # free the old one first
-            staging = self._staging = torch.empty(max(size, 1), dtype=torch.uint8, device=device)
+        staging = self._staging[slot]
+        new = staging is None or staging.numel() < size or staging.device != device
+        if new:
+            self._staging[slot] = staging = None  # free the old one first
+            staging = self._staging[slot] = torch.empty(max(size, 1), dtype=torch.uint8, device=device)
+        assert staging is not None
         return {name: t.materialize(device, staging[offsets[name]:offsets[name] + t.nbytes].view(t.dtype)
                                     .view(t.shape))
-                for name, t in layer.templates.items()}
+                for name, t in layer.templates.items()}, new
+
+    def _stage(self, layer: LayerLoad) -> tuple[dict[str, torch.nn.Parameter], int]:
+        """Materialize ``layer`` and replay its loads into the staging views; return them and the slot used.
+
+        On a GPU the host-to-device copies run on a copy stream into one of two staging buffers, and the
+        processing (on the current stream) waits for them with an event, not a host synchronization: the
+        next layer's copies overlap this layer's processing. A buffer is reused once the processing that
+        read it two layers ago is done.
+        """
+        cuda = next(iter(layer.kernel.values())).device.type == "cuda"
+        if cuda and any(t.device.type == "cuda" for _, t, _ in layer.loads):
+            cuda = False  # sources already on the device: nothing to overlap, copy on the current stream
+        slot = self._slot
+        self._slot = 1 - slot if cuda else 0
+        fresh, new = self._materialize(layer, slot)
+        if not cuda:
+            self._replay(layer, fresh)
+            return fresh, slot
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]  # unannotated in torch
+        compute, copy = torch.cuda.current_stream(), self._copy_stream
+        free = self._staging_free[slot]
+        if new:
+            copy.wait_stream(compute)  # memory the current stream may have used before
+            staging = self._staging[slot]
+            assert staging is not None
+            staging.record_stream(copy)  # not reused by the allocator before the copy stream is done with it
+        elif free is not None:
+            copy.wait_event(free)
+        with torch.cuda.stream(copy):
+            self._replay(layer, fresh)
+        loaded = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        loaded.record(copy)
+        compute.wait_event(loaded)
+        return fresh, slot
 
     @torch.no_grad()
     def _process_layer(self, layer: LayerLoad) -> None:
@@ -523,15 +566,17 @@ class ReloadSession:
             else:
                 self._replay(layer, layer.kernel)  # each byte written once
         else:
-            fresh = self._materialize(layer)
+            fresh, slot = self._stage(layer)
             for name, param in fresh.items():
                 _set_param(module, name, param)
-            self._replay(layer, fresh)
             process_module(module)
             self._write_back(layer)
+            if self._copy_stream is not None:
+                done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                done.record(torch.cuda.current_stream())
+                self._staging_free[slot] = done
             self._restore_kernel(layer)
             self._place_aliases()
-            self._sync()  # once per processed layer
         layer.processed = True
         self._processed_owner.update({id(t): layer.name for t in layer.kernel.values()})
         self.report.processed.append(layer.name)
