@@ -56,6 +56,7 @@ FAMILIES = {
     "E2E": "End to end: a real model (SmolLM2-135M) reloaded from FP8-KV checkpoints",
     "STATIC": "Static activation scales (input_scale) of FP8 linears",
     "HEADS": "Per-attention-head KV-cache scales (compressed-tensors kv_cache_scheme strategy attn_head)",
+    "DTYPE": "The checkpoint's dtype: the model's parameters and the float32 scales",
 }
 
 RULES: tuple[Rule, ...] = (
@@ -426,6 +427,18 @@ RULES += (
     Rule("HEADS-8", MUST,
          "Under tensor parallelism of size tp, rank r holds the per-head scales of its own KV heads, q being first reduced to one scale per KV head: when num_kv_heads >= tp (tp divides it) entries [r*n, (r+1)*n) with n = num_kv_heads / tp; when num_kv_heads < tp (it divides tp), the single entry r // (tp / num_kv_heads) of the KV head the rank replicates.",
          f"{_CT_KV}.create_weights (_tp_aware_loader: 'heads evenly distributed' / 'heads replicated to match TP size')"),
+)
+
+RULES += (
+    # ---------------------------------------------------------------- DTYPE
+    Rule("DTYPE-1", MUST,
+         "A model whose checkpoint says bfloat16 or float16 (config.json dtype or torch_dtype) is built in that dtype: after a first load and after a reload every unquantized weight, norm and embedding of the kernel state has that dtype and holds the checkpoint's values bit for bit.",
+         "vllm/config/model.py _get_and_verify_dtype (dtype 'auto': the config's dtype); "
+         "vllm/model_executor/model_loader/base_loader.py BaseModelLoader.load_model (set_default_torch_dtype(model_config.dtype))"),
+    Rule("DTYPE-2", MUST,
+         "In a model of any dtype, a linear weight_scale or input_scale stored in float32, bfloat16 or float16 ends as a float32 tensor holding exactly the stored value converted to float32 (for the shards of a fused per-tensor linear, the largest of them), never rounded through the model's dtype.",
+         "vllm/model_executor/layers/quantization/utils/fp8_utils.py create_fp8_scale_parameter, create_fp8_input_scale (dtype=torch.float32); "
+         "vllm/model_executor/parameter.py PerTensorScaleParameter._load_into_shard_id (param_data.copy_ converts)"),
 )
 
 RULES_BY_ID = {rule.id: rule for rule in RULES}

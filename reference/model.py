@@ -135,7 +135,10 @@ class CausalLM(torch.nn.Module):
 
 
 class ReferenceModel(torch.nn.Module):
-    """The root module: holds ``quant_config`` and the checkpoint mapper, and the spec it was built from."""
+    """The root module: holds ``quant_config`` and the checkpoint mapper, and the spec it was built from.
+
+    Every parameter except the FP8 weights and the float32 scales is built in ``spec.params_dtype``, the
+    checkpoint's dtype (``quant_config.checkpoint_dtype_of`` reads it from ``config.json``) [DTYPE-1]."""
 
     loadspec_order: list[str]
     """Module names in the order the last load, dummy load or reload processed them [ORDER-1..4]."""

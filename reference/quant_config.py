@@ -12,6 +12,7 @@ from loadspec.reference.mapper import WeightsMapper
 from loadspec.reference.vocabulary import (
     FORMAT_ACTIVATION_SCHEMES,
     KV_SCALE_STRATEGIES,
+    PARAM_DTYPES,
     PER_HEAD_KV_METHODS,
     QUANT_METHODS,
 )
@@ -119,3 +120,18 @@ def kv_scale_strategy_of(config: dict[str, Any] | None) -> str:
         raise UnsupportedSchemeError(f"kv_cache_scheme strategy {strategy!r}: supported "
                                      f"{', '.join(KV_SCALE_STRATEGIES)}")
     return cast(str, strategy)
+
+
+def checkpoint_dtype_of(config: dict[str, Any] | None) -> str:
+    """The ``params_dtype`` a checkpoint's ``config.json`` asks for: its ``dtype`` (transformers >= 4.56) or
+    ``torch_dtype``, ``"float32"`` when it names none [DTYPE-1].
+
+    vLLM builds the model in it (``dtype="auto"``; ``vllm/config/model.py`` ``_get_and_verify_dtype``) except
+    that it downcasts a float32 config to the platform's preferred dtype; the reference keeps float32.
+    A dtype outside ``PARAM_DTYPES`` raises ``UnsupportedSchemeError``.
+    """
+    raw = (config or {}).get("dtype") or (config or {}).get("torch_dtype") or "float32"
+    name = str(raw).removeprefix("torch.")
+    if name not in PARAM_DTYPES:
+        raise UnsupportedSchemeError(f"config dtype {raw!r}: supported {', '.join(PARAM_DTYPES)}")
+    return name

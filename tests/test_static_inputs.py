@@ -10,7 +10,7 @@ from hypothesis.errors import InvalidArgument
 
 from loadspec.reference import api
 from loadspec.reference.errors import MissingWeightsError, UnsupportedSchemeError
-from loadspec.reference.quant_config import activation_scheme_of
+from loadspec.reference.quant_config import activation_scheme_of, checkpoint_dtype_of
 from loadspec.reference.spec import DEFAULT_SPEC
 from loadspec.strategies.capabilities import STATIC_INPUT_SCALES, spec_capabilities
 from loadspec.strategies.layouts import CheckpointLayout
@@ -110,3 +110,17 @@ def test_static_input_layouts_draw_static_specs_of_the_producer_table():
         assert set(input_scale_names(layout.spec)) <= {name for name, _ in static_checkpoint(layout)}
 
     run()
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({"dtype": "bfloat16"}, "bfloat16"), ({"torch_dtype": "float16"}, "float16"), ({}, "float32"), (None, "float32"),
+    ({"torch_dtype": "torch.bfloat16"}, "bfloat16"), ({"dtype": "float16", "torch_dtype": "bfloat16"}, "float16"),
+])
+def test_checkpoint_dtype_read_from_the_config(config, expected):
+    """The model's dtype comes from config.json (dtype, else torch_dtype) [DTYPE-1]."""
+    assert checkpoint_dtype_of(config) == expected
+
+
+def test_unknown_checkpoint_dtype_is_unsupported():
+    with pytest.raises(UnsupportedSchemeError, match="float8_e4m3fn"):
+        checkpoint_dtype_of({"torch_dtype": "float8_e4m3fn"})

@@ -137,6 +137,9 @@ class UnquantizedLinearMethod:
 class Fp8LinearMethod:
     """FP8 e4m3 weights with per-tensor (one scale per shard) or per-channel scales.
 
+    Every scale parameter is float32 whatever the model's dtype, and its loader converts a bf16/fp16/fp32
+    checkpoint scale with ``copy_``, so it holds exactly the stored value [DTYPE-2].
+
     ``static_input`` adds a static activation scale ``input_scale``: one element per fused shard, each loaded
     from that shard's checkpoint ``input_scale`` and validated like ``weight_scale`` [STATIC-1, LOAD-12], and
     required on a first load [STATIC-3]; processing keeps the largest shard's, 0-d [STATIC-2].
