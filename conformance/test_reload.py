@@ -337,7 +337,7 @@ SINK_DELIVERIES = ("everything", "everything but the sinks", "the sinks only", "
 @pytest.mark.requires("attention_sinks")
 @heavy()
 @given(data=st.data())
-def test_attention_sinks_survive_every_reload(impl, ref, request, data):
+def test_attention_sinks_stay_real_tensors_through_every_reload(impl, ref, request, data):
     """An attention layer's sinks stay the same real tensors through every reload, keep their values when not
     delivered and take the delivered ones when they are; the whole state equals the reference's [RELOAD-15]."""
     spec = data.draw(graphs_for(impl, allow_sinks=True), label="graph")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import assume, find, given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument, NoSuchExample
 from safetensors import safe_open
 
 from loadspec.conformance.adapters.reference import ReferenceAdapter
@@ -37,6 +38,7 @@ from loadspec.strategies import (
     checkpoint_layouts,
     kv_scale_sets,
     layer_graphs,
+    make_strategies_namespace,
     scale_dtypes,
     scale_shapes,
     scale_tensors,
@@ -398,16 +400,12 @@ def test_readme_strategies_example_fails_an_engine_that_drops_kv_scales(monkeypa
 # --------------------------------------------------------------- attention sinks [RELOAD-15]
 def test_graphs_draw_sinks_only_when_allowed():
     find(layer_graphs(allow_sinks=True), lambda spec: any(layer.sinks for layer in spec.layers))
-    from hypothesis.errors import NoSuchExample
-
     with pytest.raises(NoSuchExample):
         find(layer_graphs(), lambda spec: any(layer.sinks for layer in spec.layers),
              settings=settings(max_examples=200, database=None))
 
 
 def test_sinks_flag_is_validated():
-    from hypothesis.errors import InvalidArgument
-
     with pytest.raises(InvalidArgument, match="allow_sinks"):
         layer_graphs(allow_sinks="yes").example()
 
@@ -428,10 +426,6 @@ def test_sinks_layouts_write_one_logit_per_head_and_load(data):
 
 
 def test_namespace_draws_sinks_only_for_an_adapter_declaring_them():
-    from hypothesis.errors import InvalidArgument
-
-    from loadspec.strategies import make_strategies_namespace
-
     class NoSinks(ReferenceAdapter):
         capabilities = frozenset(ReferenceAdapter.capabilities) - {"attention_sinks"}
 
