@@ -110,12 +110,15 @@ STATIC_CT_INPUTS = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynam
 
 
 def quantization_config(producer_id: str, *, weight_strategy: str = "tensor",
-                        ignored: tuple[str, ...] = (), activation_scheme: str = "dynamic") -> dict[str, Any]:
+                        ignored: tuple[str, ...] = (), activation_scheme: str = "dynamic",
+                        kv_scale_strategy: str = "tensor") -> dict[str, Any]:
     """The ``config.json`` ``quantization_config`` that ``producer_id`` writes.
 
     ``weight_strategy`` is ``"tensor"`` or ``"channel"``; ``ignored`` lists module
     names left unquantized; ``activation_scheme="static"`` writes static W8A8 (every FP8 linear has an
     ``input_scale``) in the producer's own words [STATIC-1]; ModelOpt FP8 is static whatever is asked.
+    ``kv_scale_strategy="attn_head"`` writes compressed-tensors' per-head ``kv_cache_scheme`` [HEADS-1]
+    (other formats have per-tensor KV-cache scales only, so it is ignored there).
     """
     producer = PRODUCERS[producer_id]
     method = producer.quant_method
@@ -129,7 +132,7 @@ def quantization_config(producer_id: str, *, weight_strategy: str = "tensor",
             "format": "float-quantized",
             "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": inputs}},
             "ignore": list(ignored),
-            "kv_cache_scheme": dict(_KV_SCHEME),
+            "kv_cache_scheme": dict(_KV_SCHEME, strategy=kv_scale_strategy),
         }
     if method == "modelopt":
         return {"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": "FP8",

@@ -136,3 +136,9 @@ def test_reduce_q_to_kv_heads_groups_consecutive_query_heads():
     assert reduce_q_to_kv_heads(torch.tensor([1.0, 3.0, 2.0, 0.5, 4.0, 0.0]), 3).tolist() == [3.0, 2.0, 4.0]
     with pytest.raises(ValueError, match="do not split"):
         reduce_q_to_kv_heads(torch.ones(5), 2)
+
+
+def test_the_producer_table_writes_the_per_head_config():
+    config = quantization_config("compressed-tensors", kv_scale_strategy="attn_head")
+    assert config["kv_cache_scheme"]["strategy"] == "attn_head" and kv_scale_strategy_of(config) == "attn_head"
+    assert kv_scale_strategy_of(quantization_config("compressed-tensors")) == "tensor"
