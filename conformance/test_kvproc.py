@@ -14,6 +14,7 @@ from loadspec.conformance.drivers import (
     built,
     close_quietly,
     draw_case,
+    exact_in_reduced_precision,
     graphs_for,
     heavy,
     must_kv_scales,
@@ -272,7 +273,7 @@ def test_every_configs_kv_method_resolves_scales(impl, ref, request, kinds, kv_c
 
     The model is first-loaded, or dummy-loaded and then reloaded (how RL trainers start an engine).
     """
-    spec, layouts = draw_case(impl, request, data, "base", allow_unquantized=False, params_dtypes=("float32",),
+    spec, layouts = draw_case(impl, request, data, "base", allow_unquantized=False,
                               kv_cache_dtypes=kv_cache_dtypes)
     got, expected = (adapter.export_kernel_state(model_holding(adapter, spec, layouts["base"].tensors(), start))
                      for adapter in (impl, ref))
@@ -297,9 +298,12 @@ def test_k_only_in_every_configs_model(impl, ref, request, method, start, data):
 
     One case per quantization config, so no config's KV method is left to the luck of the draw.
     """
-    spec = data.draw(graphs_for(impl, quant_methods=(method,), allow_unquantized=False, params_dtypes=("float32",),
+    spec = data.draw(graphs_for(impl, quant_methods=(method,), allow_unquantized=False,
                                 kv_cache_dtypes=("fp8", "fp8_e4m3")), label="graph")
-    scales = kv_scale_sets(kinds=("q", "k", "prob"), required=("k",), values=scale_values(allow_sentinel=False))
+    values = scale_values(allow_sentinel=False)
+    if spec.params_dtype != "float32":  # exact in the model's dtype: rounding there is SCALE-2's divergence
+        values = values.map(exact_in_reduced_precision)
+    scales = kv_scale_sets(kinds=("q", "k", "prob"), required=("k",), values=values)
     layout = data.draw(checkpoint_layouts(spec, producers=must_producers(spec), kv_scales=scales), label="checkpoint")
     record_case(request, Case(request.node.nodeid, layouts={"base": layout}))
     got, expected = (adapter.export_kernel_state(model_holding(adapter, spec, layout.tensors(), start))
