@@ -405,7 +405,7 @@ RULES += (
     Rule("HEADS-2", SHOULD,
          "A per-head scale whose shape is not (heads, 1, 1), (heads, 1) or (heads,) (heads = num_kv_heads for k and v, num_heads for q) is rejected by a first load and by a reload with a ValueError naming the weight, its shape and the head count, and the model is unchanged.",
          f"{_CT_KV}.create_weights (_tp_aware_loader)",
-         "vLLM flattens whatever it gets and copies it with copy_: a one-element tensor is broadcast to every head silently, a tensor of num_kv_heads elements in any shape is accepted, and another count fails with a RuntimeError from view or copy_ after the weights before it were written."),
+         "vLLM's _tp_aware_loader flattens whatever it gets, slices its rank's heads and copies with copy_: a tensor with more elements than heads is silently cut to the first ones, a one-element tensor is broadcast to every head, a tensor of num_kv_heads elements in any shape is accepted, and a shorter one fails with a RuntimeError from copy_ (q: from view) after the weights before it were written."),
     Rule("HEADS-3", MUST,
          "A reload that delivers per-head k, v and q scales leaves the per-head device scales equal to those of a fresh load of the same checkpoint, and every kernel tensor keeps its data_ptr.",
          f"{_LW} _reload_attention_scales, _copy_and_restore_kernel_tensors (#38995); {_CT_KV}.process_weights_after_loading"),
