@@ -366,6 +366,7 @@ def test_a_damaged_checkpoint_directory_is_rejected_before_any_write(impl, tmp_p
 
 
 # ------------------------------------------------------- the oracle: whole kernel states (issue 15)
+QUANTIZED_KV = {"kv_cache_dtypes": ("fp8", "fp8_e4m3"), "allow_unquantized": False}  # scales the kernels read
 @pytest.mark.rule("LOAD-17")
 @pytest.mark.requires("model")
 @heavy()
@@ -383,7 +384,7 @@ def test_first_load_gives_the_reference_kernel_state(impl, ref, request, data):
 @given(data=st.data())
 def test_host_mirrors_equal_device_scales_after_first_and_dummy_load(impl, request, data):
     """After a first load and after a dummy load each q/k/v host mirror exists and equals its device scale [LOAD-18]."""
-    spec, layouts = draw_case(impl, request, data, "base")
+    spec, layouts = draw_case(impl, request, data, "base", **QUANTIZED_KV)
     assert_mirrors_match_scales("after a first load", impl, built(impl, spec, layouts["base"].tensors()), spec,
                                 "LOAD-18", request=request)
     dummy = impl.build_model(spec, device=run_device())

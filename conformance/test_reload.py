@@ -280,9 +280,9 @@ def _buckets(data, weights):
     return [list(shuffled[start:stop]) for start, stop in zip([0, *cuts], [*cuts, len(weights)], strict=True)]
 
 
-def _twin_reloaded(impl, ref, request, data):
+def _twin_reloaded(impl, ref, request, data, **graph_options):
     """A twin first-loaded (or dummy-loaded) and reloaded along a drawn path; returns it with the path."""
-    spec, layouts = draw_case(impl, request, data, "base", "reload", **real_model_options(impl))
+    spec, layouts = draw_case(impl, request, data, "base", "reload", **real_model_options(impl), **graph_options)
     path = data.draw(st.sampled_from(RELOAD_PATHS), label="reload path")
     twin = Twin(impl, ref, spec, device=run_device())
     if path.startswith("a dummy load"):
@@ -312,7 +312,7 @@ def test_reload_gives_the_reference_kernel_state(impl, ref, request, data):
 def test_host_mirrors_equal_device_scales_after_every_reload(impl, ref, request, data):
     """After a full reload by any path, then a reload of one layer's k_scale alone, and then a reload delivering
     no scale, every q/k/v host mirror equals its device scale [RELOAD-14]."""
-    twin, path = _twin_reloaded(impl, ref, request, data)
+    twin, path = _twin_reloaded(impl, ref, request, data, kv_cache_dtypes=("fp8", "fp8_e4m3"), allow_unquantized=False)
     twin.check_mirrors(f"after a reload ({path})", "RELOAD-14", request=request)
     spec = twin.spec
     index = data.draw(st.integers(0, len(spec.layers) - 1), label="layer reloaded alone")
