@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import (
@@ -17,7 +17,7 @@ from loadspec.conformance.assertions import (
     assert_unchanged,
     snapshot,
 )
-from loadspec.conformance.drivers import built, close_quietly, draw_case, graphs_for, heavy, must_producers, run_device
+from loadspec.conformance.drivers import built, close_quietly, draw_case, graphs_for, must_producers, run_device
 from loadspec.conformance.reproducers import Case, record_case
 from loadspec.reference.vocabulary import SCALE_NAMES, torch_dtype
 from loadspec.strategies import checkpoint_layouts, kv_scale_sets
@@ -25,6 +25,12 @@ from loadspec.strategies.capabilities import MODEL, REDUCED_PRECISION_PARAMS
 from loadspec.strategies.scales import inexact_scale_values, scale_dtypes, scale_shapes, scale_values
 
 pytestmark = pytest.mark.requires("primitives")
+
+def model_sample():
+    """Settings for this module's model-tier tests: every example delivers the case the rule speaks of (inexact
+    values, a multi-element scale), so half of ``heavy()``'s examples (at least 3)."""
+    return settings(max_examples=max(3, settings.default.max_examples // 6))
+
 
 SCALE_PARAMETER = re.compile(rf"\.attn\.({'|'.join(SCALE_NAMES)})$")
 
@@ -74,7 +80,7 @@ def scale_state(adapter, model) -> dict[str, torch.Tensor]:
 
 @pytest.mark.rule("SCALE-2")
 @pytest.mark.requires(MODEL, REDUCED_PRECISION_PARAMS)
-@heavy()
+@model_sample()
 @given(data=st.data())
 def test_reduced_precision_model_keeps_float32_scales_through_loads(impl, ref, request, data):
     spec = data.draw(graphs_for(impl, params_dtypes=("bfloat16", "float16"), allow_unquantized=False), label="graph")
@@ -127,10 +133,11 @@ def attention_tensors(adapter, model, prefix: str) -> dict[str, object]:
 
 @pytest.mark.rule("SCALE-4")
 @pytest.mark.requires(MODEL)
-@heavy()
+@model_sample()
 @given(data=st.data())
 def test_multi_element_checkpoint_scale_rejected_by_every_load_path(impl, request, data):
     spec, layouts = draw_case(impl, request, data, "base", "bad", allow_unquantized=False)
+    assume(spec.kv_scale_strategy == "tensor")  # a per-head scale parameter takes (H, 1, 1): the HEADS rules
     bad = layouts["bad"]
     name = data.draw(st.sampled_from(bad.kv_scale_names), label="scale given more than one element")
     shape = data.draw(scale_shapes(valid=False), label="its shape")
