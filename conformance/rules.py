@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CONTRACT_VERSION = "2026.12"
+CONTRACT_VERSION = "2026.12.1"
 
 MUST = "MUST"
 SHOULD = "SHOULD"
