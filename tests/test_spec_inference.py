@@ -54,7 +54,7 @@ def test_the_dtype_decides_the_built_model():
     assert infer_scheme(old).params_dtype == "float16"
     assert forward.spec_from_hf_config(old).params_dtype == "float16"
     assert infer_scheme(TINY).params_dtype == "float32"
-    with pytest.raises(SchemeError, match=r"dtype='int8'"):
+    with pytest.raises(SchemeError, match=r"dtype 'int8'"):
         infer_scheme(dict(TINY, dtype="int8"))
 
 

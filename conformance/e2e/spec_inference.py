@@ -7,9 +7,9 @@ activations static (``input_scale`` per linear) or dynamic (or weight-only), the
 strategy (``tensor`` or compressed-tensors ``attn_head``), the modules left unquantized, and
 the checkpoint's dtype (``dtype``, transformers >= 5; ``torch_dtype`` before), in which the
 model is built. Every unknown or unsupported field is collected and raised at once in one
-``SchemeError``. Whether activations are static is the reference's one decision
-(``reference.quant_config.activation_scheme_of``); this module adds every other field and the
-all-at-once listing.
+``SchemeError``. Whether activations are static, the KV-scale strategy and the dtype are the
+reference's decisions (``reference.quant_config.activation_scheme_of``, ``kv_scale_strategy_of``,
+``checkpoint_dtype_of``); this module adds every other field and the all-at-once listing.
 
 Facts per format (vLLM 0.33.0, ``model_executor/layers/quantization/``):
 
@@ -37,9 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from loadspec.reference.errors import UnsupportedSchemeError
-from loadspec.reference.quant_config import activation_scheme_of
+from loadspec.reference.quant_config import activation_scheme_of, checkpoint_dtype_of, kv_scale_strategy_of
 from loadspec.reference.spec import ModelSpec
-from loadspec.reference.vocabulary import PARAM_DTYPES
 
 HF_QUANT_CONFIG = "hf_quant_config.json"
 """ModelOpt's own quantization file beside ``config.json``."""
@@ -145,12 +144,13 @@ def _ignore(value: object, where: str, problems: list[str]) -> tuple[str, ...]:
 
 
 def dtype_of(config: dict[str, Any], problems: list[str]) -> str:
-    """The checkpoint's dtype name: ``dtype`` (transformers >= 5), else ``torch_dtype``, else float32."""
-    value = config.get("dtype", config.get("torch_dtype")) or "float32"
-    if value not in PARAM_DTYPES:
-        problems.append(f"dtype={value!r}, but should be one of {PARAM_DTYPES}")
+    """The checkpoint's dtype name (``reference.quant_config.checkpoint_dtype_of``: ``dtype``, else ``torch_dtype``,
+    else float32) [DTYPE-1]; an unsupported one is added to ``problems`` and read as float32."""
+    try:
+        return checkpoint_dtype_of(config)
+    except UnsupportedSchemeError as exc:
+        problems.append(str(exc))
         return "float32"
-    return str(value)
 
 
 # ------------------------------------------------------------------ compressed-tensors
@@ -327,10 +327,13 @@ def infer_scheme(config: dict[str, Any], hf_quant_config: dict[str, Any] | None 
             problems.append(f"quant_method={method!r}, but should be one of {tuple(_READERS)}")
         else:
             fields = reader(qconfig, problems)
-            if fields["activation_scheme"] is not None:  # the reference's decision is the one [STATIC-1]
-                try:
+            try:  # the reference's decisions are the ones [STATIC-1, HEADS-1]; this module adds the listing
+                if fields["activation_scheme"] is not None:
                     fields["activation_scheme"] = activation_scheme_of(qconfig)
-                except UnsupportedSchemeError as exc:
+                if fields["kv_cache_strategy"] is not None:
+                    fields["kv_cache_strategy"] = kv_scale_strategy_of(qconfig)
+            except UnsupportedSchemeError as exc:
+                if not any(str(exc) in p or p in str(exc) for p in problems):
                     problems.append(str(exc))
             scheme = Scheme(quant_method=method, params_dtype=params_dtype, source=source, **fields)
     if problems:

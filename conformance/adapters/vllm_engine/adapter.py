@@ -23,13 +23,20 @@ from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper
 from loadspec.conformance.adapter import Weights
 from loadspec.conformance.adapters import glue
 from loadspec.conformance.adapters.vllm_engine import model as vllm_model
-from loadspec.conformance.adapters.vllm_engine.quant_configs import primitive_quant_config, quant_config_class
+from loadspec.conformance.adapters.vllm_engine.quant_configs import (
+    checkpoint_quantization_config,
+    primitive_quant_config,
+    quant_config_class,
+)
 from loadspec.conformance.adapters.vllm_engine.runtime import DEFAULT_DTYPE, runtime
 from loadspec.reference.spec import ModelSpec
 
 CAPABILITIES = frozenset({
     "primitives", "model", "reload_sessions", "processing_order", "fp8_per_tensor", "tied_embeddings",
     "nested_wrappers", "mixer_container", "reduced_precision_params",
+    # the quant config says static W8A8 (quant_configs.quantization_config_dict) and vLLM's config classes build
+    # it: Fp8Config/CompressedTensorsConfig/QuarkConfig static inputs, ModelOpt always
+    "static_input_scales",
 })
 
 NOTES = (
@@ -48,12 +55,16 @@ NOTES = (
     "VocabParallelEmbedding/RMSNorm/QKVParallelLinear/RowParallelLinear/MergedColumnParallelLinear/Attention/"
     "ParallelLMHead; outer AutoWeightsLoader, inner AutoWeightsLoader with LlamaModel.hf_to_vllm_mapper; quant "
     "config built from a config.json dict by Fp8Config/CompressedTensorsConfig/ModelOptFp8Config/QuarkConfig."
-    "from_config (unquantized linears and lm_head in its ignore list); first load = model.load_weights + "
+    "from_config (unquantized linears and lm_head in its ignore list; static or dynamic activations and per-tensor "
+    "or attn_head KV scales as the spec says; in E2E and --checkpoint runs the checkpoint's own "
+    "quantization_config, unchanged); first load = model.load_weights + "
     "DefaultModelLoader.track_weights_loading when unquantized + process_weights_after_loading; reload = "
     "reload.inplace.reload_weights; sessions = initialize_layerwise_reload / load_weights... / "
     "finalize_layerwise_reload. Not declared: mla (the CPU MLA backend rejects fp8 KV caches), "
     "per_token_head_kv (the CPU attention backend rejects per-token-head dtypes), fp8_per_channel (Fp8Config "
-    "and ModelOpt FP8 cannot express it), skip_rules (AutoWeightsLoader has no skip_prefixes since #53106), "
+    "and ModelOpt FP8 cannot express it), kv_scales_per_head (the config and vLLM's attn_head loader are wired, "
+    "but the shared export glue reads every KV scale as 0-d), skip_rules (AutoWeightsLoader has no "
+    "skip_prefixes since #53106), "
     "cuda (the CUDA platform needs compiled ops the CPU environment lacks)."
 )
 
@@ -138,6 +149,11 @@ class VllmAdapter:
         return counter.copied_numel
 
     # -------------------------------------------------------------------- model tier
+    def checkpoint_quantization_config(self, qconfig: dict | None):
+        """A context in which ``build_model`` passes this checkpoint's own ``quantization_config`` through vLLM's
+        config class (``from_config``), as vLLM does for a served checkpoint (E2E and ``--checkpoint``)."""
+        return checkpoint_quantization_config(qconfig)
+
     def build_model(self, spec: ModelSpec, *, device: str):
         return vllm_model.build(spec, device=device)
 
