@@ -9,8 +9,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadspec.conformance.assertions import assert_equal, assert_same_state, fail
+from loadspec.conformance.assertions import assert_equal, fail
 from loadspec.conformance.drivers import built, close_quietly, draw_case, heavy
+from loadspec.conformance.oracle import assert_same_as_reference
 from loadspec.conformance.test_order import attention_modules, owners
 from loadspec.reference.vocabulary import FP8_DTYPE
 
@@ -83,7 +84,7 @@ def test_a_region_written_twice_is_not_the_whole_parameter(impl):
 @pytest.mark.requires("model", "reload_sessions", "processing_order")
 @heavy()
 @given(data=st.data())
-def test_a_weight_delivered_twice_counts_once(impl, request, data):
+def test_a_weight_delivered_twice_counts_once(impl, ref, request, data):
     spec, layouts = draw(impl, request, data)
     weights = layouts["reload"].tensors()
     model = built(impl, spec, layouts["base"].tensors())
@@ -94,13 +95,17 @@ def test_a_weight_delivered_twice_counts_once(impl, request, data):
     session.load([(q_name, q)])
     session.load([(q_name, q)])
     session.load([(q_name, q)])
-    if fused in impl.processing_order(model):
+    order = impl.processing_order(model)
+    if fused in order:
         close_quietly(session)
-        fail(f"{fused} after receiving only its q shard (three times)", "processed", "not processed yet", "COUNT-6")
+        fail(f"processing order after {fused} received only its q shard (three times)", order,
+             f"no {fused} yet", "COUNT-6")
     session.load([(n, t) for n, t in weights if n != q_name])
     session.finish()
-    fresh = built(impl, spec, weights)
-    assert_same_state("kernel state", impl.export_kernel_state(model), impl.export_kernel_state(fresh), "COUNT-6")
+    oracle = built(ref, spec, layouts["base"].tensors())
+    ref.reload(oracle, weights)
+    assert_same_as_reference("kernel state after the reload", impl.export_kernel_state(model),
+                             ref.export_kernel_state(oracle), "COUNT-6", request=request)
 
 
 @pytest.mark.rule("COUNT-4")

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from loadspec.conformance.assertions import (
     assert_equal,
     assert_raises_value_error,
-    assert_same_state,
     assert_unchanged,
     snapshot,
 )
 from loadspec.conformance.drivers import built, close_quietly, draw_case, graphs_for, must_producers, run_device
+from loadspec.conformance.oracle import assert_same_as_reference
 from loadspec.conformance.reproducers import Case, record_case
 from loadspec.reference.vocabulary import SCALE_NAMES, torch_dtype
 from loadspec.strategies import checkpoint_layouts, kv_scale_sets
@@ -90,12 +90,12 @@ def test_reduced_precision_model_keeps_float32_scales_through_loads(impl, ref, r
                for role in ("base", "reload")}
     record_case(request, Case(request.node.nodeid, layouts=layouts))
     model, oracle = built(impl, spec, layouts["base"].tensors()), built(ref, spec, layouts["base"].tensors())
-    assert_same_state(f"{spec.params_dtype} model's scales after a first load of float32 scales",
-                      scale_state(impl, model), scale_state(ref, oracle), "SCALE-2")
+    assert_same_as_reference(f"{spec.params_dtype} model's scales after a first load of float32 scales",
+                             scale_state(impl, model), scale_state(ref, oracle), "SCALE-2", request=request)
     impl.reload(model, layouts["reload"].tensors())
     ref.reload(oracle, layouts["reload"].tensors())
-    assert_same_state(f"{spec.params_dtype} model's scales after a reload of float32 scales",
-                      scale_state(impl, model), scale_state(ref, oracle), "SCALE-2")
+    assert_same_as_reference(f"{spec.params_dtype} model's scales after a reload of float32 scales",
+                             scale_state(impl, model), scale_state(ref, oracle), "SCALE-2", request=request)
 
 
 @pytest.mark.rule("SCALE-3")

@@ -1,4 +1,4 @@
-"""SCALE, reference internals: the error class and message of a rejected scale load.
+"""SCALE, reference internals: the error class and message of a rejected scale load; the inexact-value strategy.
 
 ``conformance/test_scale.py`` checks SCALE-1..7 through the adapter, on CPU and CUDA; it can
 only ask for a ``ValueError`` naming the shape.
