@@ -50,7 +50,7 @@ class ScaleLoaderMutant(ReferenceAdapter):
 class ScopedPatchMutant(ReferenceAdapter):
     """The reference adapter, with ``patches`` (``(target, attribute, replacement)``) applied during every call
     that builds, loads or processes: primitives and models alike (the ``ref`` oracle in the same process
-    stays unpatched)."""
+    stays unpatched). A session from ``open_reload`` runs its ``load``/``finish`` unpatched."""
 
     patches: tuple = ()
     patched_calls = ("make_attention", "create_scale_weights", "process_attention", "auto_load", "build_model",
