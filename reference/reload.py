@@ -327,6 +327,7 @@ class ReloadSession:
         self._staging_free: list[torch.cuda.Event | None] = [None, None]
         self._slot = 0
         self._copy_stream: torch.cuda.Stream | None = None
+        self._start: torch.cuda.Event | None = None  # recorded on the current stream when the session begins
         self._deferred: list[LayerLoad] | None = None
         self._cuda = False
         self.staged_bytes = 0
@@ -380,6 +381,9 @@ class ReloadSession:
                 if name not in meta_names and name in kernel:
                     self._owner[id(kernel[name])] = (layer, name)
         self._place_aliases()
+        if self._cuda:
+            self._start = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            self._start.record(torch.cuda.current_stream())
 
     def _place_aliases(self) -> None:
         for (module_name, name), (owner, owner_name) in self.format.aliases.items():
@@ -423,7 +427,7 @@ class ReloadSession:
         self.report.loaded |= loaded
         return loaded
 
-    def _deliver_all(self, planned: list[PlannedLoad]) -> None:
+    def _deliver_all(self, planned: list[PlannedLoad], *, sync: bool = True) -> None:
         """Deliver validated loads to their layers (a tensor no layer owns, a buffer, is written at once)."""
         with torch.no_grad():
             for load in planned:
@@ -432,7 +436,8 @@ class ReloadSession:
                     write_planned([load])
                 else:
                     self._deliver(owner[0], owner[1], load.tensor, load.shard_id)
-        self._sync()
+        if sync:
+            self._sync()
 
     def _sync(self) -> None:
         if self._cuda:
@@ -615,8 +620,10 @@ class ReloadSession:
                         f"but the kernel tensor is {tuple(kernel.shape)} {kernel.dtype}")
                 kernel.data.copy_(tensor.data)
         if scale_loads and module.quant_method is not None:
-            device = module._k_scale.device
-            module.quant_method.create_weights(module, device=device)  # fresh sentinels [RELOAD-3]
+            # Fresh sentinels [RELOAD-3], on the host: they live only until processing resolves them into the
+            # device buffers, and resolving host tensors needs no device synchronization (on a GPU a
+            # synchronization here would wait for every layer processed before).
+            module.quant_method.create_weights(module, device="cpu")
             for name in SCALE_NAMES:
                 getattr(module, name).loadspec_name = f"{layer.name}.{name}"
             self._replay(layer, {name: getattr(module, name) for name in SCALE_NAMES}, scale_loads)
@@ -644,7 +651,7 @@ class ReloadSession:
             return self._finish_transactional()
         return self._finish_streaming()
 
-    def _finish_streaming(self) -> ReloadReport:
+    def _finish_streaming(self, *, sync: bool = True) -> ReloadReport:
         self._finished = True
         failures: list[LoadspecError] = []
         partial: list[str] = []
@@ -666,7 +673,8 @@ class ReloadSession:
                     failures.append(exc)
                 if not layer.loads:
                     self.report.untouched.append(layer.name)
-        self._sync()
+        if sync:
+            self._sync()
         if partial:
             failures.insert(0, PartialLayerError(
                 "reload delivered only part of these weights (the layers keep their previous values) "
@@ -778,8 +786,8 @@ class ReloadSession:
         deferred: list[LayerLoad] = []
         self._deferred = deferred
         try:
-            self._deliver_all(staged)
-            report = self._finish_streaming()
+            self._deliver_all(staged, sync=False)
+            report = self._finish_streaming(sync=False)
         except BaseException:
             self._finished = True
             self._rollback(saved)
@@ -787,11 +795,28 @@ class ReloadSession:
         finally:
             self._deferred = None
         with _sigint_held(), torch.no_grad():  # plain copies of validated tensors: nothing can fail half-way
-            for layer in deferred:
-                self._replay(layer, layer.kernel)
-                layer.loads = []
+            with self._commit_stream(deferred):
+                for layer in deferred:
+                    self._replay(layer, layer.kernel)
+                    layer.loads = []
             self._sync()
         return report
+
+    @contextmanager
+    def _commit_stream(self, deferred: list[LayerLoad]) -> Iterator[None]:
+        """On a GPU, the copy stream for the deferred writes: they read only the input and write only kernel
+        tensors no processing reads, so they overlap the processing still running (after the work queued
+        before the session began, or everything queued so far when an input tensor is on the device)."""
+        stream = self._copy_stream
+        if stream is None or self._start is None:
+            yield
+            return
+        if any(t.device.type == "cuda" for layer in deferred for _, t, _ in layer.loads):
+            stream.wait_stream(torch.cuda.current_stream())
+        else:
+            stream.wait_event(self._start)
+        with torch.cuda.stream(stream):
+            yield
 
     def _put_back(self, layer: LayerLoad) -> None:
         """Register every layer's kernel tensors again and drop the templates (an attention layer's scales)."""
