@@ -36,13 +36,17 @@ def owners(ref, spec, weights) -> list[str]:
     return found
 
 
-def assert_each_receiver_processed_once(what: str, order: list[str], receivers: list[str]) -> None:
-    """Every layer in ``receivers`` appears exactly once in ``order`` [ORDER-2]."""
+def assert_each_receiver_processed_once(what: str, order: list[str], receivers: list[str], *,
+                                        unprocessed_ok: bool = False) -> None:
+    """Every layer in ``receivers`` appears exactly once in ``order`` (at most once with ``unprocessed_ok``)
+    [ORDER-2]."""
     __tracebackhide__ = True
     times = Counter(order)
-    wrong = {layer: times[layer] for layer in dict.fromkeys(receivers) if times[layer] != 1}
+    allowed = {0, 1} if unprocessed_ok else {1}
+    wrong = {layer: times[layer] for layer in dict.fromkeys(receivers) if times[layer] not in allowed}
     if wrong:
-        fail(f"{what}: times a layer that received weights was processed", wrong, "1 for each", "ORDER-2")
+        fail(f"{what}: times a layer that received weights was processed", wrong,
+             "at most 1 for each" if unprocessed_ok else "1 for each", "ORDER-2")
 
 
 def attention_modules(spec) -> set[str]:
@@ -80,7 +84,8 @@ def test_first_load_processes_attention_last(impl, ref, request, data):
     weights = layouts["base"].tensors()
     model = built(impl, spec, weights)
     order = impl.processing_order(model)
-    assert_each_receiver_processed_once("first load", order, owners(ref, spec, weights))
+    # A first load runs processing only where there is some (vLLM: modules with a quant method; a norm has none).
+    assert_each_receiver_processed_once("first load", order, owners(ref, spec, weights), unprocessed_ok=True)
     assert_attention_last("first load", order, spec, "ORDER-3")
 
 

@@ -152,21 +152,19 @@ def test_multi_element_checkpoint_scale_rejected_by_every_load_path(impl, reques
     assert_unchanged(f"{prefix} after a rejected first load", before, attention_tensors(impl, fresh, prefix),
                      "SCALE-4")
 
+    # A reload or session rejects it too; what a rejected reload leaves is LOAD-6's (a SHOULD: vLLM streams).
     model = built(impl, spec, layouts["base"].tensors())
-    before = attention_tensors(impl, model, prefix)
     assert_raises_value_error(f"reload with {what}", lambda: impl.reload(model, weights), "SCALE-4",
                               mentions=[str(tuple(shape))])
-    assert_unchanged(f"{prefix} after a rejected reload", before, attention_tensors(impl, model, prefix), "SCALE-4")
     if "reload_sessions" not in impl.capabilities:
         return
+    model = built(impl, spec, layouts["base"].tensors())
     session = impl.open_reload(model)
     try:
         assert_raises_value_error(f"reload session load with {what}", lambda: session.load(weights), "SCALE-4",
                                   mentions=[str(tuple(shape))])
     finally:
         close_quietly(session)
-    assert_unchanged(f"{prefix} after a rejected session load", before, attention_tensors(impl, model, prefix),
-                     "SCALE-4")
 
 
 @pytest.mark.rule("SCALE-5")
