@@ -208,3 +208,10 @@ $(PRODUCERS_VENV)/.loadspec-installed: producers/constraints.txt
 
 real-checkpoints: setup setup-producers
 	$(PY) -m loadspec.conformance.e2e.real_tools --producer-python $(PRODUCERS_VENV)/bin/python
+
+# The same real-tool checkpoints through vLLM 0.33.0 on CPU (after make real-checkpoints and make setup-vllm):
+# reports/e2e/real-tools-vllm-$(VLLM_VERSION)-cpu.txt.
+.PHONY: real-checkpoints-vllm
+real-checkpoints-vllm: setup-vllm
+	VLLM_TARGET_DEVICE=cpu $(VLLM_VENV)/bin/python -m loadspec.conformance.e2e.real_tools --no-produce --impl vllm \
+		--report reports/e2e/real-tools-vllm-$(VLLM_VERSION)-cpu.txt

@@ -80,21 +80,24 @@ def manifest(path: Path) -> dict[str, Any]:
                         for (name, dtype, shape), count in sorted(patterns.items())]}
 
 
-def _e2e_lines(path: Path) -> list[str]:
-    """The E2E reload of ``path`` through the reference: perplexities and the scales compared, or why skipped."""
+def _e2e_lines(path: Path, impl: str) -> list[str]:
+    """The E2E reload of ``path`` through adapter ``impl``: perplexities and the scales compared, or why not."""
     from loadspec.conformance import selection
     from loadspec.conformance.e2e.checkpoints import CheckpointError
     from loadspec.conformance.e2e.run import run_reload
 
     try:
-        result = run_reload(selection.resolve("reference"), path)
+        result = run_reload(selection.resolve(impl), path)
     except CheckpointError as exc:
         return [f"  E2E: skipped: {exc}"]
+    except Exception as exc:  # noqa: BLE001 - an implementation's failure is the measurement, named in the report
+        return [f"  E2E ({impl}, cpu): the implementation raised {type(exc).__name__}: {exc}"]
     mismatches = result.scale_mismatches()
     fresh = "-" if result.fresh_perplexity is None else f"{result.fresh_perplexity:.4f}"
-    return [f"  E2E (reference, cpu, {result.spec.params_dtype}): perplexity reloaded {result.perplexity:.4f}, "
-            f"fresh {fresh}, kernel state {'identical' if not result.differences else 'DIFFERS'}, "
-            f"{result.timings['total']:.1f} s",
+    differs = "identical" if not result.differences else (
+        f"{len(result.differences)} tensors differ, e.g. {next(iter(result.differences.items()))}")
+    return [f"  E2E ({impl}, cpu, {result.spec.params_dtype}): perplexity reloaded {result.perplexity:.4f}, "
+            f"fresh {fresh}, kernel state vs fresh: {differs}, {result.timings['total']:.1f} s",
             f"  scales compared with the file: {result.scales_compared} ({len(mismatches)} mismatches)"
             + ("" if not mismatches else f", e.g. {mismatches[0]}")]
 
@@ -109,25 +112,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", action="append", choices=RECIPES)
     parser.add_argument("--report-dir", type=Path, default=REPORT_DIR)
     parser.add_argument("--report", type=Path, default=REPORT_FILE)
+    parser.add_argument("--impl", default="reference", help="the adapter the check and the E2E run ask")
     args = parser.parse_args(argv)
     args.report_dir.mkdir(parents=True, exist_ok=True)
     lines = ["Real-tool checkpoints: SmolLM2-135M-Instruct quantized by llm-compressor oneshot on CPU",
-             "(make real-checkpoints; python -m loadspec.conformance.e2e.real_tools)", ""]
+             f"(make real-checkpoints; python -m loadspec.conformance.e2e.real_tools --impl {args.impl})", ""]
     for recipe in args.recipe or RECIPES:
         start = time.perf_counter()
         path = real_dir(recipe) if args.no_produce else produce(recipe, args.producer_python)
         produced = time.perf_counter() - start
         record = manifest(path)
-        (args.report_dir / f"{recipe}.json").write_text(json.dumps(record, indent=1) + "\n")
+        if not args.no_produce:  # what the tool wrote is recorded when it wrote it
+            (args.report_dir / f"{recipe}.json").write_text(json.dumps(record, indent=1) + "\n")
         run = record["producer_run"] or {}
         versions = ", ".join(f"{k} {v}" for k, v in (run.get("versions") or {}).items())
         lines += [f"== {recipe}: {versions}",
                   f"  tool seconds: {run.get('seconds')} (wall {produced:.1f} s with start-up)"]
-        report = check(path)
+        report = check(path, impl=None if args.impl == "reference" else args.impl)
         shown = [line for line in report.text().splitlines() if not line.startswith(("    model.layers.", "  layer"))
                  or line.startswith(("  layer 0:", "    model.layers.0."))]  # layer 0's rows stand for the others
         lines += [f"  loadspec check: exit {report.exit_code}"] + ["    " + line for line in shown]
-        lines += _e2e_lines(path)
+        lines += _e2e_lines(path, args.impl)
         lines.append("")
     args.report.write_text("\n".join(lines))
     print("\n".join(lines))
