@@ -210,7 +210,6 @@ RULES: tuple[Rule, ...] = (
          "vllm/model_executor/layers/quantization/quark/quark.py QuarkConfig.get_cache_scale_mapper; "
          f"{_BASE} get_cache_scale_mapper rule 3",
          "vLLM writes these entries for self_attn only (the prob_output_scale entry and the qkv_proj regex name '.self_attn.'), so under mixer the names stay unmapped or land on mixer.qkv_proj.attn.*_scale."),
-    # ----------------------------------------------------------------- LOAD
     Rule("LOAD-1", MUST,
          "The default loader copies a one-element weight into a one-element parameter with copy_, whatever the two shapes.",
          f"{_WU} default_weight_loader (#7534, #38995)"),
@@ -270,7 +269,7 @@ RULES: tuple[Rule, ...] = (
          "vllm/model_executor/model_loader/weight_utils.py safetensors_weights_iterator, filter_duplicate_safetensors_files",
          "vLLM iterates the directory's *.safetensors files with safetensors' own reader: a truncated shard raises safetensors' SafetensorError (not a ValueError) when the iteration reaches that shard, after the tensors of earlier shards were written; the index is only used to filter shard files, so an entry naming a file elsewhere is ignored rather than rejected."),
     Rule("LOAD-17", MUST,
-         "A first load gives the kernel state the reference gives for the same spec and checkpoint, bit for bit in the canonical export: FP8 weights as [out, in], the shards of a fused per-tensor FP8 linear re-quantized to their largest scale, per-channel, input and KV-cache scales, norms and embeddings cut to the vocabulary.",
+         "A first load gives the kernel state the reference gives for the same spec and checkpoint, bit for bit in the canonical export: FP8 weights as [out, in], the shards of a fused per-tensor FP8 linear re-quantized to their largest scale (each byte equal to the reference's or one e4m3 step from it; LOAD-20 asks for equal), per-channel, input and KV-cache scales, norms and embeddings cut to the vocabulary.",
          f"{_FP8} Fp8LinearMethod.process_weights_after_loading (requantize_with_max_scale); {_KV} BaseKVCacheMethod.process_weights_after_loading"),
     Rule("LOAD-18", MUST,
          "With a quantized KV-cache dtype, after a first load and after a dummy load, every attention layer's host mirrors _q_scale_float, _k_scale_float, _v_scale_float, _k_scale_cpu and _v_scale_cpu exist and equal its device scales (_prob_scale_float is KVPROC-11's).",
@@ -278,6 +277,10 @@ RULES: tuple[Rule, ...] = (
     Rule("LOAD-19", MUST,
          "On a tied model whose checkpoint carries lm_head.weight beside embed_tokens.weight, a first load and a reload give the same outcome whatever the order of the two tensors: rejected both ways, or loaded to the same kernel state.",
          "vllm/model_executor/models/llama.py LlamaForCausalLM.load_weights (AutoWeightsLoader skip_prefixes=['lm_head.'] when tie_word_embeddings); " f"{_UTILS} AutoWeightsLoader.load_weights"),
+    Rule("LOAD-20", SHOULD,
+         "Re-quantizing the shards of a fused per-tensor FP8 linear to their largest scale is exact: each shard is dequantized in float32 and every byte equals the reference's round-to-nearest e4m3 of weight x shard scale / largest scale.",
+         "vllm/model_executor/layers/quantization/utils/w8a8_utils.py requantize_with_max_scale, per_tensor_dequantize",
+         "per_tensor_dequantize casts the FP8 shard to float16 and multiplies by the float32 scale in float16 (a 0-d float32 tensor does not promote a float16 tensor), so the dequantized value is rounded to 11 bits before ops.scaled_fp8_quant re-quantizes it: about 0.2% of the re-quantized bytes land one e4m3 step from the exact value (104 of 51,200 bytes over 50 random shards)."),
     # ---------------------------------------------------------------- COUNT
     Rule("COUNT-1", MUST,
          "The copy counter counts every element written by copy_, one-element and 0-d copies included.",
@@ -355,7 +358,7 @@ RULES: tuple[Rule, ...] = (
          f"{_LW} initialize_layerwise_reload (restore_layer_on_meta); {_META} restore_layer_on_meta",
          "vLLM has no abort: initialize_layerwise_reload puts every layer's parameters on the meta device and only finalize_layerwise_reload materializes them, so a reload given up half-way (an exception in the caller, a crashed trainer) leaves meta tensors registered and the model unusable."),
     Rule("RELOAD-13", MUST,
-         "After any sequence of reloads (one call, a session in buckets, a dummy load followed by a reload), the kernel state equals, bit for bit in the canonical export, the reference's after the same steps on the same spec and checkpoints.",
+         "After any sequence of reloads (one call, a session in buckets, a dummy load followed by a reload), the kernel state equals, bit for bit in the canonical export, the reference's after the same steps on the same spec and checkpoints (re-quantized fused shards within one e4m3 step, as in LOAD-17).",
          f"{_LW} _layerwise_process, finalize_layerwise_processing (#32133, #38995)"),
     Rule("RELOAD-14", MUST,
          "With a quantized KV-cache dtype, after every reload (one call or a session, with or without scales delivered), every attention layer's host mirrors _q_scale_float, _k_scale_float, _v_scale_float, _k_scale_cpu and _v_scale_cpu equal its device scales.",
