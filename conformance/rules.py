@@ -210,6 +210,7 @@ RULES: tuple[Rule, ...] = (
          "vllm/model_executor/layers/quantization/quark/quark.py QuarkConfig.get_cache_scale_mapper; "
          f"{_BASE} get_cache_scale_mapper rule 3",
          "vLLM writes these entries for self_attn only (the prob_output_scale entry and the qkv_proj regex name '.self_attn.'), so under mixer the names stay unmapped or land on mixer.qkv_proj.attn.*_scale."),
+    # ----------------------------------------------------------------- LOAD
     Rule("LOAD-1", MUST,
          "The default loader copies a one-element weight into a one-element parameter with copy_, whatever the two shapes.",
          f"{_WU} default_weight_loader (#7534, #38995)"),
