@@ -24,26 +24,54 @@ import torch
 
 from loadspec.conformance.assertions import fail, tensor_bytes
 from loadspec.reference.spec import ModelSpec
-from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS
+from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS, FP8_DTYPE
 from loadspec.strategies.capabilities import HOST_MIRRORS
 
-__all__ = ["MIRRORED_SCALE", "Tolerance", "TensorDiff", "Twin", "kernel_state_diffs", "assert_same_as_reference",
+__all__ = ["CONTRACT_TOLERANCES", "MIRRORED_SCALE", "REQUANTIZED_SHARDS", "Tolerance",
+           "TensorDiff", "Twin", "kernel_state_diffs", "assert_same_as_reference",
            "mirror_differences", "assert_mirrors_match_scales"]
 
 
 @dataclass(frozen=True)
 class Tolerance:
-    """An allowed absolute difference for tensors whose name matches ``pattern`` (``re.search``).
+    """An allowed difference for tensors whose name matches ``pattern`` (``re.search``).
 
+    ``atol`` bounds the absolute difference; for FP8 tensors ``fp8_steps`` bounds the distance in
+    representable values (1: each element equal or its neighbour; NaN only where the reference has NaN).
     ``rule`` names the rule that allows it; without one there is no tolerance: the contract fixes the bytes.
     """
 
     pattern: str
     atol: float
     rule: str
+    fp8_steps: int = 0
 
     def applies(self, name: str) -> bool:
         return re.search(self.pattern, name) is not None
+
+    def allows(self, got: torch.Tensor, expected: torch.Tensor) -> bool:
+        """Whether ``got`` is within this tolerance of ``expected`` (same dtype and shape)."""
+        a, b = got.detach().cpu(), expected.detach().cpu()
+        if a.dtype == FP8_DTYPE and self.fp8_steps:
+            nan = a.float().isnan().reshape(-1)
+            if not torch.equal(nan, b.float().isnan().reshape(-1)):
+                return False
+            return bool(((_fp8_order(a) - _fp8_order(b)).abs()[~nan] <= self.fp8_steps).all())
+        return torch.allclose(a.float(), b.float(), rtol=0.0, atol=self.atol, equal_nan=True)
+
+
+def _fp8_order(tensor: torch.Tensor) -> torch.Tensor:
+    """Each e4m3 element's rank among the representable values (adjacent values differ by 1; +0 and -0 share 0)."""
+    bits = tensor.reshape(-1).contiguous().view(torch.uint8).to(torch.int16)
+    magnitude = bits & 0x7F
+    return torch.where(bits >= 0x80, -magnitude, magnitude)
+
+
+REQUANTIZED_SHARDS = Tolerance(r"\.(qkv_proj|gate_up_proj)\.weight$", atol=0.0, rule="LOAD-17", fp8_steps=1)
+"""LOAD-17/RELOAD-13 allow a fused per-tensor FP8 linear's re-quantized shards one e4m3 step either way
+(vLLM dequantizes in float16 before re-quantizing: ``w8a8_utils.per_tensor_dequantize``);
+LOAD-20 (SHOULD) allows none."""
+CONTRACT_TOLERANCES: tuple[Tolerance, ...] = (REQUANTIZED_SHARDS,)
 
 
 @dataclass(frozen=True)
@@ -100,8 +128,7 @@ def kernel_state_diffs(got: Mapping[str, torch.Tensor], expected: Mapping[str, t
                        tolerances: Iterable[Tolerance] = ()) -> list[TensorDiff]:
     """Every tensor in which ``got`` differs from ``expected`` (names, dtype, shape or bytes), sorted by name.
 
-    A tensor matched by a ``Tolerance`` passes when every element is within its ``atol`` (NaN only where
-    the reference holds NaN at the same place).
+    A tensor matched by a ``Tolerance`` passes when that tolerance ``allows`` it.
     """
     tolerances = tuple(tolerances)
     out = []
@@ -119,11 +146,8 @@ def kernel_state_diffs(got: Mapping[str, torch.Tensor], expected: Mapping[str, t
         diff = _first_difference(a, b)
         if diff is None:
             continue
-        allowed = [t.atol for t in tolerances if t.applies(name)]
-        if allowed:
-            af, bf = a.detach().cpu().float(), b.detach().cpu().float()
-            if torch.allclose(af, bf, rtol=0.0, atol=max(allowed), equal_nan=True):
-                continue
+        if any(t.applies(name) and t.allows(a, b) for t in tolerances):
+            continue
         out.append(TensorDiff(name, diff.got, diff.expected, diff.max_abs_diff, diff.first_index, diff.got_value,
                               diff.expected_value))
     return out
@@ -254,8 +278,9 @@ class Twin:
         self.both(run)
         return self
 
-    def check(self, what: str, rule: str, *, request: Any = None, tolerances: Iterable[Tolerance] = ()) -> None:
-        """The two exported kernel states are equal, but for ``unfixed()`` names [LOAD-17, RELOAD-13]."""
+    def check(self, what: str, rule: str, *, request: Any = None,
+              tolerances: Iterable[Tolerance] = CONTRACT_TOLERANCES) -> None:
+        """The exported kernel states are equal, but for ``unfixed()`` names and ``tolerances`` [LOAD-17, RELOAD-13]."""
         __tracebackhide__ = True
         unfixed = self.unfixed()
         got, expected = (({n: t for n, t in adapter.export_kernel_state(model).items() if n not in unfixed})

@@ -378,6 +378,18 @@ def test_first_load_gives_the_reference_kernel_state(impl, ref, request, data):
         "kernel state after a first load", "LOAD-17", request=request)
 
 
+@pytest.mark.rule("LOAD-20")
+@pytest.mark.requires("model", "fp8_per_tensor")
+@heavy()
+@given(data=st.data())
+def test_fused_shards_are_requantized_exactly(impl, ref, request, data):
+    """Fused per-tensor FP8 shards re-quantized to their largest scale match the reference byte for byte [LOAD-20]."""
+    spec, layouts = draw_case(impl, request, data, "base", linear_quants=("fp8_per_tensor",), allow_unquantized=False,
+                              min_layers=2, max_hidden=64, **real_model_options(impl))
+    Twin(impl, ref, spec, device=run_device()).first_load(layouts["base"].tensors).check(
+        "kernel state after a first load", "LOAD-20", request=request, tolerances=())
+
+
 @pytest.mark.rule("LOAD-18")
 @pytest.mark.requires("model", "host_mirrors")
 @heavy()

@@ -181,7 +181,8 @@ class Fp8LinearMethod:
         layer.fp8_shards = dict(shards)
 
     def process_weights_after_loading(self, layer: Linear) -> None:
-        """Per-tensor: re-quantize every shard to the largest shard scale. Per-channel: store ``weight`` transposed.
+        """Per-tensor: re-quantize every shard to the largest shard scale, dequantized in float32 and rounded once
+        [LOAD-17, LOAD-20]. Per-channel: store ``weight`` transposed.
 
         A static ``input_scale`` becomes the largest shard's, 0-d [STATIC-2], for per-tensor and per-channel
         weights alike: the fused shards read the same activation, so one scale must cover every shard's range
