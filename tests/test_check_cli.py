@@ -87,7 +87,8 @@ def test_json_parses(tmp_path, capsys):
     code, out = _run([str(path), "--json"], capsys)
     report = json.loads(out)
     assert code == 0 and report["exit_code"] == 0 and report["problems"] == []
-    assert report["producers"] == ["modelopt"] and report["linear"]["input_scales"] > 0
+    assert "modelopt" in report["producers"] and report["linear"]["input_scales"] > 0
+    assert all(p.startswith("modelopt") for p in report["producers"])  # layouts with ModelOpt's names only
     loaded = {row["canonical"]: row["value"] for row in report["scales"] if row["outcome"] == "loads"}
     assert loaded["model.layers.0.self_attn.attn.k_scale"] == 0.5
 

@@ -147,7 +147,7 @@ def test_quantizer_writes_exactly_the_producer_names(tiny, tmp_path, producer_id
             assert scale.shape == (per_tensor_shape if strategy == "tensor" else (weight.shape[0], 1))
         for kind in written_kinds(producer):
             tensor = written[producer.scale_name(f"model.layers.{i}.self_attn.", kind)]
-            assert tensor.shape == producer.scale_shape
+            assert tensor.shape == getattr(producer, "kind_shapes", {}).get(kind, producer.scale_shape)
             assert tensor.dtype == torch.float32  # the tiny model is float32, so "model" dtype is too
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["quantization_config"] == quantization_config(producer_id, weight_strategy=strategy,
@@ -162,6 +162,34 @@ def test_quantizer_writes_exactly_the_producer_names(tiny, tmp_path, producer_id
         assert state[ap + "k_scale"].shape == () and state[ap + "k_scale"].dtype == torch.float32
         assert math.isclose(float(state[ap + "k_scale"]), want_k, rel_tol=1e-6)
         assert math.isclose(float(state[ap + "v_scale"]), want_v, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["tensor", "channel"])
+def test_static_compressed_tensors_as_llm_compressor_writes_it(tiny, tmp_path, strategy):
+    """``activation_scheme="static"``: an ``input_scale`` of shape (1,) per FP8 linear and ``input_activations``
+    static per tensor, as llm-compressor's FP8 preset writes (reports/e2e/real-tools/); the reference loads them
+    (fused shards: the largest) and the forward applies them to every FP8 linear [STATIC-1, STATIC-2]."""
+    from loadspec.conformance.e2e.checkpoints import inspect_checkpoint, spec_for
+    from loadspec.conformance.e2e.forward import forward_logits
+
+    quantize_checkpoint(tiny, tmp_path, producer_id="compressed-tensors", weight_strategy=strategy,
+                        tokenizer=ByteTokenizer(), activation_scheme="static")
+    written = load_file(str(tmp_path / "model.safetensors"))
+    inputs = {n: t for n, t in written.items() if n.endswith(".input_scale")}
+    assert len(inputs) == len(PROJS) * TINY_CONFIG["num_hidden_layers"]
+    assert all(t.shape == (1,) and t.dtype == torch.float32 and float(t) > 0 for t in inputs.values())
+    config = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    group = config["config_groups"]["group_0"]["input_activations"]
+    assert group["dynamic"] is False and group["strategy"] == "tensor"
+    info = inspect_checkpoint(tmp_path)
+    assert info.scheme is not None and info.scheme.static_inputs
+    spec = spec_for(info).with_(kv_cache_dtype="auto")
+    state = load_kernel_state(ReferenceAdapter(), spec, tmp_path)
+    qkv = [float(written[f"model.layers.0.self_attn.{p}_proj.input_scale"]) for p in "qkv"]
+    assert float(state["model.layers.0.self_attn.qkv_proj.input_scale"]) == max(qkv)
+    paths: dict = {}
+    forward_logits(state, spec, ByteTokenizer()("static inputs")["input_ids"], info=paths)
+    assert paths["linear_paths"]["static_input"] == 4 * TINY_CONFIG["num_hidden_layers"]  # qkv, o, gate_up, down
 
 
 @pytest.mark.parametrize("strategy", ["tensor", "channel"])

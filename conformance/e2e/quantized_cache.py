@@ -72,10 +72,12 @@ def quantizer_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def _key_fields(source: Path, producer_id: str, weight_strategy: str, scale_multiplier: float) -> dict:
+def _key_fields(source: Path, producer_id: str, weight_strategy: str, scale_multiplier: float,
+                activation_scheme: str | None = None) -> dict:
     return {"cache_version": CACHE_VERSION, "source": source_fingerprint(source), "producer_id": producer_id,
             "weight_strategy": weight_strategy, "scale_multiplier": float(scale_multiplier).hex(),
-            "quantizer": quantizer_fingerprint()}
+            "quantizer": quantizer_fingerprint(), **({"activation_scheme": activation_scheme} if activation_scheme
+                                                     else {})}
 
 
 def _is_complete(target: Path, key: str) -> bool:
@@ -87,11 +89,12 @@ def _is_complete(target: Path, key: str) -> bool:
 
 
 def quantized_checkpoint(producer_id: str, *, weight_strategy: str = "tensor", scale_multiplier: float = 1.0,
-                         source: str | Path | None = None) -> Path:
+                         source: str | Path | None = None, activation_scheme: str | None = None) -> Path:
     """The FP8-KV checkpoint of ``source`` (default: SmolLM2) in ``producer_id``'s layout, quantized once and cached.
 
     KV scales are calibrated by ``quantizer`` and multiplied by
-    ``scale_multiplier``. The cache entry is keyed by the source's content, the
+    ``scale_multiplier``; ``activation_scheme`` ``"static"`` writes static W8A8 (``None``: the
+    format's own). The cache entry is keyed by the source's content, the
     quantizer's code and the arguments; it is written to a temporary directory and
     renamed into place, under a lock, so concurrent runs share it safely.
     """
@@ -102,15 +105,17 @@ def quantized_checkpoint(producer_id: str, *, weight_strategy: str = "tensor", s
     if not (math.isfinite(scale_multiplier) and scale_multiplier > 0):
         raise ValueError(f"scale_multiplier={scale_multiplier!r}, but should be finite and > 0")
     source = Path(source) if source is not None else smollm_checkpoint()
-    fields = _key_fields(source, producer_id, weight_strategy, scale_multiplier)
+    fields = _key_fields(source, producer_id, weight_strategy, scale_multiplier, activation_scheme)
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-    target = cache_dir() / f"{producer_id}-{weight_strategy}-x{scale_multiplier:g}-{key}"
+    scheme = f"-{activation_scheme}" if activation_scheme else ""
+    target = cache_dir() / f"{producer_id}-{weight_strategy}{scheme}-x{scale_multiplier:g}-{key}"
 
     def write(tmp: Path) -> None:
         with cpu_threads("cpu"):
             written = quantizer.quantize_checkpoint(source, tmp, producer_id=producer_id,
                                                     weight_strategy=weight_strategy,
-                                                    scale_multiplier=scale_multiplier, tokenizer=load_tokenizer(source))
+                                                    scale_multiplier=scale_multiplier, tokenizer=load_tokenizer(source),
+                                                    activation_scheme=activation_scheme)
         marker = dict(fields, key=key, source_path=str(source), kv_scales=written["kv_scales"])
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
 

@@ -23,7 +23,13 @@ from loadspec.conformance.e2e.scales import hf_projection
 from loadspec.reference import api
 from loadspec.reference.checkpoint import iter_checkpoint, read_config
 from loadspec.reference.spec import ModelSpec
-from loadspec.reference.vocabulary import FP8_MAX, PARAM_DTYPES, STATIC_INPUT_METHODS, TORCH_DTYPES
+from loadspec.reference.vocabulary import (
+    ACTIVATION_SCHEMES,
+    FORMAT_ACTIVATION_SCHEMES,
+    FP8_MAX,
+    PARAM_DTYPES,
+    TORCH_DTYPES,
+)
 from loadspec.strategies.producers import PRODUCERS, WEIGHT_STRATEGIES, quantization_config, quantize_weight
 from loadspec.strategies.synthetic import kv_scale_tensors
 
@@ -78,12 +84,15 @@ def calibrate_input_scales(state: dict, spec: ModelSpec, tokenizer, *,
 
 def quantize_checkpoint(src_dir: str | Path, dst_dir: str | Path, *, producer_id: str,
                         weight_strategy: str = "tensor", calibration_text: str = DEFAULT_CALIBRATION_TEXT,
-                        scale_multiplier: float = 1.0, tokenizer=None) -> dict:
+                        scale_multiplier: float = 1.0, tokenizer=None, activation_scheme: str | None = None) -> dict:
     """Write an FP8 copy of HF Llama checkpoint ``src_dir`` into ``dst_dir`` in ``producer_id``'s layout.
 
     KV scales are calibrated on ``calibration_text`` and multiplied by ``scale_multiplier``
-    before writing; ``tokenizer`` defaults to ``src_dir``'s. Returns
-    ``{"kv_scales": [(k, v), ...] (as written), "names": [...]}``.
+    before writing; ``tokenizer`` defaults to ``src_dir``'s. ``activation_scheme`` ``"static"``
+    writes static W8A8 (a calibrated ``input_scale`` per FP8 linear and the producer's static
+    config, as llm-compressor's ``FP8`` preset does) [STATIC-1]; ``None`` is the format's own
+    (ModelOpt static, the others dynamic). Returns ``{"kv_scales": [(k, v), ...] (as written),
+    "names": [...]}``.
     """
     from safetensors.torch import save_file
 
@@ -112,8 +121,11 @@ def quantize_checkpoint(src_dir: str | Path, dst_dir: str | Path, *, producer_id
     # compressed-tensors 0.19.0 (llm-compressor 0.14.0.1) writes weight and input scales in the model's dtype
     # (BF16 in a bf16 model), per-tensor ones of shape (1,); the others write float32 (reports/e2e/real-tools/).
     linear_scale_dtype = model_dtype if compressed_tensors else torch.float32
+    activation_scheme = activation_scheme or FORMAT_ACTIVATION_SCHEMES.get(producer.quant_method, "dynamic")
+    if activation_scheme not in ACTIVATION_SCHEMES:
+        raise ValueError(f"activation_scheme={activation_scheme!r}, but should be one of {ACTIVATION_SCHEMES}")
     input_scales = (calibrate_input_scales(float_state, spec, tokenizer, calibration_text=calibration_text)
-                    if producer.quant_method in STATIC_INPUT_METHODS else {})
+                    if activation_scheme == "static" else {})
     input_scale_of = {f"{hf_projection(i, proj)}.weight": input_scales[linear_name(spec, i, fused)]
                       for i in range(len(spec.layers)) for fused, projs in FUSED_PROJS.items() for proj in projs
                       if input_scales}
@@ -143,7 +155,7 @@ def quantize_checkpoint(src_dir: str | Path, dst_dir: str | Path, *, producer_id
     dst_dir.mkdir(parents=True, exist_ok=True)
     save_file(out, str(dst_dir / "model.safetensors"), metadata={"format": "pt"})
     config = dict(config, quantization_config=quantization_config(
-        producer_id, weight_strategy=weight_strategy, ignored=("lm_head",)))
+        producer_id, weight_strategy=weight_strategy, ignored=("lm_head",), activation_scheme=activation_scheme))
     (dst_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     for file in TOKENIZER_FILES:
         if (src_dir / file).is_file():

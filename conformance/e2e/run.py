@@ -46,6 +46,7 @@ from loadspec.conformance.e2e.scales import expected_scales, scale_mismatches
 from loadspec.conformance.e2e.threads import cpu_threads
 from loadspec.reference.kv_cache import MissingKVScalesWarning
 from loadspec.reference.spec import ModelSpec
+from loadspec.reference.vocabulary import FORMAT_ACTIVATION_SCHEMES
 from loadspec.strategies.producers import PRODUCERS
 
 TEXT = "The capital of France is the city of Paris"
@@ -119,6 +120,8 @@ class E2EResult:
         if self.producer_id is None:
             return str(self.checkpoint)
         extra = "" if self.scale_multiplier == 1.0 else f", KV scales x{self.scale_multiplier:g}"
+        if self.spec.static_input_scales and FORMAT_ACTIVATION_SCHEMES.get(self.spec.quant_method or "") != "static":
+            extra += ", static inputs"
         return f"{self.producer_id} ({self.weight_strategy}{extra})"
 
 
@@ -227,11 +230,13 @@ def _run(adapter, checkpoint: Path, *, device, spec, info, tokenizer, fresh, kee
 
 
 def run_producer(adapter, producer_id: str, *, device: str = "cpu", weight_strategy: str = "tensor",
-                 scale_multiplier: float = 1.0, fresh: bool = True, keep_states: bool = False) -> E2EResult:
-    """``run_reload`` on SmolLM2 quantized in ``producer_id``'s layout (cached), built from ``smollm_spec``."""
+                 scale_multiplier: float = 1.0, fresh: bool = True, keep_states: bool = False,
+                 activation_scheme: str | None = None) -> E2EResult:
+    """``run_reload`` on SmolLM2 quantized in ``producer_id``'s layout (cached), built from ``smollm_spec``;
+    ``activation_scheme="static"`` quantizes static W8A8 (``None``: the format's own)."""
     start = time.perf_counter()
     checkpoint = quantized_checkpoint(producer_id, weight_strategy=weight_strategy,
-                                      scale_multiplier=scale_multiplier)
+                                      scale_multiplier=scale_multiplier, activation_scheme=activation_scheme)
     quantize = time.perf_counter() - start
     info = inspect_checkpoint(checkpoint)
     expected = PRODUCERS[producer_id].quant_method
