@@ -68,6 +68,14 @@ def buffer_scales(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {scale: cpu(getattr(layer, OUTPUT_BUFFERS[scale])).reshape(()).float() for scale in SCALE_NAMES}
 
 
+def head_buffer_scales(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Per-head (``attn_head``) processed buffers: ``q/k/v_scale`` flat ``(num_kv_heads,)``, ``prob_scale`` 0-d,
+    float32 copies, as the reference exports them [HEADS-1, LOAD-17]."""
+    scales = {scale: cpu(getattr(layer, OUTPUT_BUFFERS[scale])).reshape(-1).float() for scale in SCALE_NAMES}
+    scales["prob_scale"] = scales["prob_scale"].reshape(())
+    return scales
+
+
 @dataclass(frozen=True)
 class ExportLayout:
     """An engine's module classes and FP8 quirks, for ``export_kernel_state``."""
@@ -147,4 +155,5 @@ def quantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["scale_parameters", "output_buffers", "vocabulary_mirrors", "kernel_tensors", "host_mirrors", "cpu",
-           "buffer_scales", "ExportLayout", "export_linear", "export_kernel_state", "ProcessingOrder", "quantize_fp8"]
+           "buffer_scales", "head_buffer_scales",
+           "ExportLayout", "export_linear", "export_kernel_state", "ProcessingOrder", "quantize_fp8"]

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from unittest import mock
 
 import regex
 import torch
 import vllm
 from vllm.model_executor.layers.attention import Attention
+from vllm.model_executor.layers.quantization.compressed_tensors import compressed_tensors as ct_module
+from vllm.model_executor.layers.quantization.compressed_tensors.compressed_tensors import (
+    CompressedTensorsConfig,
+    CompressedTensorsKVCacheMethod,
+)
 from vllm.model_executor.layers.quantization.fp8 import Fp8Config
 from vllm.model_executor.layers.quantization.kv_cache import KVCacheScaleParameter
 from vllm.model_executor.model_loader.reload.meta import CopyCounter, get_numel_loaded
@@ -27,6 +33,7 @@ from loadspec.conformance.adapters.vllm_engine.quant_configs import (
     checkpoint_quantization_config,
     primitive_quant_config,
     quant_config_class,
+    quantization_config_dict,
 )
 from loadspec.conformance.adapters.vllm_engine.runtime import DEFAULT_DTYPE, runtime
 from loadspec.reference.spec import ModelSpec
@@ -37,6 +44,11 @@ CAPABILITIES = frozenset({
     # the quant config says static W8A8 (quant_configs.quantization_config_dict) and vLLM's config classes build
     # it: Fp8Config/CompressedTensorsConfig/QuarkConfig static inputs, ModelOpt always
     "static_input_scales",
+    # set_default_quant_scales and every KV method keep _q/_k/_v/_prob_scale_float and _k/_v_scale_cpu [LOAD-18];
+    # CompressedTensorsKVCacheMethod loads attn_head scales (_tp_aware_loader), exported per head [HEADS-1]
+    "host_mirrors", "kv_scales_per_head", "tp_head_slicing",
+    # GPT-OSS's layout: the container owns make_attention_sink's parameter and passes it to Attention [RELOAD-15]
+    "attention_sinks",
 })
 
 NOTES = (
@@ -60,10 +72,15 @@ NOTES = (
     "quantization_config, unchanged); first load = model.load_weights + "
     "DefaultModelLoader.track_weights_loading when unquantized + process_weights_after_loading; reload = "
     "reload.inplace.reload_weights; sessions = initialize_layerwise_reload / load_weights... / "
-    "finalize_layerwise_reload. Not declared: mla (the CPU MLA backend rejects fp8 KV caches), "
+    "finalize_layerwise_reload. Sinks: GPT-OSS's layout (the container owns make_attention_sink's parameter and "
+    "passes it to Attention(sinks=); the contract's <container>.attn.sinks is mapped to <container>.sinks by a "
+    "suffix entry and exported and listed under the contract's name). Per-head KV scales: exported as "
+    "(num_kv_heads,) as CompressedTensorsKVCacheMethod registers them. slice_head_scales: the attn_head "
+    "_tp_aware_loader of a layer with max(1, total_kv_heads // tp) KV heads, get_tensor_model_parallel_rank/"
+    "world_size answering the asked rank and size (one process). "
+    "Not declared: mla (the CPU MLA backend rejects fp8 KV caches), "
     "per_token_head_kv (the CPU attention backend rejects per-token-head dtypes), fp8_per_channel (Fp8Config "
-    "and ModelOpt FP8 cannot express it), kv_scales_per_head (the config and vLLM's attn_head loader are wired, "
-    "but the shared export glue reads every KV scale as 0-d), skip_rules (AutoWeightsLoader has no "
+    "and ModelOpt FP8 cannot express it), skip_rules (AutoWeightsLoader has no "
     "skip_prefixes since #53106), "
     "cuda (the CUDA platform needs compiled ops the CPU environment lacks)."
 )
@@ -177,13 +194,29 @@ class VllmAdapter:
         return vllm_model.export_kernel_state(model)
 
     def kernel_tensors(self, model) -> dict[str, torch.Tensor]:
-        return glue.kernel_tensors(model)
+        return vllm_model.kernel_tensors(model)
 
     def host_mirrors(self, model) -> dict[str, float]:
         return glue.host_mirrors(model, Attention, self.attention_mirrors)
 
     def processing_order(self, model) -> list[str]:
         return list(model.loadspec_events)
+
+    def slice_head_scales(self, scale, *, kind, total_heads, total_kv_heads, tp_rank, tp_size) -> torch.Tensor:
+        """What ``CompressedTensorsKVCacheMethod``'s ``_tp_aware_loader`` writes on rank ``tp_rank`` of ``tp_size``
+        [HEADS-8]: the loader of a layer holding ``max(1, total_kv_heads // tp_size)`` KV heads (as ``LlamaAttention``
+        computes it), with vLLM's two TP-group queries answering ``tp_rank``/``tp_size`` (one process here)."""
+        config = CompressedTensorsConfig.from_config(dict(
+            quantization_config_dict("compressed-tensors", {}, [], kv_strategy="attn_head"),
+            total_num_heads=total_heads, total_num_kv_heads=total_kv_heads))
+        layer = torch.nn.Module()
+        layer.num_kv_heads = max(1, total_kv_heads // tp_size)
+        CompressedTensorsKVCacheMethod(config).create_weights(layer)
+        param = getattr(layer, f"{kind}_scale")
+        with mock.patch.object(ct_module, "get_tensor_model_parallel_rank", lambda: tp_rank), \
+                mock.patch.object(ct_module, "get_tensor_model_parallel_world_size", lambda: tp_size):
+            param.weight_loader(param, scale)
+        return param.detach().clone()
 
 
 def _compile(pattern):

@@ -35,10 +35,10 @@ from vllm.model_executor.model_loader.reload import (
 from vllm.model_executor.model_loader.reload.inplace import reload_weights
 from vllm.model_executor.model_loader.reload.layerwise import LAYERWISE_INFO
 from vllm.model_executor.model_loader.utils import process_weights_after_loading
-from vllm.model_executor.model_loader.weight_utils import safetensors_weights_iterator
+from vllm.model_executor.model_loader.weight_utils import make_attention_sink, safetensors_weights_iterator
 from vllm.model_executor.models.interfaces import SupportsQuant
 from vllm.model_executor.models.llama import LlamaForCausalLM, LlamaModel
-from vllm.model_executor.models.utils import AutoWeightsLoader
+from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper
 
 from loadspec.conformance.adapters import glue
 from loadspec.conformance.adapters.glue import ExportLayout
@@ -46,19 +46,30 @@ from loadspec.conformance.adapters.vllm_engine.quant_configs import spec_quant_c
 from loadspec.conformance.adapters.vllm_engine.runtime import runtime, watch_processing
 from loadspec.reference.spec import ModelSpec
 
-
 # ------------------------------------------------------------------------- modules
-class AttentionContainer(nn.Module):
-    """``self_attn``/``mixer`` as in vLLM's ``LlamaAttention`` (projections and ``attn``; no rotary embedding)."""
+SINKS_MAPPER = WeightsMapper(orig_to_new_suffix={".attn.sinks": ".sinks"})
+"""The contract's ``<container>.attn.sinks`` to the container's ``sinks``, where vLLM's models hold them."""
 
-    def __init__(self, spec: ModelSpec, attention_first: bool, quant_config, prefix: str) -> None:
+
+class AttentionContainer(nn.Module):
+    """``self_attn``/``mixer`` as in vLLM's ``LlamaAttention`` (projections and ``attn``; no rotary embedding).
+
+    With ``sinks``, GPT-OSS's layout (``models/gpt_oss.py`` ``OAIAttention``): the container owns
+    ``sinks = make_attention_sink(num_heads)`` and hands it to ``Attention(..., sinks=)`` [RELOAD-15].
+    """
+
+    def __init__(self, spec: ModelSpec, attention_first: bool, quant_config, prefix: str, *,
+                 sinks: bool = False) -> None:
         super().__init__()
         rt = runtime()
+        if sinks:
+            self.sinks = make_attention_sink(spec.num_heads)
 
         def attention() -> Attention:
             return Attention(num_heads=spec.num_heads, head_size=spec.head_dim, scale=spec.head_dim ** -0.5,
                              num_kv_heads=spec.num_kv_heads, cache_config=rt.cache_config(spec.kv_cache_dtype),
-                             quant_config=quant_config, prefix=rt.unique(f"{prefix}.attn"))
+                             quant_config=quant_config, prefix=rt.unique(f"{prefix}.attn"),
+                             **({"sinks": self.sinks} if sinks else {}))
 
         if attention_first:  # registration order is what ORDER-2/3 see
             self.attn = attention()
@@ -87,7 +98,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, spec: ModelSpec, index: int, quant_config, prefix: str) -> None:
         super().__init__()
         container = AttentionContainer(spec, spec.layers[index].attention_first, quant_config,
-                                       f"{prefix}.{spec.container}")
+                                       f"{prefix}.{spec.container}", sinks=spec.layers[index].sinks)
         self.add_module(spec.container, container)
         self.mlp = MLP(spec, quant_config, f"{prefix}.mlp")
         self.input_layernorm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps)
@@ -105,9 +116,11 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(spec, i, quant_config, f"{prefix}.layers.{i}")
                                     for i in range(len(spec.layers)))
         self.norm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps)
+        self.mapper = (LlamaModel.hf_to_vllm_mapper | SINKS_MAPPER if any(layer.sinks for layer in spec.layers)
+                       else LlamaModel.hf_to_vllm_mapper)
 
     def load_weights(self, weights):
-        return AutoWeightsLoader(self).load_weights(weights, mapper=LlamaModel.hf_to_vllm_mapper)
+        return AutoWeightsLoader(self).load_weights(weights, mapper=self.mapper)
 
 
 class CausalLM(nn.Module, SupportsQuant):
@@ -286,9 +299,18 @@ def _input_scale(module: LinearBase) -> torch.Tensor | None:
     return getattr(module, "input_scale", None)
 
 
-EXPORT = ExportLayout(attention=Attention, attention_scales=glue.buffer_scales, linear=LinearBase,
+def _attention_scales(layer: Attention) -> dict[str, torch.Tensor]:
+    """The processed buffers; per KV head where the layer's compressed-tensors ``kv_cache_scheme`` says
+    ``attn_head`` (``CompressedTensorsKVCacheMethod`` registers ``_q/_k/_v_scale`` as ``(num_kv_heads,)``) [HEADS-1]."""
+    scheme = getattr(getattr(getattr(layer, "quant_method", None), "quant_config", None), "kv_cache_scheme", None)
+    per_head = isinstance(scheme, dict) and scheme.get("strategy") == "attn_head"
+    return glue.head_buffer_scales(layer) if per_head else glue.buffer_scales(layer)
+
+
+EXPORT = ExportLayout(attention=Attention, attention_scales=_attention_scales, linear=LinearBase,
                       transposed=_transposed, input_scale=_input_scale, embedding=VocabParallelEmbedding, norm=RMSNorm)
-"""vLLM's canonical export: attention scales from the processed ``_q/_k/_v/_prob_scale`` buffers."""
+"""vLLM's canonical export: attention scales from the processed ``_q/_k/_v/_prob_scale`` buffers (per head
+under ``attn_head``)."""
 
 
 def export_kernel_state(model) -> dict[str, torch.Tensor]:
@@ -299,7 +321,23 @@ def export_kernel_state(model) -> dict[str, torch.Tensor]:
     Embedding and ``lm_head``: the first ``vocab_size`` rows (vLLM pads the vocabulary to a
     multiple of 64).
     """
-    return glue.export_kernel_state(model, EXPORT)
+    state = glue.export_kernel_state(model, EXPORT)
+    state.update({f"{name}.attn.sinks": glue.cpu(module.sinks) for name, module in _sink_owners(model)})
+    return state
 
 
-__all__ = ["build", "first_load", "dummy_load", "reload", "ReloadSession", "export_kernel_state", "weights_of"]
+def _sink_owners(model):
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, AttentionContainer) and "sinks" in module._parameters]
+
+
+def kernel_tensors(model) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by name; a container's ``sinks`` under the contract's ``<container>.attn.sinks``."""
+    tensors = glue.kernel_tensors(model)
+    for name, _ in _sink_owners(model):
+        tensors[f"{name}.attn.sinks"] = tensors.pop(f"{name}.sinks")
+    return tensors
+
+
+__all__ = ["build", "first_load", "dummy_load", "reload", "ReloadSession", "export_kernel_state", "kernel_tensors",
+           "weights_of"]
