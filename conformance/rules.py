@@ -210,6 +210,14 @@ RULES: tuple[Rule, ...] = (
          "vllm/model_executor/layers/quantization/quark/quark.py QuarkConfig.get_cache_scale_mapper; "
          f"{_BASE} get_cache_scale_mapper rule 3",
          "vLLM writes these entries for self_attn only (the prob_output_scale entry and the qkv_proj regex name '.self_attn.'), so under mixer the names stay unmapped or land on mixer.qkv_proj.attn.*_scale."),
+    Rule("NAMES-15", SHOULD,
+         "ModelOpt FP8-attention names self_attn.q_proj.q_scale (and mixer.q_proj.q_scale) load into the canonical attn.q_scale.",
+         "NVIDIA/TensorRT-Edge-LLM tensorrt_edgellm/quantization/quantize.py _collect_attention_q_scales_for_export "
+         "(commit 9fccfef4: <attention>.q_proj.q_scale, float32 (1,), amax / maxbound, passed to ModelOpt's "
+         f"export_hf_checkpoint as extra_state_dict next to its k_proj.k_scale/v_proj.v_scale); {_BASE} get_cache_scale_mapper",
+         "vLLM has no entry for it: the base mapper's catch-all (?<!\\.attn)\\.([qkv])_scale$ rewrites it to self_attn.q_proj.attn.q_scale, "
+         "the model's stacked entry to self_attn.qkv_proj.attn.q_scale (shard q), and AutoWeightsLoader raises ValueError "
+         "'There is no module or parameter named ...qkv_proj.attn' (the .q_scale ignore suffix is tested on the module prefix, not the name)."),
     # ----------------------------------------------------------------- LOAD
     Rule("LOAD-1", MUST,
          "The default loader copies a one-element weight into a one-element parameter with copy_, whatever the two shapes.",

@@ -10,7 +10,7 @@ processing so that a bug in one cannot cancel out in the other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,16 +32,18 @@ class Producer:
     scale_dtype: str  # "float32" or "model" (the checkpoint's parameter dtype)
     rule: str
     fused_kv: bool = False  # writes one scale for k and v (legacy kv_scale)
+    kind_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # kinds whose shape is not scale_shape
 
     def scale_name(self, container_prefix: str, kind: str) -> str | None:
         """The checkpoint name of scale ``kind`` under ``container_prefix`` (ends with a dot)."""
         template = self.scale_names.get(kind)
         return None if template is None else container_prefix + template
 
-    def scale_tensor(self, value: float, model_dtype: torch.dtype) -> torch.Tensor:
-        """``value`` shaped and typed as this producer writes it."""
+    def scale_tensor(self, value: float, model_dtype: torch.dtype, kind: str | None = None) -> torch.Tensor:
+        """``value`` shaped and typed as this producer writes it (the scale of ``kind`` where it has its own shape)."""
         dtype = torch.float32 if self.scale_dtype == "float32" else model_dtype
-        return torch.full(self.scale_shape, value, dtype=dtype)
+        shape = self.kind_shapes.get(kind, self.scale_shape) if kind is not None else self.scale_shape
+        return torch.full(shape, value, dtype=dtype)
 
 
 PRODUCERS: dict[str, Producer] = {
@@ -53,6 +55,9 @@ PRODUCERS: dict[str, Producer] = {
                  {"q": "q_proj.output_scale", "k": "k_proj.output_scale", "v": "v_proj.output_scale"},
                  (1,), "model", "NAMES-2"),
         Producer("modelopt", "modelopt", {"k": "k_proj.k_scale", "v": "v_proj.v_scale"}, (), "float32", "NAMES-3"),
+        Producer("modelopt-fp8-attention", "modelopt",
+                 {"q": "q_proj.q_scale", "k": "k_proj.k_scale", "v": "v_proj.v_scale"}, (), "float32", "NAMES-15",
+                 kind_shapes={"q": (1,)}),
         Producer("quark", "quark",
                  {"q": "q_proj.output_scale", "k": "k_proj.output_scale", "v": "v_proj.output_scale",
                   "prob": "prob_output_scale"}, (), "float32", "NAMES-4"),
@@ -79,6 +84,10 @@ MIRRORED_VERSIONS: dict[str, str] = {
     "fused-qkv": "llm-compressor on models with a fused qkv_proj (vllm#32199); not run here",
     "modelopt": "NVIDIA ModelOpt unified HF export (modelopt/torch/export, shared/notes/field-bugs.md section 2): "
                 "k_proj.k_scale/v_proj.v_scale 0-d float32; needs CUDA, not run here",
+    "modelopt-fp8-attention": "NVIDIA TensorRT-Edge-LLM quantize.py (commit 9fccfef4, "
+                              "_collect_attention_q_scales_for_export): ModelOpt's export plus <attn>.q_proj.q_scale, "
+                              "float32 (1,) = Q-BMM amax / maxbound, next to ModelOpt's 0-d "
+                              "k_proj.k_scale/v_proj.v_scale (FP8 attention); needs CUDA, not run here",
     "quark": "AMD Quark (amd-quark 0.12.post1 kv_cache_group export, field-bugs.md section 2); not run here",
     "autofp8": "AutoFP8 505a7ed (archived; auto_fp8/quantize.py): 0-d float32 k_scale/v_scale; not run here",
     "legacy-kv-scale": "AutoFP8 before #25 (2024-07-23) and AMD/TGI tools: one kv_scale; not run here",

@@ -103,6 +103,6 @@ def kv_scale_tensors(spec: ModelSpec, index: int, *, producer: str, kv_scales: K
         name, value = info.scale_name(container, kind), values.get(kind)
         if name is None or value is None:
             continue
-        tensor = info.scale_tensor(value, model_dtype)
+        tensor = info.scale_tensor(value, model_dtype, kind)
         out[name] = tensor.to(scale_dtype) if scale_dtype is not None else tensor
     return out
