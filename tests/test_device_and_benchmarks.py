@@ -125,3 +125,21 @@ def test_the_suite_does_not_collect_the_benchmarks_unless_named():
 
     assert "conformance/benchmarks" not in collected("conformance", "-k", "test_scale or benchmark")
     assert "conformance/benchmarks/test_reload_benchmarks.py::test_throughput" in collected("conformance/benchmarks")
+
+
+def test_largest_layer_bytes_counts_fused_projections_as_one_layer():
+    dims = harness.Dims(hidden=16, intermediate=32, heads=2, kv_heads=1, head_dim=8, vocab=8, layers=1)
+    spec = harness.llama_spec(dims, params_dtype="float32")
+    weights = harness.checkpoint(spec, "cpu")
+    gate_up = sum(t.nbytes for n, t in weights if n.endswith(("gate_proj.weight", "up_proj.weight")))
+    assert harness.largest_layer_bytes(spec, weights) == gate_up == 2 * 32 * 16 * 4  # [issue 12: peak memory]
+
+
+def test_summary_shows_peak_memory_against_the_largest_layer():
+    result = harness.Result("delivery", "shuffled", 3, 1024, 0.5, 0.25, "copy", peak_extra_bytes=512,
+                            state_bytes=1024, correct=True, largest_layer_bytes=256)
+    case = result.as_json()
+    assert case["peak_extra_per_largest_layer"] == 2.0
+    document = {"device": {"device": "cpu"}, "versions": {}, "implementation": {"name": "x", "version": "1"},
+                "size": "quick", "generated": "now", "cases": [case], "fits": {}}
+    assert "(0.50×; 2.00× layer)" in summary.markdown(document)
