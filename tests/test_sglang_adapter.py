@@ -63,3 +63,18 @@ def test_adapter_resolves_with_its_declared_capabilities():
     assert adapter.report_id == f"sglang-{adapter.version}"
     assert "per_token_head_kv" not in adapter.capabilities and "mla" not in adapter.capabilities
     assert "torchvision" in adapter.notes and "scaled_fp8_quant" in adapter.notes  # every shim named
+
+
+@needs_sglang
+@pytest.mark.parametrize("scheme", ["dynamic", "static"])
+def test_checkpoint_config_says_the_specs_activation_scheme(scheme):
+    """The config.json the model tier writes says static activations exactly when the spec does [STATIC-1]."""
+    from loadspec.conformance.adapters.sglang_engine.model import checkpoint_quantization_config
+
+    static = scheme == "static"
+    assert checkpoint_quantization_config("fp8", activation_scheme=scheme)["activation_scheme"] == scheme
+    quark = checkpoint_quantization_config("quark", activation_scheme=scheme)
+    assert quark["global_quant_config"]["input_tensors"]["is_dynamic"] is not static
+    assert all(entry["input_tensors"]["is_dynamic"] is not static for entry in quark["layer_quant_config"].values())
+    groups = checkpoint_quantization_config("compressed-tensors", activation_scheme=scheme)["config_groups"]
+    assert all(group["input_activations"]["dynamic"] is not static for group in groups.values())

@@ -32,9 +32,11 @@ from loadspec.reference.spec import ModelSpec
 from loadspec.reference.vocabulary import SCALE_NAMES
 from loadspec.strategies.capabilities import (
     FP8_PER_TENSOR,
+    HOST_MIRRORS,
     MODEL,
     PRIMITIVES,
     REDUCED_PRECISION_PARAMS,
+    STATIC_INPUT_SCALES,
     TIED_EMBEDDINGS,
 )
 
@@ -43,6 +45,9 @@ V2_ENV = "SGLANG_ENABLE_WEIGHT_LOADER_V2"
 CAPABILITIES = frozenset({
     PRIMITIVES, MODEL, "reload_sessions", "processing_order", FP8_PER_TENSOR, TIED_EMBEDDINGS,
     REDUCED_PRECISION_PARAMS, "skip_rules",
+    # RadixAttention keeps k_scale_float/v_scale_float on the host for its backends [LOAD-18]; the configs
+    # say static activations (activation_scheme / input_activations.dynamic / input_tensors) [STATIC-1]
+    HOST_MIRRORS, STATIC_INPUT_SCALES,
 })
 
 NOTES = (
@@ -59,7 +64,8 @@ NOTES = (
     "QuarkConfig answers True (they ask the GPU's compute capability, which a CPU torch cannot answer), so their "
     "FP8 linears get the W8A8 scheme a capable GPU gives them; (5) the producer table's Quark quantization_config gets "
     "what a Quark FP8 export also writes and SGLang's QuarkConfig reads: an empty layer_type_quant_config, "
-    "dynamic per-tensor FP8 input_tensors, and the global weight/input schemes in each per-layer entry. "
+    "per-tensor FP8 input_tensors (dynamic unless the spec says static activations), and the global "
+    "weight/input schemes in each per-layer entry. "
     "Recorder installed (records, then calls the original): "
     "per-instance process_weights_after_loading of every quant method, for processing_order. "
     "Runtime: reset_context + publish(ServerArgs(device='cpu', tp/ep/pp 1)) + a 1-rank gloo group + "
@@ -93,7 +99,9 @@ NOTES = (
     "builds Llama), mixer_container and nested_wrappers (SGLang's loaders are per model class: Llama knows only "
     "'model.' and 'self_attn'), fp8_per_channel (Fp8Config and ModelOpt FP8 cannot express it; compressed-tensors "
     "channel schemes untried), per_token_head_kv (SGLang has no per-token-head KV dtypes; #26436 closed), cuda "
-    "(no CUDA kernels in this environment)."
+    "(no CUDA kernels in this environment), kv_scales_per_head (BaseKVCacheMethod makes 0-d scales), "
+    "attention_sinks (LlamaAttention has none), tp_head_slicing (no per-head scales to slice). Host mirrors: "
+    "k_scale_float/v_scale_float (SGLang keeps no q mirror it sets and no _k/_v_scale_cpu)."
 )
 
 

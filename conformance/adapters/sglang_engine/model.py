@@ -82,22 +82,25 @@ def hf_config(spec: ModelSpec) -> LlamaConfig:
         ignored = [name for index in range(len(spec.layers))
                    for name, (_, _, scheme) in hf_linears(spec, index).items() if scheme == "none"]
         config.quantization_config = checkpoint_quantization_config(
-            spec.quant_method, ignored=(*ignored, spec.lm_head_name.removesuffix(".weight")))
+            spec.quant_method, ignored=(*ignored, spec.lm_head_name.removesuffix(".weight")),
+            activation_scheme="static" if spec.static_input_scales else "dynamic")
     return config
 
 
-def checkpoint_quantization_config(quant_method: str, *, ignored=()) -> dict:
-    """The producer's ``quantization_config`` for ``quant_method`` (per-tensor FP8 weights).
+def checkpoint_quantization_config(quant_method: str, *, ignored=(), activation_scheme: str = "dynamic") -> dict:
+    """The producer's ``quantization_config`` for ``quant_method`` (per-tensor FP8 weights, ``activation_scheme``
+    activations [STATIC-1]).
 
     The producer table's Quark config names the weights' scheme globally and the k/v outputs per
     layer, and nothing else. A Quark FP8 export also writes ``layer_type_quant_config`` (empty when
-    no layer type is special), the activation scheme (``input_tensors``: the suite's checkpoints
-    carry no ``input_scale``, so dynamic per-tensor FP8) and, in each per-layer entry, that layer's
-    weight and input schemes. SGLang's ``QuarkConfig`` reads all three (without the first,
-    ``_find_matched_config`` raises ``TypeError: argument of type 'NoneType' is not iterable``;
-    without the others, "No quark compatible scheme was found"), so they are added here.
+    no layer type is special), the activation scheme (``input_tensors``: dynamic per-tensor FP8 when
+    the checkpoint carries no ``input_scale``; a static config has them already) and, in each
+    per-layer entry, that layer's weight and input schemes. SGLang's ``QuarkConfig`` reads all three
+    (without the first, ``_find_matched_config`` raises ``TypeError: argument of type 'NoneType' is
+    not iterable``; without the others, "No quark compatible scheme was found"), so they are added here.
     """
-    config = quantization_config(PRODUCER_OF[quant_method], weight_strategy="tensor", ignored=tuple(ignored))
+    config = quantization_config(PRODUCER_OF[quant_method], weight_strategy="tensor", ignored=tuple(ignored),
+                                 activation_scheme=activation_scheme)
     if quant_method == "quark":
         config.setdefault("layer_type_quant_config", {})
         glob = config["global_quant_config"]
@@ -257,8 +260,18 @@ def attention_mirrors(module: RadixAttention) -> dict[str, float]:
 
 
 def _transposed(module: LinearBase, weight: torch.Tensor) -> bool:
-    """Processing keeps the FP8 weight as an (in, out) view of its (out, in) storage."""
-    return weight.dim() == 2 and not weight.is_contiguous() and weight.t().is_contiguous()
+    """Processing keeps the FP8 weight as an (in, out) view of its (out, in) storage (``Parameter(weight.t())``).
+
+    Decided by the shape against the module's ``(output_size, input_size)`` (one rank); only a square
+    weight needs its strides. ``is_contiguous()`` cannot tell: a view with a size-1 dimension is
+    contiguous either way, so a (6, 1) weight held as a (1, 6) view was exported untransposed.
+    """
+    if weight.dim() != 2:
+        return False
+    out_in = (module.output_size, module.input_size)
+    if out_in[0] != out_in[1]:
+        return tuple(weight.shape) == out_in[::-1]
+    return out_in[0] > 1 and weight.stride() == (1, out_in[0])
 
 
 def _input_scale(module: LinearBase) -> torch.Tensor | None:
