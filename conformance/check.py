@@ -222,7 +222,14 @@ def check(path: Path, *, impl: str | None = None) -> Report:
         raise UnreadableInput(f"not a readable checkpoint directory: {exc}") from None
     qconfig = config.get("quantization_config")
     qconfig = qconfig if isinstance(qconfig, dict) else {}
-    method = qconfig.get("quant_method")
+    scheme: Scheme | None = None
+    scheme_problems: list[str] = []
+    try:
+        scheme = read_scheme(path, config)
+    except SchemeError as exc:
+        scheme_problems = [f"{exc.where}: {problem}" for problem in exc.problems]
+    # ModelOpt's hf_quant_config.json stands in for a missing quantization_config, as in vLLM
+    method = qconfig.get("quant_method") or (scheme.quant_method if scheme is not None else None)
     if impl is None:
         reference = cache_scale_mapper()
 
@@ -253,12 +260,9 @@ def check(path: Path, *, impl: str | None = None) -> Report:
             suffixes.add(container.group("rest"))
     report = Report(path=str(path), quant_method=method, producers=_producers(method, suffixes),
                     scheme=_scheme(qconfig), mapper=mapper_name)
-    scheme: Scheme | None = None
-    try:
-        scheme = read_scheme(path, config)
+    report.problems += scheme_problems
+    if scheme is not None:
         report.config = scheme.summary()
-    except SchemeError as exc:
-        report.problems += [f"{exc.where}: {problem}" for problem in exc.problems]
     kv_heads = config.get("num_key_value_heads") or config.get("num_attention_heads")
     heads = kv_heads if kv_strategy_hint(config, scheme) == "attn_head" and isinstance(kv_heads, int) else None
     prefixes = {m.group("prefix") for m in map(_CANONICAL.match, found) if m}

@@ -201,3 +201,23 @@ def test_check_flags_input_scales_a_dynamic_config_has_no_parameter_for(tmp_path
     assert report.exit_code == 1
     assert sum("static input_scale, but the config says dynamic" in p for p in report.problems) == 14
     assert any("not BF16 although config.json says dtype=bfloat16" in p for p in report.problems), report.problems
+
+
+def test_a_modelopt_checkpoint_described_only_by_hf_quant_config(tmp_path):
+    """No quantization_config in config.json, ModelOpt's hf_quant_config.json beside it: inspected and checked as
+    ModelOpt (static W8A8), as vLLM's ModelOptFp8Config reads it."""
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    (tmp_path / HF_QUANT_CONFIG).write_text(json.dumps({
+        "producer": {"name": "modelopt", "version": "0.19.0"},
+        "quantization": {"quant_algo": "FP8", "kv_cache_quant_algo": "FP8", "exclude_modules": ["lm_head"]}}))
+    tensors = {"model.embed_tokens.weight": torch.zeros(256, 64)}
+    for index in range(2):
+        tensors[f"model.layers.{index}.self_attn.k_proj.k_scale"] = torch.tensor(0.5)
+        tensors[f"model.layers.{index}.self_attn.v_proj.v_scale"] = torch.tensor(0.25)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    info = inspect_checkpoint(tmp_path)
+    assert info.quant_method == "modelopt" and info.scheme is not None and info.scheme.source == HF_QUANT_CONFIG
+    assert info.kv_scales == ((0.5, 0.25), (0.5, 0.25))
+    report = check(tmp_path)
+    assert report.exit_code == 0, report.problems
+    assert report.quant_method == "modelopt" and report.config["activations"] == "static"

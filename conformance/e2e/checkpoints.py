@@ -260,9 +260,11 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
             scheme.spec_overrides()
         except SchemeError as exc:
             scheme_problems += [f"this loadspec cannot build {p}" for p in exc.problems]
+    # the method: config.json's, else ModelOpt's hf_quant_config.json (read_scheme), as vLLM reads them
+    method = (qconfig or {}).get("quant_method") or (scheme.quant_method if scheme is not None else None)
     try:
         spec = spec_from_hf_config(config, kv_cache_dtype=KV_CACHE_DTYPE, max_parameters=None,
-                                   quant_method=qconfig.get("quant_method") if qconfig else None)
+                                   quant_method=method)
     except ValueError as exc:
         _raise_problems(path, scheme_problems, [*problems, f"unsupported model: {exc}"])
         raise  # unreachable: the line above raised
@@ -277,7 +279,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
             f"no KV-cache scales in {len(missing)} of {layers} layers (e.g. {prefix}*: no name the "
             f"cache-scale mapper maps to {prefix}attn.k_scale or v_scale); with kv_cache_dtype={KV_CACHE_DTYPE!r} "
             f"an engine would use 1.0 for their k and v scales, so this is not a calibrated FP8-KV checkpoint")
-    if qconfig is None and found_names:
+    if method is None and found_names:
         problems.append(f"KV-cache scales (e.g. {found_names[0]}) but no quantization_config in config.json: an "
                         f"engine would not load them")
     elif scheme is not None and scheme.quant_method is None and not missing:

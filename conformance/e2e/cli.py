@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only this producer's SmolLM2 cases (repeatable; default: every case)")
     parser.add_argument("--strategy", action="append", choices=sorted({s for _, s in CASES}),
                         help="run only cases with this weight strategy (repeatable; default: both)")
+    parser.add_argument("--activation-scheme", choices=("static", "dynamic"), default=None,
+                        help="quantize the SmolLM2 cases static W8A8 (an input_scale per FP8 linear) or dynamic "
+                             "(default: each format's own)")
     args = parser.parse_args(argv)
     adapter = selection.resolve(selection.chosen_name(args.impl))
     if args.checkpoint:
@@ -55,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         cases = [(p, s) for p, s in CASES if (not args.producer or p in args.producer)
                  and (not args.strategy or s in args.strategy)]
         broken = BROKEN_CASE if not args.producer or BROKEN_CASE[0] in args.producer else None
-        results = run_check(adapter, device=args.device, cases=cases, broken_case=broken)
+        results = run_check(adapter, device=args.device, cases=cases, broken_case=broken,
+                            activation_scheme=args.activation_scheme)
     print(format_results(results))
     return 0
 

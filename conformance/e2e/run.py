@@ -23,6 +23,7 @@ states (``keep_states=True`` keeps them).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 import warnings
@@ -43,6 +44,7 @@ from loadspec.conformance.e2e.checkpoints import (
 from loadspec.conformance.e2e.forward import perplexity
 from loadspec.conformance.e2e.quantized_cache import quantized_checkpoint, smollm_checkpoint
 from loadspec.conformance.e2e.scales import expected_scales, scale_mismatches
+from loadspec.conformance.e2e.spec_inference import HF_QUANT_CONFIG
 from loadspec.conformance.e2e.threads import cpu_threads
 from loadspec.reference.kv_cache import MissingKVScalesWarning
 from loadspec.reference.spec import ModelSpec
@@ -141,7 +143,13 @@ def checkpoint_config(adapter, info: CheckpointInfo):
     """The adapter's ``checkpoint_quantization_config(qconfig)`` context when it has one (an engine that builds its
     quantization config from the checkpoint's own ``quantization_config``, e.g. vLLM's ``from_config``), else none."""
     hook = getattr(adapter, "checkpoint_quantization_config", None)
-    return contextlib.nullcontext() if hook is None else hook(info.config.get("quantization_config"))
+    if hook is None:
+        return contextlib.nullcontext()
+    qconfig = info.config.get("quantization_config")
+    hf_file = info.path / HF_QUANT_CONFIG
+    if not qconfig and hf_file.is_file():  # ModelOpt's own file, which vLLM's ModelOptFp8Config.from_config reads
+        qconfig = json.loads(hf_file.read_text())
+    return hook(qconfig)
 
 
 def load_kernel_state(adapter, spec: ModelSpec, checkpoint: str | Path, *, device: str = "cpu"
@@ -255,13 +263,17 @@ def run_producer(adapter, producer_id: str, *, device: str = "cpu", weight_strat
     return result
 
 
-def run_check(adapter, *, device: str = "cpu", cases=CASES, broken_case=BROKEN_CASE) -> list[E2EResult]:
-    """Every SmolLM2 case of the suite: each (producer, strategy) with a fresh-load comparison, then the /16 one."""
-    results = [run_producer(adapter, producer, device=device, weight_strategy=strategy) for producer, strategy in cases]
+def run_check(adapter, *, device: str = "cpu", cases=CASES, broken_case=BROKEN_CASE,
+              activation_scheme: str | None = None) -> list[E2EResult]:
+    """Every SmolLM2 case of the suite: each (producer, strategy) with a fresh-load comparison, then the /16 one;
+    ``activation_scheme="static"`` quantizes every case static W8A8."""
+    results = [run_producer(adapter, producer, device=device, weight_strategy=strategy,
+                            activation_scheme=activation_scheme) for producer, strategy in cases]
     if broken_case is not None:
         producer, strategy = broken_case
         results.append(run_producer(adapter, producer, device=device, weight_strategy=strategy,
-                                    scale_multiplier=BROKEN_SCALE_MULTIPLIER, fresh=False))
+                                    scale_multiplier=BROKEN_SCALE_MULTIPLIER, fresh=False,
+                                    activation_scheme=activation_scheme))
     return results
 
 

@@ -142,7 +142,7 @@ def spec_quant_config(spec: ModelSpec) -> QuantizationConfig | None:
         return None
     own = _CHECKPOINT_QCONFIG.get()
     if own is not None:
-        if own.get("quant_method") != spec.quant_method:
+        if own.get("quant_method", "modelopt" if "quantization" in own else None) != spec.quant_method:
             raise ValueError(f"the checkpoint's quant_method={own.get('quant_method')!r}, but the spec's is "
                              f"{spec.quant_method!r}")
         return quant_config_class(spec.quant_method).from_config(with_head_counts(own, spec))
