@@ -208,6 +208,7 @@ def _linear(report: Report, checkpoint: Checkpoint, scheme: Scheme | None) -> No
         finite = [v for v in inputs if math.isfinite(v)]
         counts["input_scale_range"] = f"{min(finite):.4g}..{max(finite):.4g}" if finite else "non-finite"
         counts["static_inputs"] = ("applied (fused shards: the largest, as vLLM processes them)" if static_inputs
+                                   else "unknown (the config could not be read)" if scheme is None
                                    else "not loaded (the config does not say static)")
     counts["scale_dtypes"] = "/".join(sorted(dtypes)) or "-"
     report.linear = counts
