@@ -167,3 +167,28 @@ def draw_case(impl, request, data, *roles, **graph_options):
     layouts = {role: data.draw(layouts_for(spec), label=f"{role} checkpoint") for role in roles}
     record_case(request, Case(request.node.nodeid, layouts=layouts))
     return spec, layouts
+
+
+# Checkpoint projections -> the canonical fused layers that own them (README, "Canonical names"; MLA keeps q_proj).
+FUSED_MLP = {".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1)}
+FUSED_QKV = {".q_proj.": (".qkv_proj.", "q"), ".k_proj.": (".qkv_proj.", "k"), ".v_proj.": (".qkv_proj.", "v")}
+
+
+def canonical_mapper(ref, spec):
+    """``spec``'s checkpoint names -> canonical names in the oracle's mappers: fused projections | cache scales."""
+    fused = ref.make_mapper(stacked={**FUSED_QKV, **FUSED_MLP} if spec.attention == "mha" else FUSED_MLP)
+    return ref.compose_mappers(fused, ref.cache_scale_mapper(spec.quant_method)) if spec.quant_method else fused
+
+
+def owners(ref, spec, weights) -> list[str]:
+    """The canonical layer each checkpoint weight of ``weights`` is delivered to (the oracle's mapping), in order."""
+    mapper = canonical_mapper(ref, spec)
+    found = [layer_of(ref.map_name(mapper, name)[0]) for name, _ in weights]
+    if spec.tie_embeddings:
+        found = [f"{spec.prefix}embed_tokens" if o == layer_of(spec.lm_head_name) else o for o in found]
+    return found
+
+
+def attention_modules(spec) -> set[str]:
+    """The module names of ``spec``'s attention layers (the layers processed last on a reload) [ORDER-1]."""
+    return {spec.attention_prefix(i)[:-1] for i in range(len(spec.layers))}

@@ -10,9 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal, fail
-from loadspec.conformance.drivers import built, close_quietly, draw_case, heavy
+from loadspec.conformance.drivers import attention_modules, built, close_quietly, draw_case, heavy, owners
 from loadspec.conformance.oracle import assert_same_as_reference
-from loadspec.conformance.test_order import attention_modules, owners
 from loadspec.reference.vocabulary import FP8_DTYPE
 
 SHAPES = st.lists(st.integers(1, 5), max_size=3).map(tuple)

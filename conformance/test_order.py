@@ -9,31 +9,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import fail
-from loadspec.conformance.drivers import built, close_quietly, draw_case, heavy, layer_of
+from loadspec.conformance.drivers import (
+    attention_modules,
+    built,
+    close_quietly,
+    draw_case,
+    heavy,
+    owners,
+)
 
 pytestmark = pytest.mark.requires("model", "processing_order")
 
 ATTENTION_FIRST = {"attention": ("mha", "mla")}
-
-
-# Checkpoint projections -> the canonical fused layers that own them (README, "Canonical names"; MLA keeps q_proj).
-FUSED_MLP = {".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1)}
-FUSED_QKV = {".q_proj.": (".qkv_proj.", "q"), ".k_proj.": (".qkv_proj.", "k"), ".v_proj.": (".qkv_proj.", "v")}
-
-
-def canonical_mapper(ref, spec):
-    """``spec``'s checkpoint names -> canonical names in the oracle's mappers: fused projections | cache scales."""
-    fused = ref.make_mapper(stacked={**FUSED_QKV, **FUSED_MLP} if spec.attention == "mha" else FUSED_MLP)
-    return ref.compose_mappers(fused, ref.cache_scale_mapper(spec.quant_method)) if spec.quant_method else fused
-
-
-def owners(ref, spec, weights) -> list[str]:
-    """The canonical layer each checkpoint weight of ``weights`` is delivered to (the oracle's mapping), in order."""
-    mapper = canonical_mapper(ref, spec)
-    found = [layer_of(ref.map_name(mapper, name)[0]) for name, _ in weights]
-    if spec.tie_embeddings:
-        found = [f"{spec.prefix}embed_tokens" if o == layer_of(spec.lm_head_name) else o for o in found]
-    return found
 
 
 def assert_each_receiver_processed_once(what: str, order: list[str], receivers: list[str], *,
@@ -48,10 +35,6 @@ def assert_each_receiver_processed_once(what: str, order: list[str], receivers: 
         fail(f"{what}: times a layer that received weights was processed", wrong,
              "1 for each" if processing is None else f"1 for each of {sorted(processing)}, at most 1 for the others",
              "ORDER-2")
-
-
-def attention_modules(spec) -> set[str]:
-    return {spec.attention_prefix(i)[:-1] for i in range(len(spec.layers))}
 
 
 def assert_attention_last(what: str, order: list[str], spec, rule: str) -> None:
