@@ -143,3 +143,13 @@ def test_summary_shows_peak_memory_against_the_largest_layer():
     document = {"device": {"device": "cpu"}, "versions": {}, "implementation": {"name": "x", "version": "1"},
                 "size": "quick", "generated": "now", "cases": [case], "fits": {}}
     assert "(0.50×; 2.00× layer)" in summary.markdown(document)
+
+
+def test_interleaved_times_every_adapter_and_the_copy_loop_on_the_same_cases():
+    from loadspec.conformance.adapters.reference import ReferenceAdapter
+    from loadspec.conformance.benchmarks import interleaved
+
+    document = interleaved.measure(["reference"], "quick", rounds=1, cases=("bf16",))
+    (case,) = document["cases"]
+    assert sorted(case["min_seconds"]) == ["copy loop", f"reference {ReferenceAdapter().version}"]
+    assert "| bf16 | 25 |" in interleaved.markdown(document)

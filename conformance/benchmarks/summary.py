@@ -246,7 +246,20 @@ def main(argv: list[str] | None = None) -> int:
     both.add_argument("right", type=Path)
     render = commands.add_parser("render", help="rewrite summary.md and scaling.png beside a summary.json")
     render.add_argument("summary", type=Path)
+    mixed = commands.add_parser("interleaved", help="adapters and the copy loop timed round-robin on CPU")
+    mixed.add_argument("--impl", action="append", required=True, help="an adapter (repeat for several)")
+    mixed.add_argument("--size", default="medium", choices=["quick", "medium", "full"])
+    mixed.add_argument("--rounds", type=int, default=7)
+    mixed.add_argument("--out", type=Path, default=None, help="write interleaved.json/.md here")
     args = parser.parse_args(argv)
+    if args.command == "interleaved":
+        from loadspec.conformance.benchmarks import interleaved
+
+        document = interleaved.measure(args.impl, args.size, args.rounds)
+        print(interleaved.markdown(document), end="")
+        for path in interleaved.write(document, args.out) if args.out else ():
+            print(path)
+        return 0
     if args.command == "side-by-side":
         print(side_by_side(json.loads(args.left.read_text()), json.loads(args.right.read_text())), end="")
         return 0
