@@ -427,7 +427,7 @@ class ReloadSession:
         self.report.loaded |= loaded
         return loaded
 
-    def _deliver_all(self, planned: list[PlannedLoad], *, sync: bool = True) -> None:
+    def _deliver_all(self, planned: list[PlannedLoad]) -> None:
         """Deliver validated loads to their layers (a tensor no layer owns, a buffer, is written at once)."""
         with torch.no_grad():
             for load in planned:
@@ -436,7 +436,7 @@ class ReloadSession:
                     write_planned([load])
                 else:
                     self._deliver(owner[0], owner[1], load.tensor, load.shard_id)
-        if sync:
+        if self._deferred is None:  # a transactional finish synchronizes once, after its deferred writes
             self._sync()
 
     def _sync(self) -> None:
@@ -651,7 +651,7 @@ class ReloadSession:
             return self._finish_transactional()
         return self._finish_streaming()
 
-    def _finish_streaming(self, *, sync: bool = True) -> ReloadReport:
+    def _finish_streaming(self) -> ReloadReport:
         self._finished = True
         failures: list[LoadspecError] = []
         partial: list[str] = []
@@ -673,7 +673,7 @@ class ReloadSession:
                     failures.append(exc)
                 if not layer.loads:
                     self.report.untouched.append(layer.name)
-        if sync:
+        if self._deferred is None:
             self._sync()
         if partial:
             failures.insert(0, PartialLayerError(
@@ -786,8 +786,8 @@ class ReloadSession:
         deferred: list[LayerLoad] = []
         self._deferred = deferred
         try:
-            self._deliver_all(staged, sync=False)
-            report = self._finish_streaming(sync=False)
+            self._deliver_all(staged)
+            report = self._finish_streaming()
         except BaseException:
             self._finished = True
             self._rollback(saved)
