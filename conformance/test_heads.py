@@ -35,9 +35,11 @@ KV_DTYPES = tuple(d for d in QUANTIZED_KV_DTYPES if "e5m2" not in d)  # fp8_e5m2
 PHASES = st.sampled_from(["first_load", "reload"])
 
 
-def _case(impl, request, data, *, required=HEAD_KINDS, optional=(), min_kv_heads=1, per_head=True):
+def _case(impl, request, data, *, required=HEAD_KINDS, optional=(), min_kv_heads=1, per_head=True, roles=("base",)):
     """An attn_head graph (MHA/GQA, quantized KV cache), its compressed-tensors layout without per-tensor
-    scales, and per-head values for a base and a reload checkpoint; recorded as the reproducer."""
+    scales, and per-head values for a base and a reload checkpoint; recorded as the reproducer: the layout with
+    each of ``roles``' per-head values (what the test loads, first load then reloads), so replaying it
+    rebuilds those checkpoints."""
     graphs = graphs_for(impl, attention=("mha",), quant_methods=("compressed-tensors",), allow_unquantized=False,
                         kv_cache_dtypes=KV_DTYPES).filter(lambda g: g.num_kv_heads >= min_kv_heads)
     graph = data.draw(graphs, label="graph")
@@ -47,7 +49,8 @@ def _case(impl, request, data, *, required=HEAD_KINDS, optional=(), min_kv_heads
     layout = replace(layout, spec=spec)
     values = {role: data.draw(head_scale_sets(as_per_head(graph), required=required, optional=optional),
                               label=f"{role} per-head values") for role in ("base", "reload")}
-    record_case(request, Case(request.node.nodeid, values={"per_head": values}, layouts={"base": layout}))
+    recorded = {role: replace(layout, head_scales=values[role]) if per_head else layout for role in roles}
+    record_case(request, Case(request.node.nodeid, values={"per_head": values}, layouts=recorded))
     return spec, layout, values
 
 
@@ -126,7 +129,7 @@ def test_wrong_head_count_rejected_naming_the_weight(impl, request, data):
 @heavy()
 @given(data=st.data())
 def test_per_head_reload_equals_a_fresh_load_in_place(impl, request, data, device):
-    spec, layout, values = _case(impl, request, data)
+    spec, layout, values = _case(impl, request, data, roles=("base", "reload"))
     model = built(impl, spec, head_checkpoint(layout, values["base"]), device=device)
     pointers = live_pointers(impl, model)
     new = head_checkpoint(layout, values["reload"])
@@ -141,7 +144,7 @@ def test_per_head_reload_equals_a_fresh_load_in_place(impl, request, data, devic
 @heavy()
 @given(data=st.data())
 def test_per_head_device_scales_never_move(impl, request, data, device):
-    spec, layout, values = _case(impl, request, data)
+    spec, layout, values = _case(impl, request, data, roles=("base", "reload"))
     model = impl.build_model(spec, device=device)
     tensors = impl.kernel_tensors(model)
     scales = {name: t for name, t in tensors.items() if name.rsplit(".", 1)[-1] in ("_q_scale", "_k_scale", "_v_scale")}
@@ -160,7 +163,7 @@ def test_per_head_device_scales_never_move(impl, request, data, device):
 @heavy()
 @given(data=st.data())
 def test_host_mirrors_hold_the_largest_head(impl, request, data, device):
-    spec, layout, values = _case(impl, request, data)
+    spec, layout, values = _case(impl, request, data, roles=("base", "reload"))
     model = built(impl, spec, head_checkpoint(layout, values["base"]), device=device)
     for phase, kinds_of in (("first load", values["base"]), ("reload", values["reload"])):
         if phase == "reload":

@@ -32,12 +32,38 @@ from loadspec.strategies.producers import PRODUCERS, quantization_config
 from loadspec.strategies.scales import keeps_meaning, kv_scale_sets, scale_values, stored_as
 from loadspec.strategies.synthetic import KVValues, kv_scale_tensors, synthetic_checkpoint
 
-__all__ = ["CheckpointLayout", "checkpoint_layouts", "compatible_producers", "ORDERS"]
+__all__ = ["CheckpointLayout", "checkpoint_layouts", "compatible_producers", "ORDERS", "HEAD_KINDS", "HeadValues",
+           "head_scale_name", "head_scale_tensors"]
 
 ORDERS = ("file", "sorted", "shuffled", "interleaved", "reversed")
 SCALE_DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                      "float64": torch.float64}
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
+HEAD_PRODUCER = "compressed-tensors"
+"""The producer that writes per-head KV-cache scales (``kv_cache_scheme.strategy: attn_head``) [HEADS-1]."""
+
+HEAD_KINDS = ("q", "k", "v")
+"""The scale kinds written per head; ``prob`` stays per tensor."""
+
+HeadValues = dict[int, dict[str, tuple[float, ...]]]
+"""Layer index -> scale kind -> one value per head (``num_heads`` for q, ``num_kv_heads`` for k and v)."""
+
+
+def head_scale_name(spec: ModelSpec, index: int, kind: str) -> str:
+    """The checkpoint name of layer ``index``'s per-head ``kind`` scale (compressed-tensors, NAMES-1) [HEADS-1]."""
+    name = PRODUCERS[HEAD_PRODUCER].scale_name(f"{spec.layer_prefix(index)}{spec.container}.", kind)
+    if name is None:
+        raise ValueError(f"compressed-tensors writes no {kind} scale")
+    return name
+
+
+def head_scale_tensors(spec: ModelSpec, values: HeadValues, *,
+                       dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The per-head scale tensors of ``values``: ``(heads, 1, 1)`` in ``dtype`` (default: the model's, as
+    llm-compressor writes them) [HEADS-1]."""
+    dtype = torch_dtype(spec.params_dtype) if dtype is None else dtype
+    return {head_scale_name(spec, index, kind): torch.tensor(heads, dtype=dtype).reshape(-1, 1, 1)
+            for index, kinds in values.items() for kind, heads in kinds.items()}
 
 
 @dataclass(frozen=True)
@@ -47,7 +73,10 @@ class CheckpointLayout:
     ``kv_scales`` maps a scale kind to its value (``None``: not written);
     ``scale_dtype`` overrides the producer's scale dtype; ``max_shard_size`` is
     in bytes (``None``: one file); ``missing`` names checkpoint tensors left out;
-    ``extra`` adds ``(name, shape)`` zero tensors no model parameter takes.
+    ``extra`` adds ``(name, shape)`` zero tensors no model parameter takes. ``head_scales`` (compressed-tensors
+    only), when not empty, replaces every KV-cache scale with per-head ``(heads, 1, 1)`` tensors of those values
+    [HEADS-1]. A spec with static activations gets every FP8 projection's ``input_scale`` [STATIC-1], so the
+    layout alone rebuilds (and ``write`` puts on disk) the whole checkpoint a test loaded.
 
     .. code-block:: pycon
 
@@ -68,6 +97,7 @@ class CheckpointLayout:
     max_shard_size: int | None = None
     missing: tuple[str, ...] = ()
     extra: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    head_scales: HeadValues = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.producer not in PRODUCERS:
@@ -80,13 +110,30 @@ class CheckpointLayout:
         unknown = set(self.kv_scales) - set(SCALE_KINDS)
         if unknown:
             raise ValueError(f"kv_scales has kinds {sorted(unknown)}, but should only have {SCALE_KINDS}")
+        if self.head_scales and self.producer != HEAD_PRODUCER:
+            raise ValueError(f"producer={self.producer!r} with head_scales, but per-head scales are written by "
+                             f"{HEAD_PRODUCER!r}")
+        unknown = {kind for kinds in self.head_scales.values() for kind in kinds} - set(HEAD_KINDS)
+        if unknown:
+            raise ValueError(f"head_scales has kinds {sorted(unknown)}, but should only have {HEAD_KINDS}")
 
     # ----------------------------------------------------------- in memory
     def _base(self) -> dict[str, torch.Tensor]:
         """The producer's checkpoint in file order, before ``missing`` and ``extra``."""
         dtype = None if self.scale_dtype is None else SCALE_DTYPE_NAMES[self.scale_dtype]
-        return synthetic_checkpoint(self.spec, producer=self.producer, seed=self.seed,
-                                    kv_scales=dict(self.kv_scales), scale_dtype=dtype)
+        state = synthetic_checkpoint(self.spec, producer=self.producer, seed=self.seed,
+                                     kv_scales=dict(self.kv_scales), scale_dtype=dtype)
+        if not self.head_scales:
+            return state
+        per_tensor = set(self._per_tensor_scale_names())
+        state = {name: tensor for name, tensor in state.items() if name not in per_tensor}
+        state.update(head_scale_tensors(self.spec, self.head_scales, dtype=dtype))
+        return state
+
+    def _per_tensor_scale_names(self) -> tuple[str, ...]:
+        return tuple(name for index in range(len(self.spec.layers))
+                     for name in kv_scale_tensors(self.spec, index, producer=self.producer,
+                                                  kv_scales=dict(self.kv_scales)))
 
     def tensors(self) -> list[tuple[str, torch.Tensor]]:
         """``(name, tensor)`` pairs in this layout's order, ``missing`` removed and ``extra`` added."""
@@ -97,10 +144,11 @@ class CheckpointLayout:
 
     @property
     def kv_scale_names(self) -> tuple[str, ...]:
-        """Checkpoint names of the KV-cache scales this layout writes (before ``missing``)."""
-        return tuple(name for index in range(len(self.spec.layers))
-                     for name in kv_scale_tensors(self.spec, index, producer=self.producer,
-                                                  kv_scales=dict(self.kv_scales)))
+        """Checkpoint names of the KV-cache scales this layout writes (before ``missing``; per head with
+        ``head_scales``)."""
+        if self.head_scales:
+            return tuple(head_scale_tensors(self.spec, self.head_scales))
+        return self._per_tensor_scale_names()
 
     def config(self) -> dict[str, Any]:
         """The ``config.json`` of this checkpoint: a Llama-style (DeepSeek-V2 for MLA) HF config."""
@@ -121,7 +169,9 @@ class CheckpointLayout:
         if spec.quant_method is not None:
             schemes = {q for layer in spec.layers for q in layer.linear_quants().values() if q != "none"}
             strategy = "channel" if schemes == {"fp8_per_channel"} else "tensor"
-            config["quantization_config"] = quantization_config(self.producer, weight_strategy=strategy)
+            config["quantization_config"] = quantization_config(
+                self.producer, weight_strategy=strategy, kv_scale_strategy=spec.kv_scale_strategy,
+                activation_scheme="static" if spec.static_input_scales else "dynamic")  # [STATIC-1, HEADS-1]
         return config
 
     # --------------------------------------------------------------- on disk
@@ -157,6 +207,9 @@ class CheckpointLayout:
         """One short line for reports."""
         spec = self.spec
         scales = ",".join(f"{k}={v:g}" for k, v in self.kv_scales.items() if v is not None) or "none"
+        if self.head_scales:
+            scales = "per-head " + ";".join(f"L{i}:" + ",".join(f"{k}={list(v)}" for k, v in kinds.items())
+                                            for i, kinds in self.head_scales.items())
         order = f"{self.order}/{self.order_seed}" if self.order == "shuffled" else self.order
         shards = "1 file" if self.max_shard_size is None else f"shards<={self.max_shard_size}B"
         off = "".join([f" missing={len(self.missing)}" if self.missing else "",
@@ -176,6 +229,8 @@ class CheckpointLayout:
         raw["spec"] = ModelSpec.from_json(json.dumps(raw["spec"]))
         raw["missing"] = tuple(raw["missing"])
         raw["extra"] = tuple((name, tuple(shape)) for name, shape in raw["extra"])
+        raw["head_scales"] = {int(index): {kind: tuple(heads) for kind, heads in kinds.items()}
+                              for index, kinds in raw.get("head_scales", {}).items()}
         return cls(**raw)
 
 

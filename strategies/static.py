@@ -1,9 +1,10 @@
 """Static W8A8 checkpoints: every FP8 linear carries a static activation scale ``input_scale`` [STATIC-1..3].
 
-A static checkpoint is a ``CheckpointLayout`` of a spec whose ``activation_scheme`` is ``"static"``;
-``static_checkpoint(layout)`` adds each FP8 projection's ``input_scale`` in the producer's per-tensor
-shape and dtype (from the producer table), with values seeded by the layout's seed, so the layout alone
-reproduces it. Scales a layout already writes (ModelOpt) are kept, never given twice.
+A static checkpoint is a ``CheckpointLayout`` of a spec whose ``activation_scheme`` is ``"static"`` (or whose
+format is static, ModelOpt): the layout itself writes each FP8 projection's ``input_scale`` in the producer's
+per-tensor shape and dtype (from the producer table, ``synthetic_checkpoint``), with values seeded by the
+layout's seed, and its ``config.json`` says static activations in the producer's words; so the layout alone,
+as a reproducer directory holds it, rebuilds the checkpoint.
 """
 
 from __future__ import annotations
@@ -15,15 +16,11 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from loadspec.reference.spec import ModelSpec
-from loadspec.reference.vocabulary import FORMAT_ACTIVATION_SCHEMES, torch_dtype
+from loadspec.reference.vocabulary import FORMAT_ACTIVATION_SCHEMES
 from loadspec.strategies.layouts import CheckpointLayout, checkpoint_layouts
-from loadspec.strategies.producers import PRODUCERS
 from loadspec.strategies.synthetic import hf_linears
 
 __all__ = ["as_static", "input_scale_names", "static_input_tensors", "static_checkpoint", "static_input_layouts"]
-
-INPUT_SCALE_RANGE = (2.0**-10, 2.0**-2)
-"""Static input scales are drawn in here (an activation amax of about 0.4 to 110): exact in bf16 after rounding."""
 
 
 def as_static(spec: ModelSpec) -> ModelSpec:
@@ -45,31 +42,16 @@ def input_scale_names(spec: ModelSpec) -> tuple[str, ...]:
 
 
 def static_input_tensors(layout: CheckpointLayout) -> dict[str, torch.Tensor]:
-    """The ``input_scale`` tensors of ``layout``'s FP8 projections: the producer's per-tensor shape and dtype
-    (ModelOpt/AutoFP8/Quark ``()`` float32, compressed-tensors ``(1,)`` in the model dtype), one value each in
-    ``INPUT_SCALE_RANGE``, rounded to that dtype. Empty unless ``layout.spec.static_input_scales``."""
-    spec = layout.spec
-    if not spec.static_input_scales:
-        return {}
-    producer = PRODUCERS[layout.producer]
-    dtype = torch.float32 if producer.scale_dtype == "float32" else torch_dtype(spec.params_dtype)
-    generator = torch.Generator().manual_seed(layout.seed + 7919)
-    low, high = INPUT_SCALE_RANGE
-    out = {}
-    for name in input_scale_names(spec):
-        value = low * (high / low) ** float(torch.rand((), generator=generator))
-        out[name] = torch.full(producer.scale_shape, value, dtype=dtype)
-    return out
+    """The ``input_scale`` tensors ``layout`` writes: one per FP8 projection (ModelOpt/AutoFP8/Quark ``()``
+    float32, compressed-tensors ``(1,)`` in the model dtype), less ``missing``. Empty unless
+    ``layout.spec.static_input_scales`` [STATIC-1]."""
+    return {name: tensor for name, tensor in layout.tensors() if name.endswith(".input_scale")}
 
 
 def static_checkpoint(layout: CheckpointLayout) -> list[tuple[str, torch.Tensor]]:
-    """``layout.tensors()`` plus every ``input_scale`` it lacks (after the tensors, in projection order).
-
-    ``missing`` applies to the added scales too: a name in ``layout.missing`` is left out [STATIC-3].
-    """
-    tensors = layout.tensors()
-    have = {name for name, _ in tensors} | set(layout.missing)
-    return tensors + [(n, t) for n, t in static_input_tensors(layout).items() if n not in have]
+    """``layout.tensors()``: the layout writes the input scales of a static spec itself, each once; a name in
+    ``layout.missing`` is left out [STATIC-3]. Kept so that a test reads as what it loads."""
+    return layout.tensors()
 
 
 @st.composite

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from loadspec.reference.spec import ModelSpec
-from loadspec.reference.vocabulary import SCALE_KINDS, STATIC_INPUT_METHODS, torch_dtype
+from loadspec.reference.vocabulary import SCALE_KINDS, torch_dtype
 from loadspec.strategies.producers import PRODUCERS, quantize_weight
 
 KVValues = dict[str, float | None]  # kind ("q", "k", "v", "prob") -> float, or None to omit
@@ -66,6 +66,7 @@ def synthetic_checkpoint(spec: ModelSpec, *, producer: str = "canonical", seed: 
         out[spec.lm_head_name] = rand(spec.vocab_size, spec.hidden_size).to(dtype)
     producer_info = PRODUCERS[producer]
     tensor_scale_shape = producer_info.scale_shape
+    linear_scale_dtype = torch.float32 if producer_info.scale_dtype == "float32" else dtype  # input_scale as written
     for index in range(len(spec.layers)):
         lp = spec.layer_prefix(index)
         out[f"{lp}input_layernorm.weight"] = (1 + rand(spec.hidden_size)).to(dtype)
@@ -81,8 +82,9 @@ def synthetic_checkpoint(spec: ModelSpec, *, producer: str = "canonical", seed: 
             else:
                 for suffix, tensor in fp8_weight(values, scheme, scale_shape=tensor_scale_shape).items():
                     out[f"{name}.{suffix}"] = tensor
-                if spec.quant_method in STATIC_INPUT_METHODS:
-                    out[f"{name}.input_scale"] = (0.01 + rand(1, scale=0.01).abs()).reshape(tensor_scale_shape)
+                if spec.static_input_scales:  # decided by the config, not the method's name [STATIC-1]
+                    out[f"{name}.input_scale"] = (0.01 + rand(1, scale=0.01).abs()).reshape(
+                        tensor_scale_shape).to(linear_scale_dtype)
         out.update(kv_scale_tensors(spec, index, producer=producer, kv_scales=kv_scales, scale_dtype=scale_dtype))
     return out
 

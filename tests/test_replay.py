@@ -6,15 +6,19 @@ kernel states differ, so its verdict must follow the implementation, not the cas
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 
 from loadspec.conformance.reproducers import REPLAY, Case
 from loadspec.reference.spec import DEFAULT_SPEC
+from loadspec.strategies.heads import as_per_head, head_counts, head_scale_name
 from loadspec.strategies.layouts import CheckpointLayout
+from loadspec.strategies.static import as_static, input_scale_names
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +27,13 @@ def write_case(directory: Path, *roles: str) -> Path:
     """A reproducer directory as ``write_reproducer`` lays it out: case.json, one checkpoint per role, replay.py."""
     layouts = {role: CheckpointLayout(DEFAULT_SPEC, producer="autofp8", seed=index, kv_scales={"k": 0.5, "v": 0.25})
                for index, role in enumerate(roles)}
-    case = Case(test="conformance/test_reload.py::test_example", values={"seed": 0}, layouts=layouts)
+    return write_layouts(directory, Case(test="conformance/test_reload.py::test_example", values={"seed": 0},
+                                         layouts=layouts))
+
+
+def write_layouts(directory: Path, case: Case) -> Path:
+    """``case`` written as ``write_reproducer`` writes it (case.json, each layout's directory, replay.py)."""
+    layouts = case.layouts
     directory.mkdir(parents=True)
     (directory / "case.json").write_text(case.to_json() + "\n")
     for role, layout in layouts.items():
@@ -76,3 +86,80 @@ def test_replay_as_a_module_takes_the_directory(tmp_path):
     assert result.returncode == 0 and "reference: loaded" in result.stdout, result.stdout + result.stderr
     usage = subprocess.run([sys.executable, "-m", "loadspec.conformance.replay"], capture_output=True, text=True)
     assert usage.returncode != 0 and "usage:" in usage.stderr
+
+
+def _written(directory: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in the checkpoint directory's shards."""
+    out = {}
+    for path in directory.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            out.update((name, tuple(f.get_slice(name).get_shape())) for name in f.keys())  # noqa: SIM118
+    return out
+
+
+@pytest.mark.slow
+def test_a_static_case_replays_its_failure(tmp_path):
+    """A STATIC case's directory holds every input_scale and a static config [STATIC-1], so replaying it against
+    a loader that decides static activations by the method's name fails as the suite test did."""
+    spec = as_static(DEFAULT_SPEC.with_(quant_method="compressed-tensors"))
+    layout = CheckpointLayout(spec, producer="compressed-tensors", seed=3, kv_scales={"k": 0.5, "v": 0.25})
+    directory = write_layouts(tmp_path / "case", Case(test="conformance/test_static.py::t", layouts={"base": layout}))
+    assert set(input_scale_names(spec)) <= set(_written(directory / "base"))
+    config = json.loads((directory / "base" / "config.json").read_text())["quantization_config"]
+    assert config["config_groups"]["group_0"]["input_activations"]["dynamic"] is False
+    case = json.loads((directory / "case.json").read_text())
+    assert CheckpointLayout.from_json(json.dumps(case["layouts"]["base"])) == layout
+    result = replay(directory, "mutants.name_decided_static:NameDecidedStaticAdapter")
+    assert result.returncode == 1, result.stdout + result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("mutant-name-decided-static: "))
+    assert "error" in line and ".input_scale" in line, result.stdout
+    assert "reference: loaded" in result.stdout
+    assert replay(directory, "reference").returncode == 0
+
+
+@pytest.mark.slow
+def test_a_per_head_case_replays_its_failure(tmp_path):
+    """A HEADS case's directories hold the per-head values of each role [HEADS-1] (they lived in Case.values
+    only), so replaying base + reload against a loader collapsing heads to their max names each differing scale."""
+    spec = as_per_head(DEFAULT_SPEC)
+    counts = head_counts(spec)
+    values = {role: {i: {kind: tuple(scale * (1 + h) for h in range(counts[kind])) for kind in ("q", "k", "v")}
+                     for i in range(len(spec.layers))} for role, scale in (("base", 0.125), ("reload", 0.25))}
+    layouts = {role: CheckpointLayout(spec, producer="compressed-tensors", kv_scales={}, head_scales=values[role])
+               for role in values}
+    directory = write_layouts(tmp_path / "case", Case(test="conformance/test_heads.py::t",
+                                                      values={"per_head": values}, layouts=layouts))
+    written = _written(directory / "reload")
+    for i in range(len(spec.layers)):
+        for kind in ("q", "k", "v"):
+            assert written[head_scale_name(spec, i, kind)] == (counts[kind], 1, 1)
+    config = json.loads((directory / "base" / "config.json").read_text())["quantization_config"]
+    assert config["kv_cache_scheme"]["strategy"] == "attn_head"
+    case = json.loads((directory / "case.json").read_text())
+    assert CheckpointLayout.from_json(json.dumps(case["layouts"]["reload"])) == layouts["reload"]
+    result = replay(directory, "mutants.heads_collapsed_to_max:HeadsCollapsedToMaxAdapter")
+    assert result.returncode == 1, result.stdout + result.stderr
+    differing = sorted(line.split(": ")[1] for line in result.stdout.splitlines() if line.startswith("differs: "))
+    assert differing == sorted(f"{spec.attention_prefix(i)}{kind}_scale" for i in range(len(spec.layers))
+                               for kind in ("q", "k", "v")), result.stdout
+    assert replay(directory, "reference").returncode == 0
+
+
+@pytest.mark.slow
+def test_the_static_suite_test_writes_a_reproducer_that_replays_its_failure(tmp_path):
+    """End to end: STATIC-1 fails for the name-decided mutant, the plugin writes the reproducer, and its replay.py
+    fails the same way (before, the directory lacked the input scales the test had added)."""
+    run = subprocess.run([sys.executable, "-m", "pytest", "conformance/test_static.py", "--rule=STATIC-1",
+                          "--impl=mutants.name_decided_static:NameDecidedStaticAdapter", "--hypothesis-seed=0",
+                          f"--loadspec-report={tmp_path / 'report'}", "-q", "-p", "no:warnings",
+                          "-p", "no:cacheprovider"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={"PYTHONPATH": str(ROOT / "tests"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 1, run.stdout + run.stderr
+    directory = tmp_path / "report" / "reproducers" / "test_static_config_loads_every_input_scale"
+    recorded = json.loads((directory / "case.json").read_text())["layouts"]["base"]
+    spec = CheckpointLayout.from_json(json.dumps(recorded)).spec
+    assert set(input_scale_names(spec)) <= set(_written(directory / "base"))
+    result = replay(directory, "mutants.name_decided_static:NameDecidedStaticAdapter")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "mutant-name-decided-static: error" in result.stdout and "reference: loaded" in result.stdout
