@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, Phase, settings
 from loadspec.conformance import drivers, selection
 from loadspec.conformance.adapter import CAPABILITIES
 from loadspec.conformance.adapters.reference import ReferenceAdapter
-from loadspec.conformance.report import RuleReport, TestResult
+from loadspec.conformance.report import MEASURED_PROPERTY, RuleReport, TestResult
 from loadspec.conformance.reproducers import write_reproducer
 from loadspec.conformance.rules import CONTRACT_VERSION, FAMILIES, RULES_BY_ID
 
@@ -320,7 +320,8 @@ class RuleReporter:
             message = str(report.longrepr[2])
         elif outcome != "pass":
             message = getattr(report, "wasxfail", "") or report.longreprtext
-        result = TestResult(report.nodeid, outcome, message, properties.get("loadspec_counterexample", ""))
+        result = TestResult(report.nodeid, outcome, message, properties.get("loadspec_counterexample", ""),
+                            properties.get(MEASURED_PROPERTY, ""))
         self.report.add(properties.get("loadspec_rules", []), result)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:

@@ -15,6 +15,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from loadspec.conformance.rules import CONTRACT_VERSION, RULES
 
@@ -30,6 +31,15 @@ def headline(message: str) -> str:
     return found.group(1) if found else message.strip().splitlines()[0] if message.strip() else ""
 
 
+MEASURED_PROPERTY = "loadspec_measured"
+"""A test's ``user_properties`` key for what it measured; the report shows it (``record_measured``)."""
+
+
+def record_measured(request: Any, line: str) -> None:
+    """Show ``line`` (what the test measured, e.g. perplexities) in the report's row for this test."""
+    request.node.user_properties.append((MEASURED_PROPERTY, line))
+
+
 @dataclass
 class TestResult:
     """One test's outcome as the report shows it."""
@@ -38,6 +48,7 @@ class TestResult:
     outcome: str  # pass | fail | skipped | xfail
     message: str = ""
     counterexample: str = ""
+    measured: str = ""  # what the test measured (E2E: perplexities, scales compared), shown in the report
 
 
 @dataclass
@@ -128,6 +139,11 @@ class RuleReport:
                                        if t.outcome != "pass" and t.message}))
             lines.append(f"| {rule.id} | {rule.level} | {rule.outcome} | {len(rule.tests)} | "
                          f"{detail.replace('|', '/')} |")
+        measured = [(rule, t) for rule in self.rules.values() for t in rule.tests if t.measured]
+        if measured:
+            lines += ["", "## Measured", "", "| Rule | Outcome | Test | Measured |", "|---|---|---|---|"]
+            lines += [f"| {rule.id} | {t.outcome} | `{t.nodeid.rpartition('::')[2]}` | {t.measured.replace('|', '/')} |"
+                      for rule, t in measured]
         failures = [(rule, t) for rule in self.rules.values() for t in rule.tests if t.outcome == "fail"]
         if failures:
             lines += ["", "## Failures", ""]

@@ -73,3 +73,16 @@ def test_diff_names_a_partial_report_and_reads_old_reports_without_the_field(tmp
     out = capsys.readouterr().out
     assert "SCALE-2 (MUST): pass -> not run" in out
     assert f"loadspec: {new} is a partial report: 1 of 2 rules did not run" in out and f"{old} is a partial" not in out
+
+
+def test_measured_lines_reach_the_markdown_and_json():
+    report = RuleReport({"name": "x"})
+    report.add(["E2E-1"], Result("conformance/test_e2e.py::test_a[ct]", "pass",
+                                 measured="ct on cpu: perplexity 8.1575"))
+    report.add(["E2E-2"], Result("conformance/test_e2e.py::test_b", "pass"))
+    markdown = report.as_markdown()
+    assert "## Measured" in markdown
+    assert "| E2E-1 | pass | `test_a[ct]` | ct on cpu: perplexity 8.1575 |" in markdown
+    assert "test_b" not in markdown.partition("## Measured")[2]
+    rules = {rule["id"]: rule for rule in report.as_json()["rules"]}
+    assert rules["E2E-1"]["tests"][0]["measured"] == "ct on cpu: perplexity 8.1575"

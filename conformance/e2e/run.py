@@ -118,6 +118,12 @@ class E2EResult:
                                        ("input", "input_scale"))}
         return ", ".join(f"{count} {kind}" for kind, count in counts.items())
 
+    def measured(self) -> str:
+        """One line for the report's E2E rows: what was measured on which checkpoint and device [E2E-1, E2E-2]."""
+        fresh = "" if self.fresh_perplexity is None else f", fresh load {self.fresh_perplexity:.4f}"
+        return (f"{self.label()} on {self.device}: perplexity after dummy load + reload {self.perplexity:.4f}{fresh}; "
+                f"scales compared with the file: {self.scales_compared}, {len(self.scale_differences)} differ")
+
     def label(self) -> str:
         if self.producer_id is None:
             return str(self.checkpoint)
