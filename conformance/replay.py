@@ -15,7 +15,7 @@ from loadspec.conformance.assertions import state_differences
 from loadspec.strategies.layouts import CheckpointLayout
 
 
-def _run(adapter, spec, directory: Path, roles: list[str]) -> dict | str:
+def _run(adapter, spec, directory: Path, roles: list[str]) -> dict | Exception:
     try:
         model = adapter.build_model(spec, device="cpu")
         adapter.first_load(model, directory / roles[0])
@@ -23,7 +23,11 @@ def _run(adapter, spec, directory: Path, roles: list[str]) -> dict | str:
             adapter.reload(model, directory / role)
         return adapter.export_kernel_state(model)
     except Exception as exc:  # noqa: BLE001 - reported, not handled
-        return f"{type(exc).__name__}: {exc}"
+        return exc
+
+
+def _outcome(result: dict | Exception) -> str:
+    return f"error {type(result).__name__}: {result}" if isinstance(result, Exception) else "loaded"
 
 
 def main(directory: Path, argv: list[str]) -> int:
@@ -41,10 +45,15 @@ def main(directory: Path, argv: list[str]) -> int:
     impl = selection.resolve(selection.chosen_name(args.impl))
     ref = selection.resolve("reference")
     got, expected = _run(impl, spec, directory, roles), _run(ref, spec, directory, roles)
-    print(f"{impl.name}: {'error ' + got if isinstance(got, str) else 'loaded'}")
-    print(f"reference: {'error ' + expected if isinstance(expected, str) else 'loaded'}")
-    if isinstance(got, str) or isinstance(expected, str):
-        return 1 if isinstance(got, str) != isinstance(expected, str) else 0
+    print(f"{impl.name}: {_outcome(got)}")
+    print(f"reference: {_outcome(expected)}")
+    if isinstance(got, Exception) or isinstance(expected, Exception):
+        if isinstance(got, Exception) != isinstance(expected, Exception):
+            return 1
+        if isinstance(expected, ValueError) and not isinstance(got, ValueError):  # a rejection is a ValueError
+            print(f"differs: the rejection: {type(got).__name__}, but should be a ValueError as the reference's")
+            return 1
+        return 0
     differing = state_differences(got, expected)
     for name, how in differing.items():
         print(f"differs: {name}: {how}")

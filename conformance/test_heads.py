@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -54,6 +55,12 @@ def _case(impl, request, data, *, required=HEAD_KINDS, optional=(), min_kv_heads
     return spec, layout, values
 
 
+def _record(request, values, phase: str, good, bad) -> None:
+    """Record a rejection case as replay rebuilds it: the bad layout first loaded, or reloaded over the good one."""
+    layouts = {"base": bad} if phase == "first_load" else {"base": good, "reload": bad}
+    record_case(request, Case(request.node.nodeid, values={"per_head": values, "phase": phase}, layouts=layouts))
+
+
 def _device_scales(state: dict[str, torch.Tensor], spec, index: int) -> dict[str, list[float]]:
     prefix = spec.attention_prefix(index)
     return {kind: state[f"{prefix}{kind}_scale"].float().reshape(-1).tolist() for kind in HEAD_KINDS}
@@ -103,9 +110,10 @@ def test_wrong_head_count_rejected_naming_the_weight(impl, request, data):
     index = data.draw(st.integers(0, len(spec.layers) - 1), label="layer")
     shape = data.draw(st.sampled_from(_bad_shapes(spec, kind)), label="bad shape")
     name = head_scale_name(spec, index, kind)
-    weights = [(n, torch.full(shape, 0.5, dtype=t.dtype) if n == name else t)
-               for n, t in head_checkpoint(layout, values["reload"])]
+    bad = replace(layout, head_scales=values["reload"], replaced=((name, shape, (0.5,) * math.prod(shape)),))
+    weights = bad.tensors()
     phase = data.draw(PHASES, label="phase")
+    _record(request, values, phase, replace(layout, head_scales=values["base"]), bad)
     model = (impl.build_model(spec, device=run_device()) if phase == "first_load"
              else built(impl, spec, head_checkpoint(layout, values["base"])))
     before = snapshot(impl.kernel_tensors(model), impl.host_mirrors(model))
@@ -187,15 +195,16 @@ def test_per_tensor_config_rejects_a_per_head_checkpoint(impl, request, data):
     index = data.draw(st.integers(0, len(spec.layers) - 1), label="layer")
     name = head_scale_name(spec, index, kind)
     per_tensor = {"k": 0.5, "v": 0.25, "q": 1.0}
-    weights = [(n, t) for n, t in layout.tensors()]
-    given_names = {n for n, _ in weights}
-    for i in range(len(spec.layers)):
-        for k in HEAD_KINDS:
-            if head_scale_name(spec, i, k) not in given_names:
-                weights.append((head_scale_name(spec, i, k), torch.tensor([per_tensor[k]])))
+    given_names = {n for n, _ in layout.tensors()}
+    good = replace(layout, replaced=tuple((head_scale_name(spec, i, k), (1,), (per_tensor[k],))
+                                          for i in range(len(spec.layers)) for k in HEAD_KINDS
+                                          if head_scale_name(spec, i, k) not in given_names))
     per_head = torch.tensor(values["reload"][index][kind]).reshape(-1, 1, 1)
-    bad = [(n, per_head if n == name else t) for n, t in weights]
+    bad_layout = replace(good, replaced=tuple((n, tuple(per_head.shape), values["reload"][index][kind]) if n == name
+                                              else (n, shape, v) for n, shape, v in good.replaced))
+    weights, bad = good.tensors(), bad_layout.tensors()
     phase = data.draw(PHASES, label="phase")
+    _record(request, values, phase, good, bad_layout)
     model = impl.build_model(spec, device=run_device()) if phase == "first_load" else built(impl, spec, weights)
     before = snapshot(impl.kernel_tensors(model), impl.host_mirrors(model))
     try:

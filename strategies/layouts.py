@@ -75,7 +75,9 @@ class CheckpointLayout:
     in bytes (``None``: one file); ``missing`` names checkpoint tensors left out;
     ``extra`` adds ``(name, shape)`` zero tensors no model parameter takes. ``head_scales`` (compressed-tensors
     only), when not empty, replaces every KV-cache scale with per-head ``(heads, 1, 1)`` tensors of those values
-    [HEADS-1]. A spec with static activations gets every FP8 projection's ``input_scale`` [STATIC-1], so the
+    [HEADS-1]. ``replaced`` sets ``(name, shape, values)`` tensors last: ``values`` shaped ``shape`` in the dtype of
+    the tensor they replace (float32 for a new name, appended), e.g. a per-head scale of the wrong shape [HEADS-2,
+    HEADS-6]. A spec with static activations gets every FP8 projection's ``input_scale`` [STATIC-1], so the
     layout alone rebuilds (and ``write`` puts on disk) the whole checkpoint a test loaded.
 
     .. code-block:: pycon
@@ -98,6 +100,7 @@ class CheckpointLayout:
     missing: tuple[str, ...] = ()
     extra: tuple[tuple[str, tuple[int, ...]], ...] = ()
     head_scales: HeadValues = field(default_factory=dict)
+    replaced: tuple[tuple[str, tuple[int, ...], tuple[float, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.producer not in PRODUCERS:
@@ -140,7 +143,11 @@ class CheckpointLayout:
         missing = set(self.missing)
         state = {name: tensor for name, tensor in self._base().items() if name not in missing}
         state.update((name, torch.zeros(shape)) for name, shape in self.extra)
-        return [(name, state[name]) for name in _ordered(list(state), self.order, self.order_seed)]
+        ordered = [(name, state[name]) for name in _ordered(list(state), self.order, self.order_seed)]
+        replaced = {name: torch.tensor(values, dtype=state[name].dtype if name in state else torch.float32
+                                       ).reshape(shape) for name, shape, values in self.replaced}
+        return ([(name, replaced.get(name, tensor)) for name, tensor in ordered]
+                + [(name, tensor) for name, tensor in replaced.items() if name not in state])
 
     @property
     def kv_scale_names(self) -> tuple[str, ...]:
@@ -213,7 +220,8 @@ class CheckpointLayout:
         order = f"{self.order}/{self.order_seed}" if self.order == "shuffled" else self.order
         shards = "1 file" if self.max_shard_size is None else f"shards<={self.max_shard_size}B"
         off = "".join([f" missing={len(self.missing)}" if self.missing else "",
-                       f" extra={len(self.extra)}" if self.extra else ""])
+                       f" extra={len(self.extra)}" if self.extra else "",
+                       "".join(f" {name}{list(shape)}" for name, shape, _ in self.replaced)])
         return (f"{spec.attention} L{len(spec.layers)} {spec.quant_method or 'unquantized'} kv={spec.kv_cache_dtype} "
                 f"{spec.params_dtype} | {self.producer} seed={self.seed} scales[{scales}] "
                 f"dtype={self.scale_dtype or 'producer'} {order} {shards}{off}")
@@ -229,6 +237,7 @@ class CheckpointLayout:
         raw["spec"] = ModelSpec.from_json(json.dumps(raw["spec"]))
         raw["missing"] = tuple(raw["missing"])
         raw["extra"] = tuple((name, tuple(shape)) for name, shape in raw["extra"])
+        raw["replaced"] = tuple((name, tuple(shape), tuple(values)) for name, shape, values in raw.get("replaced", ()))
         raw["head_scales"] = {int(index): {kind: tuple(heads) for kind, heads in kinds.items()}
                               for index, kinds in raw.get("head_scales", {}).items()}
         return cls(**raw)

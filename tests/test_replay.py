@@ -163,3 +163,24 @@ def test_the_static_suite_test_writes_a_reproducer_that_replays_its_failure(tmp_
     result = replay(directory, "mutants.name_decided_static:NameDecidedStaticAdapter")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "mutant-name-decided-static: error" in result.stdout and "reference: loaded" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_rejected_per_head_case_replays_its_acceptance(tmp_path):
+    """A HEADS-2 case replaces one per-head scale by a wrong shape (``replaced``): the directory holds it, so the
+    reference's rejection and a broadcasting loader's acceptance both replay (the bad tensor lived in the test)."""
+    spec = as_per_head(DEFAULT_SPEC)
+    counts = head_counts(spec)
+    values = {i: {kind: (0.5,) * counts[kind] for kind in ("q", "k", "v")} for i in range(len(spec.layers))}
+    name = head_scale_name(spec, 1, "k")
+    layout = CheckpointLayout(spec, producer="compressed-tensors", kv_scales={}, head_scales=values,
+                              replaced=((name, (1,), (0.75,)),))
+    directory = write_layouts(tmp_path / "case", Case(test="conformance/test_heads.py::t", layouts={"base": layout}))
+    assert _written(directory / "base")[name] == (1,)
+    case = json.loads((directory / "case.json").read_text())
+    assert CheckpointLayout.from_json(json.dumps(case["layouts"]["base"])) == layout
+    result = replay(directory, "mutants.broadcast_head_scale:BroadcastHeadScaleAdapter")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "mutant-broadcast-head-scale: loaded" in result.stdout
+    rejected = next(line for line in result.stdout.splitlines() if line.startswith("reference: "))
+    assert rejected.startswith("reference: error") and name in rejected and "(1,)" in rejected, result.stdout
