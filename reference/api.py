@@ -92,9 +92,10 @@ def reload(model: ReferenceModel, source: Weights | str | Path, *, transactional
     """Reload weights into a processed model layer by layer [RELOAD-1..12].
 
     Transactional by default: the whole input is validated before the first write and every layer
-    is committed or none [RELOAD-11]; the cost is one copy of the written layers' kernel tensors
-    (the input is held in memory while it is validated either way). ``transactional=False`` streams
-    as vLLM does: a failure leaves the layers processed before it with their new values.
+    is committed or none [RELOAD-11]; the cost is one copy of the kernel tensors of the layers it
+    processes (and of attention state), none for layout-preserving layers, whose writes are deferred to
+    the end (the input is held in memory while it is validated either way). ``transactional=False``
+    streams as vLLM does: a failure leaves the layers processed before it with their new values.
     """
     return reload_weights(model, weights_of(source), transactional=transactional)
 
