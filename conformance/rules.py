@@ -216,8 +216,9 @@ RULES: tuple[Rule, ...] = (
          "(commit 9fccfef4: <attention>.q_proj.q_scale, float32 (1,), amax / maxbound, passed to ModelOpt's "
          f"export_hf_checkpoint as extra_state_dict next to its k_proj.k_scale/v_proj.v_scale); {_BASE} get_cache_scale_mapper",
          "vLLM has no entry for it: the base mapper's catch-all (?<!\\.attn)\\.([qkv])_scale$ rewrites it to self_attn.q_proj.attn.q_scale, "
-         "the model's stacked entry to self_attn.qkv_proj.attn.q_scale (shard q), and AutoWeightsLoader raises ValueError "
-         "'There is no module or parameter named ...qkv_proj.attn' (the .q_scale ignore suffix is tested on the module prefix, not the name)."),
+         "the model's stacked entry to self_attn.qkv_proj.attn.q_scale (shard q), and AutoWeightsLoader hands attn.q_scale to "
+         "QKVParallelLinear.load_weights (vllm/model_executor/layers/linear.py), whose get_submodule('attn') raises "
+         "AttributeError 'QKVParallelLinear has no attribute `attn`' (seen running the suite against vLLM 0.33.0 on CPU)."),
     # ----------------------------------------------------------------- LOAD
     Rule("LOAD-1", MUST,
          "The default loader copies a one-element weight into a one-element parameter with copy_, whatever the two shapes.",

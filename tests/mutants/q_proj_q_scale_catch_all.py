@@ -2,8 +2,9 @@
 
 vLLM 0.33.0's base cache-scale mapper has no entry for ``.self_attn.q_proj.q_scale``: its catch-all
 ``(?<!\\.attn)\\.([qkv])_scale$`` rewrites it to ``self_attn.q_proj.attn.q_scale`` (then ``qkv_proj.attn.q_scale``
-after the model's stacked entry), a module no model has, so the load fails with "There is no module or parameter
-named ...". This mapper does the same: the NAMES-15 entry is replaced by the catch-all's result.
+after the model's stacked entry), a module no model has: ``QKVParallelLinear.load_weights`` raises AttributeError
+"QKVParallelLinear has no attribute `attn`". This mapper does the same: the NAMES-15 entry is replaced by the
+catch-all's result.
 """
 
 import re
