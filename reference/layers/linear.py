@@ -43,6 +43,33 @@ def quantize_fp8(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (values.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
 
 
+REQUANTIZE_CHUNK_ELEMENTS = 1 << 20
+"""Elements of the float32 temporary ``requantize_rows_`` works through at a time (4 MiB): processing a shard needs
+this much scratch memory, not four float32 copies of the shard."""
+
+
+def requantize_rows_(rows: torch.Tensor, scale: torch.Tensor, new_scale: torch.Tensor, *,
+                     chunk_elements: int | None = None) -> None:
+    """Re-quantize FP8 ``rows`` (dim 0 chunks) from ``scale`` to ``new_scale`` in place [LOAD-17, LOAD-20].
+
+    The bytes equal ``quantize_fp8(rows.float() * scale, new_scale)``: the same float32 multiply, divide and clamp,
+    done in place on one float32 chunk of at most ``chunk_elements`` (default ``REQUANTIZE_CHUNK_ELEMENTS``; at
+    least one row) at a time.
+    """
+    if rows.numel() == 0:
+        return
+    limit = REQUANTIZE_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
+    row_elements = rows[0].numel() if rows.dim() > 1 else 1
+    step = max(1, limit // max(row_elements, 1))
+    for start in range(0, rows.shape[0], step):
+        out = rows.narrow(0, start, min(step, rows.shape[0] - start))
+        chunk = out.float()
+        chunk.mul_(scale)
+        chunk.div_(new_scale)
+        chunk.clamp_(-FP8_MAX, FP8_MAX)
+        out.copy_(chunk)
+
+
 class ShardLoader:
     """Loads a fused parameter shard by shard along dim 0 [LOAD-1, LOAD-2]; a plain load fills it whole.
 
@@ -182,7 +209,8 @@ class Fp8LinearMethod:
 
     def process_weights_after_loading(self, layer: Linear) -> None:
         """Per-tensor: re-quantize every shard to the largest shard scale, dequantized in float32 and rounded once
-        [LOAD-17, LOAD-20]. Per-channel: store ``weight`` transposed.
+        [LOAD-17, LOAD-20], in place and in row chunks (``requantize_rows_``). Per-channel: store ``weight``
+        transposed.
 
         A static ``input_scale`` becomes the largest shard's, 0-d [STATIC-2], for per-tensor and per-channel
         weights alike: the fused shards read the same activation, so one scale must cover every shard's range
@@ -191,12 +219,11 @@ class Fp8LinearMethod:
         """
         weight, scale = layer.weight, layer.weight_scale
         if self.strategy == "tensor":
+            # in place over the loaded weight, one float32 chunk at a time: no second weight, no float32 shard
             max_scale = scale.max()
-            requantized = torch.empty_like(weight)
             for i, (offset, size) in enumerate(layer.fp8_shards.values()):
-                shard = weight.narrow(0, offset, size).float() * scale[i]
-                requantized.narrow(0, offset, size).copy_(quantize_fp8(shard, max_scale))
-            new_weight, new_scale = requantized, max_scale.reshape(())
+                requantize_rows_(weight.data.narrow(0, offset, size), scale[i], max_scale)
+            new_weight, new_scale = weight.data, max_scale.reshape(())
         else:
             new_weight, new_scale = weight.t().contiguous(), scale
         del layer.weight, layer.weight_scale
