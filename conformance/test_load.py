@@ -32,7 +32,7 @@ from loadspec.conformance.drivers import (
 from loadspec.conformance.oracle import Twin, assert_mirrors_match_scales
 from loadspec.conformance.reproducers import Case, record_case
 from loadspec.reference.spec import ModelSpec, uniform_layers
-from loadspec.strategies.layouts import CheckpointLayout, checkpoint_layouts
+from loadspec.strategies.layouts import CheckpointLayout
 
 
 def tree() -> torch.nn.Module:
@@ -130,7 +130,7 @@ def test_rejected_load_leaves_the_tree_unchanged(impl, bad):
 def test_rejected_reload_leaves_the_model_unchanged(impl, request, data):
     spec = data.draw(graphs_for(impl), label="graph")
     base = data.draw(layouts_for(spec), label="base checkpoint")
-    bad = data.draw(checkpoint_layouts(spec, allow_extra=True).filter(lambda layout: layout.extra),
+    bad = data.draw(layouts_for(spec, allow_extra=True).filter(lambda layout: layout.extra),
                     label="reload checkpoint with an unknown tensor")
     record_case(request, Case(request.node.nodeid, layouts={"base": base, "reload": bad}))
     model = built(impl, spec, base.tensors())
@@ -151,7 +151,7 @@ def test_rejected_reload_leaves_the_model_unchanged(impl, request, data):
 @given(data=st.data())
 def test_first_load_with_missing_weights_rejected(impl, request, data):
     spec = data.draw(graphs_for(impl), label="graph")
-    layout = data.draw(checkpoint_layouts(spec, allow_missing=True).filter(
+    layout = data.draw(layouts_for(spec, allow_missing=True).filter(
         lambda layout: any(not name.endswith("_scale") for name in layout.missing)), label="checkpoint")
     record_case(request, Case(request.node.nodeid, layouts={"base": layout}))
     missing = next(name for name in layout.missing if not name.endswith("_scale"))
