@@ -27,8 +27,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from loadspec.conformance import selection
+from loadspec.conformance.check import check
 from loadspec.conformance.e2e.cache import cache_root
+from loadspec.conformance.e2e.checkpoints import CheckpointError
 from loadspec.conformance.e2e.quantizer import DEFAULT_CALIBRATION_TEXT
+from loadspec.conformance.e2e.run import run_reload
 from loadspec.conformance.e2e.smollm import checkpoint_dir
 from loadspec.reference.checkpoint import open_checkpoint, read_config
 
@@ -82,10 +86,6 @@ def manifest(path: Path) -> dict[str, Any]:
 
 def _e2e_lines(path: Path, impl: str) -> list[str]:
     """The E2E reload of ``path`` through adapter ``impl``: perplexities and the scales compared, or why not."""
-    from loadspec.conformance import selection
-    from loadspec.conformance.e2e.checkpoints import CheckpointError
-    from loadspec.conformance.e2e.run import run_reload
-
     try:
         result = run_reload(selection.resolve(impl), path)
     except CheckpointError as exc:
@@ -104,8 +104,6 @@ def _e2e_lines(path: Path, impl: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Produce (unless ``--no-produce``), record, check and run E2E for every recipe; write the report."""
-    from loadspec.conformance.check import check
-
     parser = argparse.ArgumentParser(prog="python -m loadspec.conformance.e2e.real_tools", description=__doc__)
     parser.add_argument("--producer-python", default=str(REPO / ".venv-producers" / "bin" / "python"))
     parser.add_argument("--no-produce", action="store_true", help="reuse the checkpoints already in the cache")
