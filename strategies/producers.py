@@ -147,11 +147,16 @@ def quantization_config(producer_id: str, *, weight_strategy: str = "tensor",
         return {"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": "FP8",
                 "exclude_modules": list(ignored), "kv_cache_scheme": {"dynamic": False, "num_bits": 8, "type": "float"}}
     if method == "quark":
+        # Quark writes input_tensors for dynamic activations too (is_dynamic true), and each layer_quant_config entry
+        # repeats weight and input_tensors beside its output_tensors: vLLM's QuarkConfig._is_fp8_w8a8 treats a layer
+        # without an input_tensors dict as unquantized, and get_quant_method reads the entry's weight.
         fp8 = {"dtype": "fp8_e4m3", "qscheme": "per_tensor", "is_dynamic": False}
+        layer = {"weight": dict(fp8, qscheme=f"per_{weight_strategy}"),
+                 "input_tensors": dict(fp8, is_dynamic=not static), "output_tensors": None, "bias": None}
         return {"quant_method": "quark", "export": {"kv_cache_group": ["*k_proj", "*v_proj"], "pack_method": "reorder"},
-                "global_quant_config": {"weight": dict(fp8, qscheme=f"per_{weight_strategy}"), "output_tensors": None,
-                                        **({"input_tensors": dict(fp8)} if static else {})},
-                "layer_quant_config": {"*k_proj": {"output_tensors": fp8}, "*v_proj": {"output_tensors": fp8}},
+                "global_quant_config": layer,
+                "layer_quant_config": {"*k_proj": dict(layer, output_tensors=dict(fp8)),
+                                       "*v_proj": dict(layer, output_tensors=dict(fp8))},
                 "exclude": list(ignored)}
     return {"quant_method": "fp8", "activation_scheme": "static" if static else "dynamic", "kv_cache_scheme": "static",
             "weight_strategy": weight_strategy, "ignored_layers": list(ignored)}
