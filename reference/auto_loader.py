@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 import torch
@@ -60,25 +60,142 @@ def processing_owned(owner: torch.nn.Module, name: str) -> bool:
     return name in OUTPUT_BUFFER_NAMES and hasattr(owner, "quant_method") and hasattr(owner, "kv_cache_dtype")
 
 
+LOADABLE_CACHE_ATTR = "_loadspec_loadable"
+"""Attribute of a root module holding its ``_LoadableCache`` (a plain attribute, so a copy of the model carries a
+copy whose identities no longer match: every entry misses and is rebuilt)."""
+
+
+@dataclass(frozen=True)
+class _ModuleEntry:
+    """What one module at one path contributes: its qualified parameters, persistent buffers, output scales and
+    children's paths, valid while ``snapshot`` (the names and identities of its parameters, buffers and
+    submodules; with buffers, the non-persistent set and which buffers processing owns) still describes the
+    module. Holding the tensors and children keeps their ``id`` unique while the entry lives."""
+
+    module: torch.nn.Module
+    snapshot: tuple[object, ...]
+    params: tuple[tuple[str, torch.Tensor], ...]
+    buffers: tuple[tuple[str, torch.Tensor], ...]
+    owned: tuple[str, ...]
+    children: tuple[tuple[str, torch.nn.Module], ...]
+
+
+def _snapshot(module: torch.nn.Module, owned_by_processing: Callable[[torch.nn.Module, str], bool]
+              ) -> tuple[object, ...]:
+    params, buffers, children = module._parameters, module._buffers, module._modules
+    shape = (tuple(params), tuple(map(id, params.values())), tuple(children), tuple(map(id, children.values())))
+    if not buffers:
+        return shape
+    return (*shape, tuple(buffers), tuple(map(id, buffers.values())), tuple(module._non_persistent_buffers_set),
+            tuple(owned_by_processing(module, name) for name in buffers if name in OUTPUT_BUFFER_NAMES))
+
+
+def _build_entry(path: str, module: torch.nn.Module, snapshot: tuple[object, ...],
+                 owned_by_processing: Callable[[torch.nn.Module, str], bool]) -> _ModuleEntry:
+    dot = f"{path}." if path else ""
+    params = tuple((dot + name, p) for name, p in module._parameters.items() if p is not None)
+    seen: set[int] = set()
+    buffers: list[tuple[str, torch.Tensor]] = []
+    owned: list[str] = []
+    for name, buffer in module._buffers.items():
+        if buffer is None or id(buffer) in seen:
+            continue  # named_buffers(recurse=False) lists each tensor once
+        seen.add(id(buffer))
+        if owned_by_processing(module, name):
+            owned.append(dot + name)
+        elif name not in module._non_persistent_buffers_set:
+            buffers.append((dot + name, buffer))
+    children = tuple((dot + name, child) for name, child in module._modules.items() if child is not None)
+    return _ModuleEntry(module, snapshot, params, tuple(buffers), tuple(owned), children)
+
+
+class _LoadableCache:
+    """Per root module: each module's ``_ModuleEntry`` by path. A lookup walks the tree through the entries and
+    re-validates each against the module's current registrations, so any structural change (a parameter,
+    buffer or submodule registered, replaced or deleted; a buffer made non-persistent) rebuilds exactly the
+    entries it touched [LOAD-9, LOAD-15]: a stale entry is never served."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, _ModuleEntry] = {}
+        self.owned_by_processing: Callable[[torch.nn.Module, str], bool] | None = None
+        self.mapper_key: tuple[object, ...] | None = None
+        self.mapped: dict[str, tuple[str, ShardId | None] | None] = {}
+
+    def name_map(self, mapper: WeightsMapper) -> Callable[[str], tuple[str, ShardId | None] | None]:
+        """``mapper.map_name_with_shard``, memoized per checkpoint name while the model is planned with an equal
+        mapper [MAP-1..4]. Only for ``WeightsMapper`` itself (a pure function of its entries); a subclass is
+        called every time."""
+        if type(mapper) is not WeightsMapper:
+            return mapper.map_name_with_shard
+        # entries apply in order, so the key is order-sensitive (dict equality is not); read every call, so an
+        # entry changed in place is seen
+        key = tuple(tuple(getattr(mapper, stage.name).items()) for stage in fields(WeightsMapper))
+        if key != self.mapper_key:
+            self.mapper_key, self.mapped = key, {}
+        mapped = self.mapped
+
+        def map_name(source: str) -> tuple[str, ShardId | None] | None:
+            try:
+                return mapped[source]
+            except KeyError:
+                result = mapped[source] = mapper.map_name_with_shard(source)
+                return result
+
+        return map_name
+
+    def walk(self, root: torch.nn.Module) -> tuple[list[_ModuleEntry], list[_ModuleEntry]]:
+        """The entries of every path (as ``named_modules(remove_duplicate=False)``) and of each module's first
+        path (as ``named_modules()``), depth first in registration order."""
+        owned_by_processing = processing_owned  # looked up per call: a patched module function is honoured
+        if owned_by_processing is not self.owned_by_processing:
+            self.entries.clear()
+            self.owned_by_processing = owned_by_processing
+        entries = self.entries
+        every: list[_ModuleEntry] = []
+        first: list[_ModuleEntry] = []
+        visited: set[int] = set()
+        stack: list[tuple[str, torch.nn.Module]] = [("", root)]
+        while stack:
+            path, module = stack.pop()
+            snapshot = _snapshot(module, owned_by_processing)
+            entry = entries.get(path)
+            if entry is None or entry.module is not module or entry.snapshot != snapshot:
+                entry = entries[path] = _build_entry(path, module, snapshot, owned_by_processing)
+            every.append(entry)
+            if id(module) not in visited:
+                visited.add(id(module))
+                first.append(entry)
+            stack.extend(reversed(entry.children))
+        return every, first
+
+
+def _cache(module: torch.nn.Module) -> _LoadableCache:
+    cache = module.__dict__.get(LOADABLE_CACHE_ATTR)
+    if not isinstance(cache, _LoadableCache):
+        cache = _LoadableCache()
+        object.__setattr__(module, LOADABLE_CACHE_ATTR, cache)
+    return cache
+
+
 def loadable_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Parameters (tied ones under every name) and persistent buffers, by qualified name [LOAD-9].
 
     An attention layer's output scales (``_k_scale`` ...) are persistent buffers but not loadable [LOAD-15].
+    Each module's part is cached on ``module`` and re-validated against its registrations on every call.
     """
-    targets: dict[str, torch.Tensor] = dict(module.named_parameters(remove_duplicate=False))
-    for owner_name, owner in module.named_modules():
-        for name, buffer in owner.named_buffers(recurse=False):
-            if buffer is not None and name not in owner._non_persistent_buffers_set \
-                    and not processing_owned(owner, name):
-                targets[f"{owner_name}.{name}" if owner_name else name] = buffer
+    every, first = _cache(module).walk(module)
+    targets: dict[str, torch.Tensor] = {}
+    for entry in every:
+        targets.update(entry.params)
+    for entry in first:
+        targets.update(entry.buffers)
     return targets
 
 
 def output_buffer_names(module: torch.nn.Module) -> set[str]:
     """Qualified names of every attention output scale buffer under ``module`` [LOAD-15]."""
-    return {f"{owner_name}.{name}" if owner_name else name
-            for owner_name, owner in module.named_modules()
-            for name, _ in owner.named_buffers(recurse=False) if processing_owned(owner, name)}
+    _, first = _cache(module).walk(module)
+    return {name for entry in first for name in entry.owned}
 
 
 class AutoWeightsLoader:
@@ -100,7 +217,8 @@ class AutoWeightsLoader:
         return mapper | config.get_cache_scale_mapper() if config is not None else mapper
 
     def _skipped(self, name: str) -> bool:
-        return name.startswith(self.skip_prefixes) or any(s in name for s in self.skip_substrs)
+        return name.startswith(self.skip_prefixes) or bool(self.skip_substrs) and any(
+            s in name for s in self.skip_substrs)
 
     def _ignorable(self, name: str) -> bool:
         if KV_SCALE_NAME.search(name):
@@ -116,13 +234,14 @@ class AutoWeightsLoader:
         rejected naming both [LOAD-14]; an attention output buffer by name is rejected [LOAD-15].
         """
         mapper = self.effective_mapper(mapper)
+        map_name = _cache(self.module).name_map(mapper)
         targets = loadable_tensors(self.module)
-        owned = output_buffer_names(self.module)
+        owned: set[str] | None = None  # only a name that resolves to nothing needs them
         planned: list[PlannedLoad] = []
         seen: dict[tuple[str, ShardId | None], str] = {}
         per_param: dict[int, list[tuple[str, str, ShardId | None]]] = {}
         for source, tensor in weights:
-            mapped = mapper.map_name_with_shard(source)
+            mapped = map_name(source)
             if mapped is None:
                 continue  # dropped by the mapper [MAP-4]
             name, shard_id = mapped
@@ -130,6 +249,8 @@ class AutoWeightsLoader:
                 continue  # skip rules see mapped names [LOAD-5]
             param = targets.get(name)
             if param is None:
+                if owned is None:
+                    owned = output_buffer_names(self.module)
                 if name in owned:
                     raise NotLoadableError(
                         f"checkpoint weight {source!r} (-> {name!r}) addresses an attention output scale, which "

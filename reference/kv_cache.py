@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 import warnings
 
 import torch
@@ -50,6 +51,19 @@ def reset_default_scales(layer: torch.nn.Module) -> None:
     write_outputs(layer, {name: 1.0 for name in SCALE_NAMES})
 
 
+def as_float32(value: float) -> float:
+    """``value`` rounded to float32, as ``float(torch.tensor(value, dtype=torch.float32))`` (the C cast, round to
+    nearest even; out of float32's range: what torch gives, infinity), without creating a tensor."""
+    try:
+        rounded: float = _FLOAT32.unpack(_FLOAT32.pack(value))[0]
+    except OverflowError:
+        return float(torch.tensor(value, dtype=torch.float32))
+    return rounded
+
+
+_FLOAT32 = struct.Struct("f")
+
+
 def write_outputs(layer: torch.nn.Module, values: dict[str, OutputValue]) -> None:
     """Write resolved scales into the device buffers and all host mirrors, in place [KVPROC-11, KVPROC-13].
 
@@ -62,7 +76,7 @@ def write_outputs(layer: torch.nn.Module, values: dict[str, OutputValue]) -> Non
             value = float(value.max())
         else:
             getattr(layer, OUTPUT_BUFFERS[name]).fill_(value)
-        setattr(layer, FLOAT_MIRRORS[name], float(torch.tensor(value, dtype=torch.float32)))
+        setattr(layer, FLOAT_MIRRORS[name], as_float32(value))
         if name in CPU_MIRRORS:
             getattr(layer, CPU_MIRRORS[name]).fill_(value)
 

@@ -85,6 +85,7 @@ STAGING_ALIGN = 256
 _SHARD_CALL = ShardLoader.__call__
 _SCALE_LOADER = KVCacheScaleParameter.weight_loader
 _WHOLE = ("whole",)
+_UNSET = object()
 
 
 @dataclass(frozen=True)
@@ -267,8 +268,10 @@ def _keeps_layout(module: torch.nn.Module, templates: Mapping[str, TensorTemplat
     """Whether ``module`` can be written straight into its kernel tensors: its quant method (or the module) says
     processing keeps the layout, and every kernel tensor still has its template's class, shape and dtype (a
     recorded loader may need the class processing replaced)."""
-    method = getattr(module, "quant_method", None)
-    if not getattr(method, "preserves_layout", getattr(module, "preserves_layout", False)):
+    keeps = getattr(getattr(module, "quant_method", None), "preserves_layout", _UNSET)
+    if keeps is _UNSET:  # the module's own only when its quant method does not say (looked up lazily: a miss on a
+        keeps = getattr(module, "preserves_layout", False)  # Module raises inside __getattr__, which is slow)
+    if not keeps:
         return False
     return all(_matches(t, kernel.get(name)) for name, t in templates.items())
 

@@ -93,9 +93,19 @@ class ShardLoader:
         offset, size = self.shards[shard_id]
         return param.data.narrow(0, offset, size)
 
+    def _target_shape(self, param: torch.Tensor, shard_id: ShardId | None) -> torch.Size:
+        """``self._target(param, shard_id).shape`` without making the view (a validation runs once per tensor)."""
+        if shard_id is None:
+            return param.shape
+        region = self.shards.get(shard_id)
+        shape = param.shape
+        if region is None or not shape or region[0] < 0 or region[1] < 0 or sum(region) > shape[0]:
+            return self._target(param, shard_id).shape  # raises as the view does
+        return torch.Size((region[1], *shape[1:]))
+
     def weight_check(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
         """Validate a (shard) load without writing: shape, dtype and, for a scale, its values."""
-        target = self._target(param, shard_id)
+        target = self._target_shape(param, shard_id)
         check_dtype(param, loaded_weight)
         name = getattr(param, "loadspec_name", None)
         if self.scale:
@@ -106,10 +116,9 @@ class ShardLoader:
                     f"{getattr(param, 'loadspec_name', 'parameter')} shard {shard_id!r}: per-tensor scale "
                     f"expects one element, got shape {tuple(loaded_weight.shape)}")
             return
-        if loaded_weight.dim() == target.dim() + 1 and loaded_weight.shape[-1] == 1:
+        if loaded_weight.dim() == len(target) + 1 and loaded_weight.shape[-1] == 1:
             loaded_weight = loaded_weight.squeeze(-1)  # per-channel scales stored as (out, 1)
-        named = _Named(target, getattr(param, "loadspec_name", None), shard_id)
-        check_default(named, loaded_weight)
+        check_default(_Named(target, name, shard_id), loaded_weight)
 
     def __call__(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
         self.weight_check(param, loaded_weight, shard_id)
@@ -118,16 +127,20 @@ class ShardLoader:
 
 
 class _Named:
-    """A shape carrier naming the parameter (and shard) in error messages."""
+    """A shape carrier naming the parameter (and shard) in error messages (the name is built only for one)."""
 
-    def __init__(self, target: torch.Tensor, name: str | None, shard_id: ShardId | None) -> None:
-        self.shape = target.shape
-        self._numel = target.numel()
-        suffix = f" shard {shard_id!r}" if shard_id is not None else ""
-        self.loadspec_name = f"{name}{suffix}" if name else None
+    def __init__(self, shape: torch.Size, name: str | None, shard_id: ShardId | None) -> None:
+        self.shape = shape
+        self._name = name
+        self._shard_id = shard_id
+
+    @property
+    def loadspec_name(self) -> str | None:
+        suffix = f" shard {self._shard_id!r}" if self._shard_id is not None else ""
+        return f"{self._name}{suffix}" if self._name else None
 
     def numel(self) -> int:
-        return self._numel
+        return self.shape.numel()
 
 
 def _attach(param: torch.nn.Parameter, loader: ShardLoader) -> torch.nn.Parameter:
