@@ -91,23 +91,16 @@ def checkpoint_quantization_config(quant_method: str, *, ignored=(), activation_
     """The producer's ``quantization_config`` for ``quant_method`` (per-tensor FP8 weights, ``activation_scheme``
     activations [STATIC-1]).
 
-    The producer table's Quark config names the weights' scheme globally and the k/v outputs per
-    layer, and nothing else. A Quark FP8 export also writes ``layer_type_quant_config`` (empty when
-    no layer type is special), the activation scheme (``input_tensors``: dynamic per-tensor FP8 when
-    the checkpoint carries no ``input_scale``; a static config has them already) and, in each
-    per-layer entry, that layer's weight and input schemes. SGLang's ``QuarkConfig`` reads all three
-    (without the first, ``_find_matched_config`` raises ``TypeError: argument of type 'NoneType' is
-    not iterable``; without the others, "No quark compatible scheme was found"), so they are added here.
+    The producer table's Quark config (``strategies/producers.py``) writes the global and per-layer
+    weight, input and output schemes as a Quark FP8 export does, but not ``layer_type_quant_config``,
+    which an export writes empty when no layer type is special and SGLang's ``QuarkConfig`` reads
+    (without it ``_find_matched_config`` raises ``TypeError: argument of type 'NoneType' is not
+    iterable``), so that one is added here.
     """
     config = quantization_config(PRODUCER_OF[quant_method], weight_strategy="tensor", ignored=tuple(ignored),
                                  activation_scheme=activation_scheme)
     if quant_method == "quark":
         config.setdefault("layer_type_quant_config", {})
-        glob = config["global_quant_config"]
-        glob.setdefault("input_tensors", {**glob["weight"], "is_dynamic": True})
-        for entry in config["layer_quant_config"].values():
-            entry.setdefault("weight", glob["weight"])
-            entry.setdefault("input_tensors", glob["input_tensors"])
     return config
 
 
