@@ -60,71 +60,75 @@ def processing_owned(owner: torch.nn.Module, name: str) -> bool:
     return name in OUTPUT_BUFFER_NAMES and hasattr(owner, "quant_method") and hasattr(owner, "kv_cache_dtype")
 
 
-LOADABLE_CACHE_ATTR = "_loadspec_loadable"
-"""Attribute of a root module holding its ``_LoadableCache`` (a plain attribute, so a copy of the model carries a
-copy whose identities no longer match: every entry misses and is rebuilt)."""
+def _walk(root: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """One pass over the module tree by its ``_modules`` dicts: the loadable tensors by qualified name and the
+    attention output scale names [LOAD-9, LOAD-15].
 
-
-@dataclass(frozen=True)
-class _ModuleEntry:
-    """What one module at one path contributes: its qualified parameters, persistent buffers, output scales and
-    children's paths, valid while ``snapshot`` (the names and identities of its parameters, buffers and
-    submodules; with buffers, the non-persistent set and which buffers processing owns) still describes the
-    module. Holding the tensors and children keeps their ``id`` unique while the entry lives."""
-
-    module: torch.nn.Module
-    snapshot: tuple[object, ...]
-    params: tuple[tuple[str, torch.Tensor], ...]
-    buffers: tuple[tuple[str, torch.Tensor], ...]
-    owned: tuple[str, ...]
-    children: tuple[tuple[str, torch.nn.Module], ...]
-
-
-def _snapshot(module: torch.nn.Module, owned_by_processing: Callable[[torch.nn.Module, str], bool]
-              ) -> tuple[object, ...]:
-    params, buffers, children = module._parameters, module._buffers, module._modules
-    shape = (tuple(params), tuple(map(id, params.values())), tuple(children), tuple(map(id, children.values())))
-    if not buffers:
-        return shape
-    return (*shape, tuple(buffers), tuple(map(id, buffers.values())), tuple(module._non_persistent_buffers_set),
-            tuple(owned_by_processing(module, name) for name in buffers if name in OUTPUT_BUFFER_NAMES))
-
-
-def _build_entry(path: str, module: torch.nn.Module, snapshot: tuple[object, ...],
-                 owned_by_processing: Callable[[torch.nn.Module, str], bool]) -> _ModuleEntry:
-    dot = f"{path}." if path else ""
-    params = tuple((dot + name, p) for name, p in module._parameters.items() if p is not None)
-    seen: set[int] = set()
+    Parameters are listed under every path (``named_parameters(remove_duplicate=False)``), then the persistent
+    buffers of each module under its first path (``named_modules()``, each tensor once per module); the result
+    equals those walks, which cost about twice as much. Nothing is cached: the current registrations are read
+    every call, so no structural change can leave a stale entry, and no replaced tensor is kept alive.
+    """
+    owned_by_processing = processing_owned  # looked up per call: a patched module function is honoured
+    targets: dict[str, torch.Tensor] = {}
     buffers: list[tuple[str, torch.Tensor]] = []
     owned: list[str] = []
-    for name, buffer in module._buffers.items():
-        if buffer is None or id(buffer) in seen:
-            continue  # named_buffers(recurse=False) lists each tensor once
-        seen.add(id(buffer))
-        if owned_by_processing(module, name):
-            owned.append(dot + name)
-        elif name not in module._non_persistent_buffers_set:
-            buffers.append((dot + name, buffer))
-    children = tuple((dot + name, child) for name, child in module._modules.items() if child is not None)
-    return _ModuleEntry(module, snapshot, params, tuple(buffers), tuple(owned), children)
+    visited: set[int] = set()
+    stack: list[tuple[str, torch.nn.Module]] = [("", root)]
+    while stack:
+        path, module = stack.pop()
+        dot = f"{path}." if path else ""
+        for name, param in module._parameters.items():
+            if param is not None:
+                targets[dot + name] = param
+        if id(module) not in visited:
+            visited.add(id(module))
+            if module._buffers:
+                seen: set[int] = set()
+                non_persistent = module._non_persistent_buffers_set
+                for name, buffer in module._buffers.items():
+                    if buffer is None or id(buffer) in seen:
+                        continue
+                    seen.add(id(buffer))
+                    if owned_by_processing(module, name):
+                        owned.append(dot + name)
+                    elif name not in non_persistent:
+                        buffers.append((dot + name, buffer))
+        children = module._modules
+        if children:
+            stack.extend(reversed([(dot + name, child) for name, child in children.items() if child is not None]))
+    targets.update(buffers)
+    return targets, owned
 
 
-class _LoadableCache:
-    """Per root module: each module's ``_ModuleEntry`` by path. A lookup walks the tree through the entries and
-    re-validates each against the module's current registrations, so any structural change (a parameter,
-    buffer or submodule registered, replaced or deleted; a buffer made non-persistent) rebuilds exactly the
-    entries it touched [LOAD-9, LOAD-15]: a stale entry is never served."""
+def loadable_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters (tied ones under every name) and persistent buffers, by qualified name [LOAD-9].
+
+    An attention layer's output scales (``_k_scale`` ...) are persistent buffers but not loadable [LOAD-15].
+    """
+    return _walk(module)[0]
+
+
+def output_buffer_names(module: torch.nn.Module) -> set[str]:
+    """Qualified names of every attention output scale buffer under ``module`` [LOAD-15]."""
+    return set(_walk(module)[1])
+
+
+MAPPED_NAMES_ATTR = "_loadspec_mapped_names"
+"""Attribute of a planned module holding its ``_NameMemo`` (names only: no tensor, so nothing is kept alive)."""
+
+
+class _NameMemo:
+    """``WeightsMapper.map_name_with_shard`` results per checkpoint name, for one mapper's entries [MAP-1..4]."""
 
     def __init__(self) -> None:
-        self.entries: dict[str, _ModuleEntry] = {}
-        self.owned_by_processing: Callable[[torch.nn.Module, str], bool] | None = None
         self.mapper_key: tuple[object, ...] | None = None
         self.mapped: dict[str, tuple[str, ShardId | None] | None] = {}
 
     def name_map(self, mapper: WeightsMapper) -> Callable[[str], tuple[str, ShardId | None] | None]:
-        """``mapper.map_name_with_shard``, memoized per checkpoint name while the model is planned with an equal
-        mapper [MAP-1..4]. Only for ``WeightsMapper`` itself (a pure function of its entries); a subclass is
-        called every time."""
+        """``mapper.map_name_with_shard``, memoized per checkpoint name while the model is planned with the same
+        entries. Only for ``WeightsMapper`` itself (a pure function of its entries); a subclass is called every
+        time."""
         if type(mapper) is not WeightsMapper:
             return mapper.map_name_with_shard
         # entries apply in order, so the key is order-sensitive (dict equality is not); read every call, so an
@@ -143,59 +147,13 @@ class _LoadableCache:
 
         return map_name
 
-    def walk(self, root: torch.nn.Module) -> tuple[list[_ModuleEntry], list[_ModuleEntry]]:
-        """The entries of every path (as ``named_modules(remove_duplicate=False)``) and of each module's first
-        path (as ``named_modules()``), depth first in registration order."""
-        owned_by_processing = processing_owned  # looked up per call: a patched module function is honoured
-        if owned_by_processing is not self.owned_by_processing:
-            self.entries.clear()
-            self.owned_by_processing = owned_by_processing
-        entries = self.entries
-        every: list[_ModuleEntry] = []
-        first: list[_ModuleEntry] = []
-        visited: set[int] = set()
-        stack: list[tuple[str, torch.nn.Module]] = [("", root)]
-        while stack:
-            path, module = stack.pop()
-            snapshot = _snapshot(module, owned_by_processing)
-            entry = entries.get(path)
-            if entry is None or entry.module is not module or entry.snapshot != snapshot:
-                entry = entries[path] = _build_entry(path, module, snapshot, owned_by_processing)
-            every.append(entry)
-            if id(module) not in visited:
-                visited.add(id(module))
-                first.append(entry)
-            stack.extend(reversed(entry.children))
-        return every, first
 
-
-def _cache(module: torch.nn.Module) -> _LoadableCache:
-    cache = module.__dict__.get(LOADABLE_CACHE_ATTR)
-    if not isinstance(cache, _LoadableCache):
-        cache = _LoadableCache()
-        object.__setattr__(module, LOADABLE_CACHE_ATTR, cache)
-    return cache
-
-
-def loadable_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters (tied ones under every name) and persistent buffers, by qualified name [LOAD-9].
-
-    An attention layer's output scales (``_k_scale`` ...) are persistent buffers but not loadable [LOAD-15].
-    Each module's part is cached on ``module`` and re-validated against its registrations on every call.
-    """
-    every, first = _cache(module).walk(module)
-    targets: dict[str, torch.Tensor] = {}
-    for entry in every:
-        targets.update(entry.params)
-    for entry in first:
-        targets.update(entry.buffers)
-    return targets
-
-
-def output_buffer_names(module: torch.nn.Module) -> set[str]:
-    """Qualified names of every attention output scale buffer under ``module`` [LOAD-15]."""
-    _, first = _cache(module).walk(module)
-    return {name for entry in first for name in entry.owned}
+def _name_memo(module: torch.nn.Module) -> _NameMemo:
+    memo = module.__dict__.get(MAPPED_NAMES_ATTR)
+    if not isinstance(memo, _NameMemo):
+        memo = _NameMemo()
+        object.__setattr__(module, MAPPED_NAMES_ATTR, memo)
+    return memo
 
 
 class AutoWeightsLoader:
@@ -234,7 +192,7 @@ class AutoWeightsLoader:
         rejected naming both [LOAD-14]; an attention output buffer by name is rejected [LOAD-15].
         """
         mapper = self.effective_mapper(mapper)
-        map_name = _cache(self.module).name_map(mapper)
+        map_name = _name_memo(self.module).name_map(mapper)
         targets = loadable_tensors(self.module)
         owned: set[str] | None = None  # only a name that resolves to nothing needs them
         planned: list[PlannedLoad] = []

@@ -1,7 +1,10 @@
-"""LOAD-9, LOAD-15, reference internals: ``loadable_tensors`` / ``output_buffer_names`` cache each module's part on
-the model (issue 12) and must never serve a stale entry. Each test changes the model's structure between two
-calls and compares with the definition, torch's own walks (``named_parameters(remove_duplicate=False)`` and each
-module's persistent ``named_buffers``), and checks what a load then writes.
+"""LOAD-9, LOAD-15, reference internals: ``loadable_tensors`` / ``output_buffer_names`` walk the module tree by its
+``_modules`` dicts in one pass (issue 12) instead of torch's ``named_*`` walks, and ``plan`` memoizes the mapper per
+checkpoint name on the model. Each test changes the model's structure between two calls and compares with the
+definition, torch's own walks (``named_parameters(remove_duplicate=False)`` and each module's persistent
+``named_buffers``), checks what a load then writes, and that nothing the model dropped is kept alive (a cache of
+the tensors themselves, tried first, kept a first load's checkpoint-format weights alive after processing
+replaced them).
 """
 
 from __future__ import annotations
@@ -127,3 +130,35 @@ def test_a_reference_model_through_a_reload_session():
     assert_current(model)  # meta templates registered
     session.abort()
     assert_current(model)
+
+
+def test_replaced_tensors_are_not_kept_alive():
+    """After a first load, processing replaces the checkpoint-format FP8 weights (per channel: transposed copies);
+    planning must not keep the replaced ones alive."""
+    import gc
+    import weakref
+
+    from loadspec.conformance.benchmarks import harness
+    from loadspec.reference.layers.linear import Linear
+
+    spec = harness.llama_spec(harness.SIZES["quick"].throughput, "fp8_per_channel")
+    model = api.build(spec)
+    replaced = [weakref.ref(module.weight) for module in model.modules() if isinstance(module, Linear)]
+    api.first_load(model, harness.checkpoint(spec, "cpu"))
+    gc.collect()
+    alive = sum(ref() is not None for ref in replaced)
+    assert_equal("checkpoint-format weights alive after the first load", alive, 0, rule="LOAD-9")
+
+
+def test_mapper_memo_follows_the_entries_in_order():
+    """Two mappers with the same entries in another order map differently; the memo must not confuse them."""
+    from loadspec.reference.mapper import WeightsMapper
+
+    net = Net()
+    first = WeightsMapper(substr={"x.": "a.", "a.proj": "b.proj"})
+    second = WeightsMapper(substr={"a.proj": "b.proj", "x.": "a."})
+    assert first == second  # dict equality ignores the order the entries apply in
+    loader = AutoWeightsLoader(net)
+    one = [load.name for load in loader.plan([("x.proj.bias", torch.zeros(2))], mapper=first)]
+    two = [load.name for load in loader.plan([("x.proj.bias", torch.zeros(2))], mapper=second)]
+    assert_equal("names with the entries in order", (one, two), (["b.proj.bias"], ["a.proj.bias"]), rule="MAP-1")
