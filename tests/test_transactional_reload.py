@@ -379,8 +379,18 @@ BF16_LINEARS = DEFAULT_SPEC.with_(params_dtype="bfloat16", layers=(
     LayerSpec(), LayerSpec(qkv_quant="fp8_per_tensor")))  # layout-preserving linears beside processed ones
 
 
+@pytest.fixture
+def default_sigint():
+    """SIGINT raises KeyboardInterrupt during the test, even where the runner ignores it (a background job)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("spec", [pytest.param(BF16_LINEARS, id="preserving+fp8"), *SPECS])
-def test_sigint_at_any_write_commits_every_layer_or_none(spec, monkeypatch, model_state):
+def test_sigint_at_any_write_commits_every_layer_or_none(spec, monkeypatch, model_state, default_sigint):
     """A real SIGINT before the deferred writes of the layout-preserving layers rolls back; one during them is
     held until they are all written: either way the model is the old state or the new one, never a mix."""
     import importlib
