@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from loadspec.conformance.adapters.reference import loadspec_version
+from loadspec.conformance.benchmarks import interleaved
 from loadspec.conformance.benchmarks.harness import GIB, MIB, Result, device_description
 
 
@@ -253,8 +254,6 @@ def main(argv: list[str] | None = None) -> int:
     mixed.add_argument("--out", type=Path, default=None, help="write interleaved.json/.md here")
     args = parser.parse_args(argv)
     if args.command == "interleaved":
-        from loadspec.conformance.benchmarks import interleaved
-
         document = interleaved.measure(args.impl, args.size, args.rounds)
         print(interleaved.markdown(document), end="")
         for path in interleaved.write(document, args.out) if args.out else ():
