@@ -239,9 +239,14 @@ class Fp8LinearMethod:
             new_weight, new_scale = weight.data, max_scale.reshape(())
         else:
             new_weight, new_scale = weight.t().contiguous(), scale
+        self.install_processed(layer, new_weight, new_scale)
+
+    def install_processed(self, layer: Linear, weight: torch.Tensor, weight_scale: torch.Tensor) -> None:
+        """Register the processed kernel ``weight`` and ``weight_scale`` in place of the loaded ones, and a static
+        ``input_scale`` as the largest shard's, 0-d [STATIC-2]."""
         del layer.weight, layer.weight_scale
-        layer.register_parameter("weight", torch.nn.Parameter(new_weight, requires_grad=False))
-        layer.register_parameter("weight_scale", torch.nn.Parameter(new_scale.clone(), requires_grad=False))
+        layer.register_parameter("weight", torch.nn.Parameter(weight, requires_grad=False))
+        layer.register_parameter("weight_scale", torch.nn.Parameter(weight_scale.clone(), requires_grad=False))
         if self.static_input:
             input_scale = layer.input_scale.max().reshape(())
             del layer.input_scale

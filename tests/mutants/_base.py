@@ -14,6 +14,7 @@ from loadspec.reference.cache_scale_mappers import CACHE_SCALE_MAPPER
 from loadspec.reference.mapper import WeightsMapper
 from loadspec.reference.quant_config import QuantConfig
 from loadspec.reference.reload import ReloadSession
+from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS
 
 
 class SessionMutant(ReferenceAdapter):
@@ -108,3 +109,19 @@ class CacheScaleMapperMutant(ReferenceAdapter):
         if model.quant_config is not None:
             model.quant_config = MappedConfig(model.quant_config.quant_method, self.mapper_for)
         return model
+
+
+def saved_mirrors(module, *, floats: bool = True) -> tuple[dict, dict]:
+    """An attention ``module``'s host mirrors as they are now: the float ones (unless ``floats=False``) and copies
+    of the CPU-tensor ones; ``restore_mirrors`` puts them back (the mutants that leave mirrors stale)."""
+    return ({m: getattr(module, m) for m in FLOAT_MIRRORS.values()} if floats else {},
+            {m: getattr(module, m).clone() for m in CPU_MIRRORS.values()})
+
+
+def restore_mirrors(module, saved: tuple[dict, dict]) -> None:
+    """Put back the host mirrors ``saved_mirrors`` took."""
+    floats, cpu = saved
+    for mirror, value in floats.items():
+        setattr(module, mirror, value)
+    for mirror, value in cpu.items():
+        getattr(module, mirror).copy_(value)

@@ -4,21 +4,16 @@ reading host floats run with 1.0; the mirror hazard of ai-dynamo/modelexpress#71
 
 from loadspec.conformance.adapters.reference import ReferenceAdapter
 from loadspec.reference.layers.attention import AttentionLayerBase
-from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS
+from mutants._base import restore_mirrors, saved_mirrors
 
 
 def _mirrors(model):
-    return {module: ({m: getattr(module, m) for m in FLOAT_MIRRORS.values()},
-                     {m: getattr(module, m).clone() for m in CPU_MIRRORS.values()})
-            for module in model.modules() if isinstance(module, AttentionLayerBase)}
+    return {module: saved_mirrors(module) for module in model.modules() if isinstance(module, AttentionLayerBase)}
 
 
 def _put_back(saved) -> None:
-    for module, (floats, cpu) in saved.items():
-        for mirror, value in floats.items():
-            setattr(module, mirror, value)
-        for mirror, value in cpu.items():
-            getattr(module, mirror).copy_(value)
+    for module, mirrors in saved.items():
+        restore_mirrors(module, mirrors)
 
 
 class FirstLoadStaleMirrorsAdapter(ReferenceAdapter):

@@ -3,16 +3,14 @@ _k_scale_cpu/_v_scale_cpu, which keep the first load's values (a refit that upda
 the others: ai-dynamo/modelexpress#711 lists both kinds; first loads are correct)."""
 
 from loadspec.reference.reload import ReloadSession
-from loadspec.reference.vocabulary import CPU_MIRRORS
-from mutants._base import SessionMutant
+from mutants._base import SessionMutant, restore_mirrors, saved_mirrors
 
 
 class StaleCpuMirrorSession(ReloadSession):
     def _finish_attention(self, layer) -> None:
-        cpu = {mirror: getattr(layer.module, mirror).clone() for mirror in CPU_MIRRORS.values()}
+        saved = saved_mirrors(layer.module, floats=False)
         super()._finish_attention(layer)
-        for mirror, value in cpu.items():
-            getattr(layer.module, mirror).copy_(value)
+        restore_mirrors(layer.module, saved)
 
 
 class StaleCpuMirrorsAdapter(SessionMutant):

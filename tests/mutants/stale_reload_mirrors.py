@@ -6,20 +6,14 @@ the kernels that read host floats keep the first load's scales. First loads are 
 """
 
 from loadspec.reference.reload import ReloadSession
-from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS
-from mutants._base import SessionMutant
+from mutants._base import SessionMutant, restore_mirrors, saved_mirrors
 
 
 class StaleMirrorSession(ReloadSession):
     def _finish_attention(self, layer) -> None:
-        module = layer.module
-        floats = {mirror: getattr(module, mirror) for mirror in FLOAT_MIRRORS.values()}
-        cpu = {mirror: getattr(module, mirror).clone() for mirror in CPU_MIRRORS.values()}
+        saved = saved_mirrors(layer.module)
         super()._finish_attention(layer)
-        for mirror, value in floats.items():
-            setattr(module, mirror, value)
-        for mirror, value in cpu.items():
-            getattr(module, mirror).copy_(value)
+        restore_mirrors(layer.module, saved)
 
 
 class StaleReloadMirrorsAdapter(SessionMutant):

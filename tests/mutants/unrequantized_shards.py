@@ -2,7 +2,6 @@
 re-quantizing the other shards to it, so every shard but the largest-scale one is dequantized with the wrong scale.
 vLLM re-quantizes (requantize_with_max_scale); first load and reload share the bug, so only the oracle sees it."""
 
-import torch
 
 from loadspec.reference.layers.linear import Fp8LinearMethod
 from mutants._linear import LinearMethodMutant
@@ -13,13 +12,7 @@ class UnrequantizedMethod(Fp8LinearMethod):
         if self.strategy != "tensor":
             return super().process_weights_after_loading(layer)
         weight, scale = layer.weight.detach().clone(), layer.weight_scale.max().reshape(())
-        del layer.weight, layer.weight_scale
-        layer.register_parameter("weight", torch.nn.Parameter(weight, requires_grad=False))
-        layer.register_parameter("weight_scale", torch.nn.Parameter(scale.clone(), requires_grad=False))
-        if self.static_input:
-            input_scale = layer.input_scale.max().reshape(())
-            del layer.input_scale
-            layer.register_parameter("input_scale", torch.nn.Parameter(input_scale.clone(), requires_grad=False))
+        self.install_processed(layer, weight, scale)
 
 
 class UnrequantizedShardsAdapter(LinearMethodMutant):
