@@ -46,9 +46,15 @@ def assert_raises_value_error(what: str, call: Callable[[], object], rule: str, 
 
 
 def snapshot(tensors: dict[str, torch.Tensor], mirrors: dict[str, float] | None = None) -> dict[str, object]:
-    """Identity, data_ptr, dtype, shape and bytes of live tensors, plus host mirrors."""
-    state: dict[str, object] = {name: (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor_bytes(tensor))
-             for name, tensor in tensors.items()}
+    """Identity, data_ptr, dtype, shape and bytes of live tensors, plus host mirrors.
+
+    A ``meta`` tensor (no data: a reload left it unmaterialized) is recorded as ``"meta"`` in place of its
+    data_ptr, so ``assert_unchanged`` names it instead of crashing on copying it.
+    """
+    state: dict[str, object] = {
+        name: ("meta" if tensor.is_meta else tensor.data_ptr(), tensor.dtype, tuple(tensor.shape),
+               torch.empty(0, dtype=torch.uint8) if tensor.is_meta else tensor_bytes(tensor))
+        for name, tensor in tensors.items()}
     for name, value in (mirrors or {}).items():
         state[f"mirror:{name}"] = value
     return state
