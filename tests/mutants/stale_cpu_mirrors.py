@@ -2,15 +2,12 @@
 _k_scale_cpu/_v_scale_cpu, which keep the first load's values (a refit that updates some mirrors and misses
 the others: ai-dynamo/modelexpress#711 lists both kinds; first loads are correct)."""
 
-from loadspec.reference.reload import ReloadSession
-from mutants._base import SessionMutant, restore_mirrors, saved_mirrors
+from mutants._base import SessionMutant
+from mutants.stale_reload_mirrors import StaleMirrorSession
 
 
-class StaleCpuMirrorSession(ReloadSession):
-    def _finish_attention(self, layer) -> None:
-        saved = saved_mirrors(layer.module, floats=False)
-        super()._finish_attention(layer)
-        restore_mirrors(layer.module, saved)
+class StaleCpuMirrorSession(StaleMirrorSession):
+    floats = False
 
 
 class StaleCpuMirrorsAdapter(SessionMutant):

@@ -10,8 +10,10 @@ from mutants._base import SessionMutant, restore_mirrors, saved_mirrors
 
 
 class StaleMirrorSession(ReloadSession):
+    floats = True  # whether the float mirrors go stale too (False: only the CPU-tensor ones)
+
     def _finish_attention(self, layer) -> None:
-        saved = saved_mirrors(layer.module)
+        saved = saved_mirrors(layer.module, floats=self.floats)
         super()._finish_attention(layer)
         restore_mirrors(layer.module, saved)
 
