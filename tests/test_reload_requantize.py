@@ -88,3 +88,22 @@ def test_fused_linear_processing_equals_the_formula(seed, monkeypatch):
     assert_equal("processed weight bytes", layer.weight.view(torch.uint8).tolist(),
                  expected.view(torch.uint8).tolist(), rule="LOAD-20")
     assert_equal("processed weight_scale", float(layer.weight_scale), float(maximum), rule="LOAD-17")
+
+
+def test_the_default_chunk_follows_the_device(device, monkeypatch):
+    """With no ``chunk_elements``, a CPU tensor is worked through in ``REQUANTIZE_CHUNK_ELEMENTS`` and a CUDA one in
+    ``REQUANTIZE_CHUNK_ELEMENTS_CUDA`` elements at a time (counted through the float32 temporaries it makes); the
+    bytes are the formula's either way."""
+    monkeypatch.setattr("loadspec.reference.layers.linear.REQUANTIZE_CHUNK_ELEMENTS", 2 * 24)
+    monkeypatch.setattr("loadspec.reference.layers.linear.REQUANTIZE_CHUNK_ELEMENTS_CUDA", 5 * 24)
+    weight = random_fp8(20, 24, 3).to(device)
+    s, m = torch.tensor(0.25, device=device), torch.tensor(0.5, device=device)
+    chunks = []
+    real_float = torch.Tensor.float
+    monkeypatch.setattr(torch.Tensor, "float", lambda self: chunks.append(self.shape[0]) or real_float(self))
+    got = weight.clone()
+    requantize_rows_(got, s, m)
+    monkeypatch.undo()
+    assert_equal(f"rows per chunk on {device}", chunks, [5] * 4 if device == "cuda" else [2] * 10, rule="LOAD-20")
+    assert_equal("bytes", got.cpu().view(torch.uint8).tolist(),
+                 straightforward(weight, s, m).cpu().view(torch.uint8).tolist(), rule="LOAD-20")
