@@ -34,9 +34,12 @@ _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.differin
 for _name, _examples in PROFILES.items():
     settings.register_profile(_name, max_examples=_examples, deadline=None, print_blob=True,
                               suppress_health_check=_QUIET)
-# For the mutant meta-test: finding a failure is enough, shrinking it is not needed.
+# For the mutant meta-test and the engine reports: finding a failure is enough, shrinking it is not needed. Seeded
+# runs must draw what their seed says everywhere: a profile inherits the one loaded when it is registered, and
+# Hypothesis loads its "ci" profile (derandomize=True, which ignores --hypothesis-seed) wherever the environment has
+# CI set, so on a CI machine seeds 0, 1 and 2 were one and the same derandomized draw.
 settings.register_profile("loadspec-meta", max_examples=PROFILES["loadspec-ci"], deadline=None, database=None,
-                          phases=[Phase.explicit, Phase.generate], suppress_health_check=_QUIET)
+                          derandomize=False, phases=[Phase.explicit, Phase.generate], suppress_health_check=_QUIET)
 
 _ADAPTER = pytest.StashKey[object]()
 DEVICE_ENV_VAR = "LOADSPEC_DEVICE"

@@ -262,3 +262,35 @@ def test_the_default_profile_only_when_the_user_chose_none(pytester, conftest, a
     result = pytester.runpytest_subprocess("-p", "loadspec.conformance.plugin", "-s", *args)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"*{expected}*"])
+
+
+SEEDED_DRAW = """
+import os
+from hypothesis import given, strategies as st
+
+@given(st.integers(0, 2**62))
+def test_record(x):
+    with open(os.environ["LOADSPEC_TEST_DRAWS"], "a") as out:
+        out.write(f"{x}\\n")
+"""
+
+
+@slow
+def test_the_meta_profile_honours_the_seed_where_ci_is_set(pytester, monkeypatch, tmp_path):
+    """Hypothesis loads its derandomizing "ci" profile wherever CI is set; loadspec-meta, which the mutant meta-test
+    and the engine reports run seeded, must still draw what each --hypothesis-seed says (it once inherited
+    derandomize=True: seeds 0, 1 and 2 were one draw on CI, and a mutant survived all three)."""
+    monkeypatch.setenv("CI", "true")
+    draws = {}
+    for seed in (0, 1, 0):
+        path = tmp_path / f"draws-{len(draws)}.txt"
+        monkeypatch.setenv("LOADSPEC_TEST_DRAWS", str(path))
+        pytester.makepyfile(test_seeded=SEEDED_DRAW)
+        result = pytester.runpytest_subprocess("-p", "loadspec.conformance.plugin", "--impl=reference",
+                                               "--hypothesis-profile=loadspec-meta", f"--hypothesis-seed={seed}",
+                                               "--loadspec-report=none", "-q")
+        result.assert_outcomes(passed=1)
+        draws[len(draws)] = (seed, path.read_text().split())
+    (seed_a, first), (seed_b, second), (_, again) = draws.values()
+    assert first != second, f"seeds {seed_a} and {seed_b} drew the same examples under CI=true"
+    assert first == again, "the same seed drew different examples under CI=true"
