@@ -14,9 +14,17 @@ from loadspec.conformance.drivers import (
     built,
     close_quietly,
     draw_case,
+    graphs_for,
     heavy,
+    layouts_for,
+    must_kv_scales,
+    must_producers,
     owners,
 )
+from loadspec.conformance.reproducers import Case, record_case
+from loadspec.reference.vocabulary import SCALE_KINDS
+from loadspec.strategies.layouts import checkpoint_layouts
+from loadspec.strategies.producers import PRODUCERS
 
 pytestmark = pytest.mark.requires("model", "processing_order")
 
@@ -47,14 +55,40 @@ def assert_attention_last(what: str, order: list[str], spec, rule: str) -> None:
         fail(f"{what} processing order", order, "each layer once", "ORDER-2")
 
 
+def naming_every_scale(spec) -> tuple[str, ...]:
+    """The MUST producers of ``spec`` that name all four KV-cache scale kinds: only with all four delivered is an
+    attention layer complete before ``finish``, so only then can processing it early show [ORDER-1]."""
+    return tuple(p for p in must_producers(spec)
+                 if all(PRODUCERS[p].scale_name(spec.attention_prefix(0), kind) for kind in SCALE_KINDS))
+
+
+def attention_scales_first(ref, spec, weights) -> list:
+    """``weights`` with every tensor an attention layer owns (its KV-cache scales, in the oracle's mapping) moved to
+    the front, each group in its drawn order: a loader that processes an attention layer as soon as it is complete
+    would process it first."""
+    attention = attention_modules(spec)
+    first = [owner in attention for owner in owners(ref, spec, weights)]
+    return [w for w, f in zip(weights, first, strict=True) if f] + [w for w, f in zip(weights, first, strict=True)
+                                                                    if not f]
+
+
 @pytest.mark.rule("ORDER-1", "ORDER-2")
 @heavy()
 @given(data=st.data())
 def test_reload_processes_attention_last_each_layer_once(impl, ref, request, data):
-    spec, layouts = draw_case(impl, request, data, "base", "reload")
+    """A reload delivering every attention layer's tensors first (all four KV-cache scale kinds where a MUST
+    producer of the graph names them) still processes attention after every other layer, each layer once
+    [ORDER-1, ORDER-2]."""
+    spec = data.draw(graphs_for(impl), label="graph")
+    complete = naming_every_scale(spec)  # none (e.g. ModelOpt's names): attention completes only at finish
+    reload_layouts = (checkpoint_layouts(spec, producers=complete, kv_scales=must_kv_scales(
+        spec.params_dtype, required=SCALE_KINDS)) if complete else layouts_for(spec))
+    layouts = {"base": data.draw(layouts_for(spec), label="base checkpoint"),
+               "reload": data.draw(reload_layouts, label="reload checkpoint")}
+    record_case(request, Case(request.node.nodeid, layouts=layouts))
     model = built(impl, spec, layouts["base"].tensors())
     processing = set(impl.processing_order(model))  # what the engine processes at all (a norm may have nothing)
-    weights = layouts["reload"].tensors()
+    weights = attention_scales_first(ref, spec, layouts["reload"].tensors())
     impl.reload(model, weights)
     order = impl.processing_order(model)
     assert_each_receiver_processed_once("reload", order, owners(ref, spec, weights), processing=processing)
