@@ -9,6 +9,7 @@ import warnings
 import torch
 
 from loadspec.reference.errors import ScaleValueError, UnsupportedSchemeError
+from loadspec.reference.registration import has_parameter_or_attribute, put_parameter, set_plain
 from loadspec.reference.scales import HeadScaleParameter, KVCacheScaleParameter
 from loadspec.reference.vocabulary import (
     CPU_MIRRORS,
@@ -76,7 +77,7 @@ def write_outputs(layer: torch.nn.Module, values: dict[str, OutputValue]) -> Non
             value = float(value.max())
         else:
             getattr(layer, OUTPUT_BUFFERS[name]).fill_(value)
-        setattr(layer, FLOAT_MIRRORS[name], as_float32(value))
+        set_plain(layer, FLOAT_MIRRORS[name], as_float32(value))
         if name in CPU_MIRRORS:
             getattr(layer, CPU_MIRRORS[name]).fill_(value)
 
@@ -161,11 +162,11 @@ class KVCacheMethod:
         re-creation finds them in that shape and keeps them, so their ``data_ptr`` never changes) [HEADS-4]."""
         heads = self.head_counts(layer) if self.per_head else {}
         for name in SCALE_NAMES:
-            if hasattr(layer, name):
+            if has_parameter_or_attribute(layer, name):
                 delattr(layer, name)
             param = HeadScaleParameter(heads[name], device=device) if name in heads else KVCacheScaleParameter(
                 device=device)
-            layer.register_parameter(name, param)
+            put_parameter(layer, name, param)
         kv_heads = heads.get("k_scale")
         for name in heads:
             buffer = getattr(layer, OUTPUT_BUFFERS[name])
@@ -244,7 +245,7 @@ class KVCacheMethod:
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         """Resolve sentinels into the output scales, then delete the scale parameters [KVPROC-2..13]."""
-        if not hasattr(layer, "q_scale"):
+        if not has_parameter_or_attribute(layer, "q_scale"):
             return  # already processed [KVPROC-12]
         values: dict[str, OutputValue]
         if self.per_head:

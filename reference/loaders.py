@@ -87,16 +87,16 @@ def default_weight_loader(param: torch.Tensor, loaded_weight: torch.Tensor, shar
 
 
 def check_loadable(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
-    """Validate a load without writing: the dtype [LOAD-11], then the parameter's own ``weight_check`` or the
-    default check."""
-    check_dtype(param, loaded_weight)
+    """Validate a load without writing: the parameter's own ``weight_check`` (which checks the dtype first, as
+    every one of the reference's does), or the dtype [LOAD-11] and then the default check."""
     check = getattr(param, "weight_check", None)
     if check is not None:
         check(param, loaded_weight, shard_id)
-    elif shard_id is not None:
+        return
+    check_dtype(param, loaded_weight)
+    if shard_id is not None:
         raise ShapeMismatchError(f"{_who(param)}is not a fused parameter, but got shard {shard_id!r}")
-    else:
-        check_default(param, loaded_weight)
+    check_default(param, loaded_weight)
 
 
 def get_weight_loader(param: torch.Tensor) -> WeightLoader:

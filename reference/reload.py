@@ -75,6 +75,7 @@ from loadspec.reference.layers.linear import ShardLoader
 from loadspec.reference.lifecycle import is_attention, process_module
 from loadspec.reference.loaders import WeightLoader, default_weight_loader
 from loadspec.reference.mapper import ShardId, WeightsMapper
+from loadspec.reference.registration import has_parameter_or_attribute, put_parameter
 from loadspec.reference.scales import KVCacheScaleParameter
 from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS, SCALE_NAMES
 
@@ -165,6 +166,9 @@ class ModelFormat:
 
     layers: dict[str, dict[str, TensorTemplate]]
     aliases: dict[tuple[str, str], tuple[str, str]]
+    metas: dict[tuple[str, str], torch.nn.Parameter] = field(default_factory=dict, compare=False, repr=False)
+    """``(layer, name)`` -> the data-less ``meta`` template a session registers in place of a swapped parameter,
+    made once per model: each session gives it its own counting ``weight_loader`` (sessions run one at a time)."""
 
 
 def record_model_format(model: torch.nn.Module) -> ModelFormat:
@@ -208,6 +212,7 @@ class LayerLoad:
     swapped: set[str] = field(default_factory=set)
     _total: int = field(default=0, init=False, repr=False)
     _counted: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _counted_sum: int = field(default=0, init=False, repr=False)  # counted(), kept as regions arrive
 
     def __post_init__(self) -> None:
         self._total = sum(t.numel for t in self.templates.values())
@@ -219,17 +224,17 @@ class LayerLoad:
     def add_region(self, param_name: str, key: Hashable, elements: int) -> None:
         """Count ``elements`` for one destination region of ``param_name``; a region written again adds nothing."""
         regions = self.regions.setdefault(param_name, {})
-        if key not in regions:
-            self._counted[param_name] = self._counted.get(param_name, 0) + elements
-        else:
-            self._counted[param_name] += elements - regions[key]
+        before = self._counted.get(param_name, 0)
+        after = self._counted[param_name] = before + elements - regions.get(key, 0)
         regions[key] = elements
+        cap = self.templates[param_name].numel
+        self._counted_sum += min(after, cap) - min(before, cap)
 
     def counted(self, param_name: str | None = None) -> int:
         """Elements counted so far, each region once and capped per parameter [COUNT-3]."""
         if param_name is not None:
             return min(self._counted.get(param_name, 0), self.templates[param_name].numel)
-        return sum(min(got, self.templates[n].numel) for n, got in self._counted.items())
+        return self._counted_sum
 
     def missing(self) -> list[str]:
         """Parameters that did not receive all their elements."""
@@ -248,10 +253,10 @@ class ReloadReport:
 
 
 def _set_param(module: torch.nn.Module, name: str, value: torch.nn.Parameter | None) -> None:
-    if name in module._parameters or hasattr(module, name):
+    if has_parameter_or_attribute(module, name):
         delattr(module, name)
     if value is not None:
-        module.register_parameter(name, value)
+        put_parameter(module, name, value)
 
 
 def _registered(module: torch.nn.Module, name: str) -> torch.Tensor | None:
@@ -344,8 +349,8 @@ class ReloadSession:
 
     # --------------------------------------------------------------- begin
     def _begin(self) -> None:
-        read_by_attention = {id(read) for module in self._modules.values() if is_attention(module)
-                             for read in module.reads()}
+        attention = {name for name in self.format.layers if is_attention(self._modules[name])}
+        read_by_attention = {id(read) for name in attention for read in self._modules[name].reads()}
         for layer_name, templates in self.format.layers.items():
             module = self._modules[layer_name]
             kernel: dict[str, torch.Tensor] = {name: p for name, p in module._parameters.items() if p is not None}
@@ -357,8 +362,8 @@ class ReloadSession:
                     plain.add(name)
             layer = self.layer_class(layer_name, module, templates, kernel, plain=plain)
             self.layers[layer_name] = layer
-            self._cuda = self._cuda or any(t.device.type == "cuda" for t in kernel.values())
-            if is_attention(module):
+            self._cuda = self._cuda or any(t.is_cuda for t in kernel.values())
+            if layer_name in attention:
                 # KV-cache scales exist only as templates; any other parameter (sinks) stays registered when
                 # its layout is kept [RELOAD-15]
                 layer.swapped = {n for n in kernel if n in SCALE_NAMES or (
@@ -374,10 +379,12 @@ class ReloadSession:
             for name in layer.swapped:
                 delattr(module, name)
             for name in meta_names:
-                meta = templates[name].materialize("meta")
+                meta = self.format.metas.get((layer_name, name))
+                if meta is None:
+                    meta = self.format.metas[(layer_name, name)] = templates[name].materialize("meta")
                 # vLLM's convention: the loader is an attribute of the parameter, which torch's type does not declare
                 meta.weight_loader = self._counting_loader(layer, name)  # type: ignore[attr-defined]
-                module.register_parameter(name, meta)
+                put_parameter(module, name, meta)
                 self._meta[(layer_name, name)] = meta
                 self._owner[id(meta)] = (layer, name)
             for name in templates:
@@ -395,15 +402,16 @@ class ReloadSession:
                 _set_param(self._modules[module_name], name, target)
 
     def _counting_loader(self, layer: LayerLoad, name: str) -> WeightLoader:
-        # The loader rides on a parameter registered in the model: a strong reference to the session would keep
-        # an abandoned session alive as long as the model, and its meta tensors with it [RELOAD-12].
-        session_ref = weakref.ref(self)
+        # The loader rides on a meta template the model's format keeps: a strong reference to the session (or to
+        # its LayerLoad, which holds the delivered tensors) would keep an abandoned session's state alive as long
+        # as the model [RELOAD-12].
+        session_ref, layer_name = weakref.ref(self), layer.name
 
         def counting_loader(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
             session = session_ref()
             if session is None:
-                raise LoadspecError(f"{layer.name}.{name}: the reload session that registered it is gone")
-            session._deliver(layer, name, loaded_weight, shard_id)
+                raise LoadspecError(f"{layer_name}.{name}: the reload session that registered it is gone")
+            session._deliver(session.layers[layer_name], name, loaded_weight, shard_id)
 
         return counting_loader
 
@@ -509,7 +517,7 @@ class ReloadSession:
             if name in layer.plain:
                 setattr(module, name, tensor)
             else:
-                module.register_parameter(name, cast(torch.nn.Parameter, tensor))
+                put_parameter(module, name, cast(torch.nn.Parameter, tensor))
 
     def _materialize(self, layer: LayerLoad, slot: int) -> tuple[dict[str, torch.nn.Parameter], bool]:
         """The layer's templates as parameters over views of staging buffer ``slot``, reused from layer to layer;
@@ -565,8 +573,10 @@ class ReloadSession:
         compute.wait_event(loaded)
         return fresh, slot
 
-    @torch.no_grad()
     def _process_layer(self, layer: LayerLoad) -> None:
+        if torch.is_grad_enabled():  # a counting loader called outside the session's own delivery
+            with torch.no_grad():
+                return self._process_layer(layer)
         module = layer.module
         if layer.direct:
             if self._deferred is not None and layer.deferrable:
@@ -603,8 +613,10 @@ class ReloadSession:
                     f"but the kernel tensor is {tuple(kernel.shape)} {kernel.dtype}")
             kernel.data.copy_(processed.data)
 
-    @torch.no_grad()
     def _finish_attention(self, layer: LayerLoad) -> None:
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self._finish_attention(layer)
         module = cast(AttentionLayerBase, layer.module)  # finish calls this for attention layers only
         scale_loads = [load for load in layer.loads if load[0] in SCALE_NAMES]
         other_loads = [load for load in layer.loads if load[0] not in SCALE_NAMES]
@@ -668,14 +680,15 @@ class ReloadSession:
                 self._restore_kernel(layer)
                 self.report.untouched.append(layer.name)  # [RELOAD-5]
         self._place_aliases()
-        for layer in self.layers.values():
-            if is_attention(layer.module) and not layer.processed:
-                try:
-                    self._finish_attention(layer)
-                except LoadspecError as exc:
-                    failures.append(exc)
-                if not layer.loads:
-                    self.report.untouched.append(layer.name)
+        with torch.no_grad():
+            for layer in self.layers.values():
+                if is_attention(layer.module) and not layer.processed:
+                    try:
+                        self._finish_attention(layer)
+                    except LoadspecError as exc:
+                        failures.append(exc)
+                    if not layer.loads:
+                        self.report.untouched.append(layer.name)
         if self._deferred is None:
             self._sync()
         if partial:

@@ -28,17 +28,17 @@ class KVCacheScaleParameter(torch.nn.Parameter):
 
     @staticmethod
     def weight_check(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
-        """Validate a load without writing: shape [SCALE-4], dtype [LOAD-11], value [LOAD-13].
+        """Validate a load without writing: dtype [LOAD-11], shape [SCALE-4], value [LOAD-13].
 
         A shard id (a ``stacked`` mapper entry) is rejected. This is what the automatic loader runs over the
         whole input before it writes anything; ``weight_loader`` itself, like vLLM's, stores any float value.
         """
+        check_dtype(param, loaded_weight)
         name = getattr(param, "loadspec_name", None)
         if shard_id is not None:
             who = name or "KV-cache scale"
             raise ShapeMismatchError(f"{who}: is not a fused parameter, but got shard {shard_id!r}")
         check_scale_shape(loaded_weight, name=name)
-        check_dtype(param, loaded_weight)
         check_scale_value(loaded_weight, name=name)
 
     @staticmethod
@@ -62,14 +62,14 @@ class HeadScaleParameter(KVCacheScaleParameter):
 
     @staticmethod
     def weight_check(param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
-        """Validate a load without writing: shape against the head count [HEADS-2], dtype [LOAD-11], every value
+        """Validate a load without writing: dtype [LOAD-11], shape against the head count [HEADS-2], every value
         [LOAD-13]; a shard id is rejected."""
+        check_dtype(param, loaded_weight)
         name = getattr(param, "loadspec_name", None)
         if shard_id is not None:
             who = name or "KV-cache scale"
             raise ShapeMismatchError(f"{who}: is not a fused parameter, but got shard {shard_id!r}")
         check_head_scale_shape(loaded_weight, param.numel(), name=name)
-        check_dtype(param, loaded_weight)
         for value in loaded_weight.detach().reshape(-1):
             check_scale_value(value, name=name)
 

@@ -109,9 +109,9 @@ class ShardLoader:
         return torch.Size((region[1], *shape[1:]))
 
     def weight_check(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: ShardId | None = None) -> None:
-        """Validate a (shard) load without writing: shape, dtype and, for a scale, its values."""
-        target = self._target_shape(param, shard_id)
+        """Validate a (shard) load without writing: dtype [LOAD-11], shape and, for a scale, its values."""
         check_dtype(param, loaded_weight)
+        target = self._target_shape(param, shard_id)
         name = getattr(param, "loadspec_name", None)
         if self.scale:
             check_linear_scale(loaded_weight, name=f"{name} shard {shard_id!r}" if shard_id is not None else name)

@@ -18,8 +18,10 @@ class UnresetCountsSession(ReloadSession):
         super().__init__(model, **options)
         for name, (regions, counted) in getattr(model, _COUNTS, {}).items():
             if name in self.layers:
-                self.layers[name].regions = copy.deepcopy(regions)
-                self.layers[name]._counted = dict(counted)
+                layer = self.layers[name]
+                layer.regions = copy.deepcopy(regions)
+                layer._counted = dict(counted)
+                layer._counted_sum = sum(min(got, layer.templates[n].numel) for n, got in counted.items())
 
     def _deliver(self, layer, name, loaded_weight, shard_id) -> None:
         if layer.processed:
