@@ -13,9 +13,10 @@ import torch.nn.modules.module as _module_hooks
 
 
 def put_parameter(module: torch.nn.Module, name: str, param: torch.nn.Parameter) -> None:
-    """``module.register_parameter(name, param)``; directly into ``_parameters`` when ``param`` is a Parameter, the
-    name holds nothing else on the module or its class, and no global registration hook is installed."""
-    if (not isinstance(param, torch.nn.Parameter) or not name or "." in name or _taken(module, name)
+    """``module.register_parameter(name, param)``; directly into ``_parameters`` when ``param``'s class is a Parameter
+    class (a type check: ``isinstance`` runs Parameter's Python-level ``__instancecheck__``), the name holds nothing
+    else on the module or its class, and no global registration hook is installed."""
+    if (not issubclass(type(param), torch.nn.Parameter) or not name or "." in name or _taken(module, name)
             or _module_hooks._global_parameter_registration_hooks):
         module.register_parameter(name, param)  # torch's checks, errors and hooks
         return
