@@ -9,7 +9,7 @@ import warnings
 import torch
 
 from loadspec.reference.errors import ScaleValueError, UnsupportedSchemeError
-from loadspec.reference.registration import has_parameter_or_attribute, put_parameter, set_plain
+from loadspec.reference.registration import has_parameter_or_attribute, put_parameter, registered_tensor, set_plain
 from loadspec.reference.scales import HeadScaleParameter, KVCacheScaleParameter
 from loadspec.reference.vocabulary import (
     CPU_MIRRORS,
@@ -73,10 +73,10 @@ def write_outputs(layer: torch.nn.Module, values: dict[str, OutputValue]) -> Non
     """
     for name, value in values.items():
         if isinstance(value, torch.Tensor):
-            getattr(layer, OUTPUT_BUFFERS[name]).copy_(value)
+            registered_tensor(layer, OUTPUT_BUFFERS[name]).copy_(value)
             value = float(value.max())
         else:
-            getattr(layer, OUTPUT_BUFFERS[name]).fill_(value)
+            registered_tensor(layer, OUTPUT_BUFFERS[name]).fill_(value)
         set_plain(layer, FLOAT_MIRRORS[name], as_float32(value))
         if name in CPU_MIRRORS:
             getattr(layer, CPU_MIRRORS[name]).fill_(value)
@@ -211,7 +211,7 @@ class KVCacheMethod:
 
     def resolve(self, layer: torch.nn.Module) -> dict[str, float]:
         """The output scales the loaded parameters call for; raises on bad values [KVPROC-2..9]."""
-        loaded = {name: float(getattr(layer, name)) for name in SCALE_NAMES}
+        loaded = {name: float(registered_tensor(layer, name)) for name in SCALE_NAMES}
         where = getattr(layer, "loadspec_name", type(layer).__name__)
         for name, value in loaded.items():
             if value == SENTINEL:

@@ -41,3 +41,14 @@ def set_plain(module: torch.nn.Module, name: str, value: object) -> None:
         setattr(module, name, value)
         return
     module.__dict__[name] = value
+
+
+def registered_tensor(module: torch.nn.Module, name: str) -> torch.Tensor:
+    """``getattr(module, name)`` for a registered parameter or buffer, read from torch's registries without
+    ``Module.__getattr__``; any other name through ``getattr``."""
+    found: torch.Tensor | None = module._parameters.get(name)
+    if found is None:
+        found = module._buffers.get(name)
+    if found is None:
+        found = getattr(module, name)
+    return found

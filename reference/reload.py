@@ -75,7 +75,7 @@ from loadspec.reference.layers.linear import ShardLoader
 from loadspec.reference.lifecycle import is_attention, process_module
 from loadspec.reference.loaders import WeightLoader, default_weight_loader
 from loadspec.reference.mapper import ShardId, WeightsMapper
-from loadspec.reference.registration import has_parameter_or_attribute, put_parameter
+from loadspec.reference.registration import has_parameter_or_attribute, put_parameter, registered_tensor
 from loadspec.reference.scales import KVCacheScaleParameter
 from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS, SCALE_NAMES
 
@@ -640,8 +640,8 @@ class ReloadSession:
             # synchronization here would wait for every layer processed before).
             module.quant_method.create_weights(module, device="cpu")
             for name in SCALE_NAMES:
-                getattr(module, name).loadspec_name = f"{layer.name}.{name}"
-            self._replay(layer, {name: getattr(module, name) for name in SCALE_NAMES}, scale_loads)
+                registered_tensor(module, name).loadspec_name = f"{layer.name}.{name}"  # type: ignore[attr-defined]
+            self._replay(layer, {name: registered_tensor(module, name) for name in SCALE_NAMES}, scale_loads)
             try:
                 module.quant_method.process_weights_after_loading(module)
             finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loadspec.reference.registration import has_parameter_or_attribute, put_parameter, set_plain
+from loadspec.reference.registration import has_parameter_or_attribute, put_parameter, registered_tensor, set_plain
 
 
 class WithProperty(torch.nn.Module):
@@ -92,3 +92,15 @@ def test_set_plain_is_setattr(name, value):
             errors.append((type(exc), str(exc)))
     assert len(errors) in (0, 2) and (not errors or errors[0] == errors[1])
     assert state(a) == state(b)
+
+
+@pytest.mark.parametrize("name", ["weight", "_k_scale", "mirror", "plain_value", "absent"])
+def test_registered_tensor_is_getattr(name):
+    m = module()
+    try:
+        expected = getattr(m, name)
+    except AttributeError as exc:
+        with pytest.raises(AttributeError, match=str(exc)):
+            registered_tensor(m, name)
+        return
+    assert registered_tensor(m, name) is expected or registered_tensor(m, name) == expected
