@@ -273,9 +273,12 @@ def _keeps_layout(module: torch.nn.Module, templates: Mapping[str, TensorTemplat
     """Whether ``module`` can be written straight into its kernel tensors: its quant method (or the module) says
     processing keeps the layout, and every kernel tensor still has its template's class, shape and dtype (a
     recorded loader may need the class processing replaced)."""
-    keeps = getattr(getattr(module, "quant_method", None), "preserves_layout", _UNSET)
-    if keeps is _UNSET:  # the module's own only when its quant method does not say (looked up lazily: a miss on a
-        keeps = getattr(module, "preserves_layout", False)  # Module raises inside __getattr__, which is slow)
+    # a miss on a Module raises inside __getattr__, which is slow: look only where an attribute can be
+    method = getattr(module, "quant_method", None) if has_parameter_or_attribute(module, "quant_method") else None
+    keeps = getattr(method, "preserves_layout", _UNSET)
+    if keeps is _UNSET:  # the module's own only when its quant method does not say
+        keeps = getattr(module, "preserves_layout", False) if has_parameter_or_attribute(
+            module, "preserves_layout") else False
     if not keeps:
         return False
     return all(_matches(t, kernel.get(name)) for name, t in templates.items())
