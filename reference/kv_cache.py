@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import struct
 import warnings
+from typing import cast
 
 import torch
 
@@ -15,6 +16,7 @@ from loadspec.reference.vocabulary import (
     CPU_MIRRORS,
     FLOAT_MIRRORS,
     OUTPUT_BUFFERS,
+    PER_HEAD_SCALES,
     PER_TOKEN_HEAD_KV_DTYPES,
     SCALE_NAMES,
     SENTINEL,
@@ -29,9 +31,6 @@ class MissingKVScalesWarning(UserWarning):
 __all__ = ["KVCacheMethod", "MissingKVScalesWarning", "set_default_scales", "reset_default_scales", "write_outputs",
            "output_scales", "OUTPUT_BUFFERS", "FLOAT_MIRRORS", "CPU_MIRRORS", "PER_HEAD_SCALES", "reduce_q_to_kv_heads",
            "tp_head_scales"]
-
-PER_HEAD_SCALES = ("q_scale", "k_scale", "v_scale")
-"""The scales that are per head under ``attn_head``; ``prob_scale`` stays per tensor [HEADS-1]."""
 
 OutputValue = float | torch.Tensor
 """A resolved output scale: a float (per tensor) or a ``(num_kv_heads,)`` float32 tensor (per head)."""
@@ -190,24 +189,14 @@ class KVCacheMethod:
                                       "positive (-1.0 marks an unloaded scale) [KVPROC-7]")
             present[name] = values
         device = getattr(layer, OUTPUT_BUFFERS["k_scale"]).device
-        ones = torch.ones(kv_heads, dtype=torch.float32)
-        resolved: dict[str, OutputValue] = {
-            "q_scale": (reduce_q_to_kv_heads(present["q_scale"], kv_heads) if "q_scale" in present
-                        else ones).to(device),
-            "prob_scale": float(present["prob_scale"]) if "prob_scale" in present else 1.0}
-        dtype = self.kv_cache_dtype
-        if dtype in PER_TOKEN_HEAD_KV_DTYPES:
-            return {"k_scale": ones.to(device), "v_scale": ones.to(device)}
-        if dtype in UNQUANTIZED_KV_DTYPES:
-            return resolved
-        k, v = present.get("k_scale"), present.get("v_scale")
-        if k is None and v is None and "e5m2" not in dtype:
-            warnings.warn(f"{where}: the checkpoint has no k_scale or v_scale; using KV-cache scale 1.0 for "
-                          f"{dtype} [KVPROC-3]", MissingKVScalesWarning, stacklevel=3)
-        k = k if k is not None else (v if v is not None else ones)
-        v = v if v is not None else k
-        resolved.update(k_scale=k.to(device), v_scale=v.to(device))
-        return resolved
+        ones = torch.ones(kv_heads, dtype=torch.float32, device=device)
+        per_kv_head: dict[str, OutputValue] = {name: values.to(device) for name, values in present.items()
+                                               if name in ("k_scale", "v_scale")}
+        if "q_scale" in present:
+            per_kv_head["q_scale"] = reduce_q_to_kv_heads(present["q_scale"], kv_heads).to(device)
+        if "prob_scale" in present:
+            per_kv_head["prob_scale"] = float(present["prob_scale"])  # per tensor under attn_head too
+        return self._with_defaults(per_kv_head, ones, where)
 
     def resolve(self, layer: torch.nn.Module) -> dict[str, float]:
         """The output scales the loaded parameters call for; raises on bad values [KVPROC-2..9]."""
@@ -221,26 +210,26 @@ class KVCacheMethod:
                     f"{where}.{name}={value!r}: a KV-cache scale must be finite and positive "
                     f"(-1.0 marks an unloaded scale) [KVPROC-7]"
                 )
-        present = {name: value for name, value in loaded.items() if value != SENTINEL}
+        present: dict[str, OutputValue] = {name: value for name, value in loaded.items() if value != SENTINEL}
+        return cast(dict[str, float], self._with_defaults(present, 1.0, where))
+
+    def _with_defaults(self, present: dict[str, OutputValue], one: OutputValue, where: str) -> dict[str, OutputValue]:
+        """The output scales from the loaded ones (``present``, by scale name; per head: tensors, prob a float),
+        ``one`` standing for 1.0 in the loaded ones' shape [KVPROC-2..9, HEADS-7]: a per-token-head cache takes
+        ``one`` for k and v only; an unquantized cache q and prob only (1.0 where not loaded); any other k and v
+        each other's value when only one was loaded, else ``one``, with a warning unless e5m2 [KVPROC-3..5]."""
         dtype = self.kv_cache_dtype
         if dtype in PER_TOKEN_HEAD_KV_DTYPES:
-            return {"k_scale": 1.0, "v_scale": 1.0}
-        resolved = {"q_scale": present.get("q_scale", 1.0), "prob_scale": present.get("prob_scale", 1.0)}
+            return {"k_scale": one, "v_scale": one}
+        resolved = {"q_scale": present.get("q_scale", one), "prob_scale": present.get("prob_scale", 1.0)}
         if dtype in UNQUANTIZED_KV_DTYPES:
             return resolved
         k, v = present.get("k_scale"), present.get("v_scale")
-        if k is None:
-            if v is None:
-                if "e5m2" not in dtype:
-                    warnings.warn(
-                        f"{where}: the checkpoint has no k_scale or v_scale; using KV-cache scale 1.0 for "
-                        f"{dtype} [KVPROC-3]", MissingKVScalesWarning, stacklevel=3)
-                k = v = 1.0
-            else:
-                k = v
-        elif v is None:
-            v = k
-        resolved.update(k_scale=k, v_scale=v)
+        if k is None and v is None and "e5m2" not in dtype:
+            warnings.warn(f"{where}: the checkpoint has no k_scale or v_scale; using KV-cache scale 1.0 for "
+                          f"{dtype} [KVPROC-3]", MissingKVScalesWarning, stacklevel=4)
+        k = k if k is not None else (v if v is not None else one)
+        resolved.update(k_scale=k, v_scale=v if v is not None else k)
         return resolved
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:

@@ -30,9 +30,7 @@ class QuantConfig:
             raise UnsupportedSchemeError(
                 f"quantization_config.quant_method={self.quant_method!r} is not supported; "
                 f"supported: {', '.join(QUANT_METHODS)}")
-        if self.kv_scale_strategy not in KV_SCALE_STRATEGIES:
-            raise UnsupportedSchemeError(f"kv_cache_scheme strategy {self.kv_scale_strategy!r}: supported "
-                                         f"{', '.join(KV_SCALE_STRATEGIES)}")
+        check_kv_scale_strategy(self.kv_scale_strategy)
         if self.kv_scale_strategy != "tensor" and self.quant_method not in PER_HEAD_KV_METHODS:
             raise UnsupportedSchemeError(f"kv_cache_scheme strategy {self.kv_scale_strategy!r} exists for "
                                          f"{', '.join(PER_HEAD_KV_METHODS)} only, not {self.quant_method!r}")
@@ -115,11 +113,15 @@ def kv_scale_strategy_of(config: dict[str, Any] | None) -> str:
     scheme = (config or {}).get("kv_cache_scheme")
     if (config or {}).get("quant_method") not in PER_HEAD_KV_METHODS or not isinstance(scheme, dict):
         return "tensor"
-    strategy = scheme.get("strategy", "tensor")
+    return check_kv_scale_strategy(scheme.get("strategy", "tensor"))
+
+
+def check_kv_scale_strategy(strategy: object) -> str:
+    """``strategy`` if it is one of ``KV_SCALE_STRATEGIES``, else ``UnsupportedSchemeError`` naming it [HEADS-1]."""
     if strategy not in KV_SCALE_STRATEGIES:
         raise UnsupportedSchemeError(f"kv_cache_scheme strategy {strategy!r}: supported "
                                      f"{', '.join(KV_SCALE_STRATEGIES)}")
-    return cast(str, strategy)
+    return strategy
 
 
 def checkpoint_dtype_of(config: dict[str, Any] | None) -> str:

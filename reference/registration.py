@@ -23,9 +23,13 @@ def put_parameter(module: torch.nn.Module, name: str, param: torch.nn.Parameter)
     module._parameters[name] = param
 
 
+def _registered_or_class(module: torch.nn.Module, name: str) -> bool:
+    """Whether ``name`` is a buffer or submodule of ``module`` or an attribute of its class."""
+    return name in module._buffers or name in module._modules or hasattr(type(module), name)
+
+
 def _taken(module: torch.nn.Module, name: str) -> bool:
-    return (name in module.__dict__ or name in module._buffers or name in module._modules
-            or hasattr(type(module), name))
+    return name in module.__dict__ or _registered_or_class(module, name)
 
 
 def has_parameter_or_attribute(module: torch.nn.Module, name: str) -> bool:
@@ -33,11 +37,16 @@ def has_parameter_or_attribute(module: torch.nn.Module, name: str) -> bool:
     return name in module._parameters or _taken(module, name)
 
 
+def module_attribute(module: torch.nn.Module, name: str, default: object = None) -> object:
+    """``getattr(module, name, default)``, looked up only where ``has_parameter_or_attribute`` finds the name."""
+    return getattr(module, name) if has_parameter_or_attribute(module, name) else default
+
+
 def set_plain(module: torch.nn.Module, name: str, value: object) -> None:
     """``setattr(module, name, value)`` for a non-tensor, non-module value under a name that is no parameter,
     buffer or submodule (a host mirror): what ``Module.__setattr__`` ends in, without its checks."""
-    if (isinstance(value, (torch.Tensor, torch.nn.Module)) or name in module._parameters or name in module._buffers
-            or name in module._modules or hasattr(type(module), name)):
+    if (isinstance(value, (torch.Tensor, torch.nn.Module)) or name in module._parameters
+            or _registered_or_class(module, name)):
         setattr(module, name, value)
         return
     module.__dict__[name] = value

@@ -75,7 +75,12 @@ from loadspec.reference.layers.linear import ShardLoader
 from loadspec.reference.lifecycle import is_attention, process_module
 from loadspec.reference.loaders import WeightLoader, default_weight_loader
 from loadspec.reference.mapper import ShardId, WeightsMapper
-from loadspec.reference.registration import has_parameter_or_attribute, put_parameter, registered_tensor
+from loadspec.reference.registration import (
+    has_parameter_or_attribute,
+    module_attribute,
+    put_parameter,
+    registered_tensor,
+)
 from loadspec.reference.scales import KVCacheScaleParameter
 from loadspec.reference.vocabulary import CPU_MIRRORS, FLOAT_MIRRORS, SCALE_NAMES
 
@@ -273,12 +278,9 @@ def _keeps_layout(module: torch.nn.Module, templates: Mapping[str, TensorTemplat
     """Whether ``module`` can be written straight into its kernel tensors: its quant method (or the module) says
     processing keeps the layout, and every kernel tensor still has its template's class, shape and dtype (a
     recorded loader may need the class processing replaced)."""
-    # a miss on a Module raises inside __getattr__, which is slow: look only where an attribute can be
-    method = getattr(module, "quant_method", None) if has_parameter_or_attribute(module, "quant_method") else None
-    keeps = getattr(method, "preserves_layout", _UNSET)
+    keeps = getattr(module_attribute(module, "quant_method"), "preserves_layout", _UNSET)
     if keeps is _UNSET:  # the module's own only when its quant method does not say
-        keeps = getattr(module, "preserves_layout", False) if has_parameter_or_attribute(
-            module, "preserves_layout") else False
+        keeps = module_attribute(module, "preserves_layout", False)
     if not keeps:
         return False
     return all(_matches(t, kernel.get(name)) for name, t in templates.items())

@@ -35,9 +35,7 @@ class KVCacheScaleParameter(torch.nn.Parameter):
         """
         check_dtype(param, loaded_weight)
         name = getattr(param, "loadspec_name", None)
-        if shard_id is not None:
-            who = name or "KV-cache scale"
-            raise ShapeMismatchError(f"{who}: is not a fused parameter, but got shard {shard_id!r}")
+        _reject_shard(name, shard_id)
         check_scale_shape(loaded_weight, name=name)
         check_scale_value(loaded_weight, name=name)
 
@@ -66,9 +64,7 @@ class HeadScaleParameter(KVCacheScaleParameter):
         [LOAD-13]; a shard id is rejected."""
         check_dtype(param, loaded_weight)
         name = getattr(param, "loadspec_name", None)
-        if shard_id is not None:
-            who = name or "KV-cache scale"
-            raise ShapeMismatchError(f"{who}: is not a fused parameter, but got shard {shard_id!r}")
+        _reject_shard(name, shard_id)
         check_head_scale_shape(loaded_weight, param.numel(), name=name)
         for value in loaded_weight.detach().reshape(-1):
             check_scale_value(value, name=name)
@@ -79,6 +75,12 @@ class HeadScaleParameter(KVCacheScaleParameter):
         check_head_scale_shape(loaded_weight, param.numel(), name=getattr(param, "loadspec_name", None))
         check_dtype(param, loaded_weight)
         param.data.copy_(loaded_weight.reshape(param.shape))
+
+
+def _reject_shard(name: str | None, shard_id: ShardId | None) -> None:
+    """A KV-cache scale is never fused: a shard id (a ``stacked`` mapper entry) raises ``ShapeMismatchError``."""
+    if shard_id is not None:
+        raise ShapeMismatchError(f"{name or 'KV-cache scale'}: is not a fused parameter, but got shard {shard_id!r}")
 
 
 def head_scale_shapes(heads: int) -> tuple[tuple[int, ...], ...]:

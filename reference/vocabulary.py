@@ -29,6 +29,12 @@ FLOAT_MIRRORS = {name: f"_{name}_float" for name in SCALE_NAMES}
 CPU_MIRRORS = {name: f"_{name}_cpu" for name in ("k_scale", "v_scale")}
 """Scale name -> the CPU-tensor host mirror (k and v only) [KVPROC-11]."""
 
+HEAD_KINDS = ("q", "k", "v")
+"""The scale kinds compressed-tensors ``attn_head`` writes per head; ``prob`` stays per tensor [HEADS-1]."""
+
+PER_HEAD_SCALES = tuple(f"{kind}_scale" for kind in HEAD_KINDS)
+"""Their parameter names [HEADS-1]."""
+
 
 def scale_name(kind: str) -> str:
     """The canonical parameter name of scale ``kind`` (``"k"`` -> ``"k_scale"``)."""
@@ -96,7 +102,8 @@ def torch_dtype(name: str) -> torch.dtype:
         raise ValueError(f"params_dtype={name!r}, but should be one of {PARAM_DTYPES}") from None
 
 
-__all__ = ["SCALE_KINDS", "SCALE_NAMES", "SENTINEL", "OUTPUT_BUFFERS", "FLOAT_MIRRORS", "CPU_MIRRORS", "scale_name",
+__all__ = ["SCALE_KINDS", "SCALE_NAMES", "SENTINEL", "OUTPUT_BUFFERS", "FLOAT_MIRRORS", "CPU_MIRRORS", "HEAD_KINDS",
+           "PER_HEAD_SCALES", "scale_name",
            "FP8_DTYPE", "FP8_MAX", "LINEAR_QUANTS", "ATTENTION_KINDS", "CONTAINERS", "QUANTIZED_KV_DTYPES",
            "PER_TOKEN_HEAD_KV_DTYPES", "UNQUANTIZED_KV_DTYPES", "KV_CACHE_DTYPES", "PARAM_DTYPES", "TORCH_DTYPES",
            "QUANT_METHODS", "STATIC_INPUT_METHODS", "torch_dtype", "ACTIVATION_SCHEMES",

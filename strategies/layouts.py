@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from loadspec.reference.checkpoint import INDEX_FILE, SINGLE_FILE
 from loadspec.reference.spec import ModelSpec
-from loadspec.reference.vocabulary import SCALE_KINDS, torch_dtype
+from loadspec.reference.vocabulary import HEAD_KINDS, SCALE_KINDS, torch_dtype
 from loadspec.strategies._validation import check_choices, check_flag, check_strategy
 from loadspec.strategies.producers import PRODUCERS, quantization_config
 from loadspec.strategies.scales import keeps_meaning, kv_scale_sets, scale_values, stored_as
@@ -41,9 +41,6 @@ SCALE_DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "floa
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 HEAD_PRODUCER = "compressed-tensors"
 """The producer that writes per-head KV-cache scales (``kv_cache_scheme.strategy: attn_head``) [HEADS-1]."""
-
-HEAD_KINDS = ("q", "k", "v")
-"""The scale kinds written per head; ``prob`` stays per tensor."""
 
 HeadValues = dict[int, dict[str, tuple[float, ...]]]
 """Layer index -> scale kind -> one value per head (``num_heads`` for q, ``num_kv_heads`` for k and v)."""

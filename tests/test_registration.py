@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loadspec.reference.registration import has_parameter_or_attribute, put_parameter, registered_tensor, set_plain
+from loadspec.reference.registration import (
+    has_parameter_or_attribute,
+    module_attribute,
+    put_parameter,
+    registered_tensor,
+    set_plain,
+)
 
 
 class WithProperty(torch.nn.Module):
@@ -104,3 +110,10 @@ def test_registered_tensor_is_getattr(name):
             registered_tensor(m, name)
         return
     assert registered_tensor(m, name) is expected or registered_tensor(m, name) == expected
+
+
+@pytest.mark.parametrize("name", ["weight", "_k_scale", "child", "mirror", "plain_value", "forward", "absent"])
+def test_module_attribute_is_getattr_with_a_default(name):
+    m, default = module(), object()
+    got, expected = module_attribute(m, name, default), getattr(m, name, default)
+    assert got is expected or (callable(expected) and got == expected)
