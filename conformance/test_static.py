@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadspec.conformance.assertions import assert_equal, assert_unchanged, fail, snapshot
+from loadspec.conformance.assertions import assert_equal, assert_raises_value_error, assert_unchanged, fail, snapshot
 from loadspec.conformance.drivers import built, graphs_for, heavy, layouts_for, run_device
 from loadspec.conformance.reproducers import Case, record_case
 from loadspec.reference.vocabulary import FORMAT_ACTIVATION_SCHEMES
@@ -111,14 +111,7 @@ def test_missing_input_scale_rejected_on_first_load(impl, request, data):
     model = impl.build_model(spec, device=run_device())
     before = snapshot(impl.kernel_tensors(model))
     engine = _engine_linear(dropped, spec)
-    try:
-        impl.first_load(model, weights)
-    except ValueError as exc:
-        if engine not in str(exc):
-            fail(f"first load without {dropped}: error message", str(exc), f"a message naming {engine}", "STATIC-3")
-    except Exception as exc:  # noqa: BLE001 - the point is to name what was raised instead
-        fail(f"first load without {dropped}", f"{type(exc).__name__}: {exc}", "ValueError", "STATIC-3")
-    else:
-        fail(f"first load without {dropped}", "accepted", f"a ValueError naming {engine}", "STATIC-3")
+    assert_raises_value_error(f"first load without {dropped}", lambda: impl.first_load(model, weights), "STATIC-3",
+                              mentions=(engine,))
     assert_unchanged(f"model after the rejected load without {dropped}", before, snapshot(impl.kernel_tensors(model)),
                      "STATIC-3")

@@ -172,8 +172,9 @@ class ModelFormat:
     layers: dict[str, dict[str, TensorTemplate]]
     aliases: dict[tuple[str, str], tuple[str, str]]
     metas: dict[tuple[str, str], torch.nn.Parameter] = field(default_factory=dict, compare=False, repr=False)
-    """``(layer, name)`` -> the data-less ``meta`` template a session registers in place of a swapped parameter,
-    made once per model: each session gives it its own counting ``weight_loader`` (sessions run one at a time)."""
+    """``(layer, name)`` -> the data-less ``meta`` template of a parameter, made once per model: a session registers
+    it in place of a swapped parameter, with its own counting ``weight_loader`` (sessions run one at a time), and
+    counts a foreign loader's writes against it [COUNT-1]."""
 
 
 def record_model_format(model: torch.nn.Module) -> ModelFormat:
@@ -334,7 +335,6 @@ class ReloadSession:
         self.layers: dict[str, LayerLoad] = {}
         self._processed_owner: dict[int, str] = {}
         self._owner: dict[int, tuple[LayerLoad, str]] = {}
-        self._meta: dict[tuple[str, str], torch.nn.Parameter] = {}
         self._staged: list[PlannedLoad] = []
         self._staging: list[torch.Tensor | None] = [None, None]
         self._staging_free: list[torch.cuda.Event | None] = [None, None]
@@ -390,7 +390,6 @@ class ReloadSession:
                 # vLLM's convention: the loader is an attribute of the parameter, which torch's type does not declare
                 meta.weight_loader = self._counting_loader(layer, name)  # type: ignore[attr-defined]
                 put_parameter(module, name, meta)
-                self._meta[(layer_name, name)] = meta
                 self._owner[id(meta)] = (layer, name)
             for name in templates:
                 if name not in meta_names and name in kernel:
@@ -479,9 +478,9 @@ class ReloadSession:
     def _count_foreign(self, layer: LayerLoad, name: str, loaded_weight: torch.Tensor,
                        shard_id: ShardId | None) -> dict[Hashable, int]:
         """Run a loader the reference does not own against a meta template under ``CopyCounter`` [COUNT-1..6]."""
-        meta = self._meta.get((layer.name, name))
+        meta = self.format.metas.get((layer.name, name))
         if meta is None:
-            meta = self._meta[(layer.name, name)] = layer.templates[name].materialize("meta")
+            meta = self.format.metas[(layer.name, name)] = layer.templates[name].materialize("meta")
         args = (meta, loaded_weight) if shard_id is None else (meta, loaded_weight, shard_id)
         counter = CopyCounter()
         with counter:
