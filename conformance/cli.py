@@ -1,13 +1,15 @@
-"""The ``loadspec`` command: ``loadspec check PATH_OR_HUB_ID`` and ``loadspec e2e`` (the E2E CLI)."""
+"""The ``loadspec`` command: ``loadspec check PATH_OR_HUB_ID``, ``loadspec e2e`` (the E2E CLI), ``loadspec cache``."""
 
 from __future__ import annotations
 
 import sys
 
 from loadspec.conformance.check import main as check_main
+from loadspec.conformance.e2e.cache_command import main as cache_main
 from loadspec.conformance.e2e.cli import main as e2e_main
 
-USAGE = "usage: loadspec {check,e2e} ...\n  check PATH_OR_HUB_ID [--impl NAME] [--json]\n  e2e [--impl NAME] ..."
+USAGE = ("usage: loadspec {check,e2e,cache} ...\n  check PATH_OR_HUB_ID [--impl NAME] [--json]\n"
+         "  e2e [--impl NAME] ...\n  cache [--prune [--keep N]] [--json]")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         return check_main(rest)
     if command == "e2e":
         return e2e_main(rest)
+    if command == "cache":
+        return cache_main(rest)
     print(f"loadspec: unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 

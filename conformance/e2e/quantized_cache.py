@@ -2,7 +2,8 @@
 
 Each is SmolLM2-135M (``smollm``) quantized by ``quantizer`` in one producer's layout and
 cached under ``<loadspec cache>/e2e``, keyed by the content of the source checkpoint, the
-quantizer's code and the arguments (``cache.cached_directory`` writes it atomically).
+quantizer's code and the arguments (``cache.cached_version`` writes it atomically and evicts
+the versions older code wrote).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 from pathlib import Path
 
 from loadspec.conformance.e2e import forward, quantizer, smollm
-from loadspec.conformance.e2e.cache import cache_root, cached_directory, file_sha256
+from loadspec.conformance.e2e.cache import cache_root, cached_version, file_sha256
 from loadspec.conformance.e2e.checkpoints import load_tokenizer
 from loadspec.conformance.e2e.threads import cpu_threads
 from loadspec.strategies import producers, synthetic
@@ -96,7 +97,8 @@ def quantized_checkpoint(producer_id: str, *, weight_strategy: str = "tensor", s
     ``scale_multiplier``; ``activation_scheme`` ``"static"`` writes static W8A8 (``None``: the
     format's own). The cache entry is keyed by the source's content, the
     quantizer's code and the arguments; it is written to a temporary directory and
-    renamed into place, under a lock, so concurrent runs share it safely.
+    renamed into place, under a lock, so concurrent runs share it safely; versions of the same
+arguments that older code wrote are evicted (``cache.prune_versions``).
     """
     if producer_id not in PRODUCERS:
         raise ValueError(f"producer_id={producer_id!r}, but should be one of {sorted(PRODUCERS)}")
@@ -108,7 +110,7 @@ def quantized_checkpoint(producer_id: str, *, weight_strategy: str = "tensor", s
     fields = _key_fields(source, producer_id, weight_strategy, scale_multiplier, activation_scheme)
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     scheme = f"-{activation_scheme}" if activation_scheme else ""
-    target = cache_dir() / f"{producer_id}-{weight_strategy}{scheme}-x{scale_multiplier:g}-{key}"
+    family = f"{producer_id}-{weight_strategy}{scheme}-x{scale_multiplier:g}"
 
     def write(tmp: Path) -> None:
         with cpu_threads("cpu"):
@@ -119,7 +121,7 @@ def quantized_checkpoint(producer_id: str, *, weight_strategy: str = "tensor", s
         marker = dict(fields, key=key, source_path=str(source), kv_scales=written["kv_scales"])
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
 
-    return cached_directory(target, is_complete=lambda path: _is_complete(path, key), write=write)
+    return cached_version(cache_dir(), family, key, is_complete=lambda path: _is_complete(path, key), write=write)
 
 
 __all__ = ["smollm_checkpoint", "cache_dir", "source_fingerprint", "quantizer_fingerprint", "quantized_checkpoint"]
