@@ -24,6 +24,7 @@ from loadspec.reference.spec import ModelSpec
 from loadspec.strategies.capabilities import (
     ATTENTION_SINKS,
     FP8_PER_CHANNEL,
+    FP8_PER_CHANNEL_ANY_FORMAT,
     FP8_PER_TENSOR,
     HOST_MIRRORS,
     KV_SCALES_PER_HEAD,
@@ -48,7 +49,10 @@ CAPABILITIES: dict[str, str] = {
     "processing_order": "reports the order in which layers were processed",
     MLA: "MLA attention (kv_a/kv_b projections, absorbed W_UK_T/W_UV)",
     FP8_PER_TENSOR: "FP8 e4m3 linear weights with per-tensor scales",
-    FP8_PER_CHANNEL: "FP8 e4m3 linear weights with per-channel scales",
+    FP8_PER_CHANNEL: "FP8 e4m3 linear weights with per-channel scales, in the formats whose config states them "
+                     "(compressed-tensors weights.strategy channel, Quark qscheme per_channel)",
+    FP8_PER_CHANNEL_ANY_FORMAT: "per-channel FP8 linears under fp8/modelopt configs too, which no real producer "
+                                "writes (the reference's idealization; engines leave it undeclared)",
     TIED_EMBEDDINGS: "lm_head tied to embed_tokens",
     NESTED_WRAPPERS: "decoder stacks under wrapper modules (language_model.model.*)",
     MIXER_CONTAINER: "attention under a 'mixer' container (NemotronH naming)",

@@ -128,16 +128,24 @@ def exact_in_reduced_precision(value: float) -> float:
     return min(max(stored_as(value, torch.bfloat16), low), high)
 
 
-def must_kv_scales(params_dtype: str = "float32", *, required: tuple[str, ...] = ("k",)):
+def within_reduced_precision(value: float) -> float:
+    """``value`` clamped into ``REDUCED_EXACT_RANGE``: bf16 and fp16 may round it, but hold it as a normal number
+    (neither 0 nor inf, which KVPROC-7 rejects and vLLM's ``assert layer.k_scale > 0.0`` trips on)."""
+    low, high = REDUCED_EXACT_RANGE
+    return min(max(value, low), high)
+
+
+def must_kv_scales(params_dtype: str = "float32", *, required: tuple[str, ...] = ("k",), rounded: bool = False):
     """KV-scale sets whose outcome every MUST rule defines.
 
     The ``required`` kinds are always present (k by default: v-only is KVPROC-5, a SHOULD); in a
     bf16/fp16 model every value is exact in the model's dtype, since rounding a float32 scale
-    there is SCALE-2's divergence.
+    there is SCALE-2's divergence. ``rounded``: values the model's dtype rounds but holds in its normal
+    range, for rules that compare an engine with itself whatever it stores (host mirrors, KVPROC-11).
     """
     values = scale_values(allow_sentinel=False)
     if params_dtype != "float32":
-        values = values.map(exact_in_reduced_precision)
+        values = values.map(within_reduced_precision if rounded else exact_in_reduced_precision)
     return kv_scale_sets(required=required, values=values)
 
 

@@ -81,13 +81,15 @@ FORMAT_ACTIVATION_SCHEMES = {"modelopt": "static"}
 ``ModelOptFp8Config`` has no dynamic variant). A ``ModelSpec`` whose ``activation_scheme`` is ``None`` takes its
 format's entry here, else ``"dynamic"`` [STATIC-1]."""
 
-STATIC_INPUT_METHODS = tuple(m for m, scheme in FORMAT_ACTIVATION_SCHEMES.items() if scheme == "static")
-"""Deprecated: formats that are static by default. Whether a model has static input scales is
-``ModelSpec.static_input_scales`` (decided from the config, e.g. compressed-tensors ``dynamic: false``)."""
-
 KV_SCALE_STRATEGIES = ("tensor", "attn_head")
 """KV-cache scale granularity: one scale per tensor, or one per attention head (compressed-tensors
 ``kv_cache_scheme.strategy: attn_head``) [HEADS-1]."""
+
+PER_CHANNEL_METHODS = ("compressed-tensors", "quark")
+"""Quant formats whose config can state per-channel FP8 weight scales: compressed-tensors
+``weights.strategy: channel`` and Quark ``weight.qscheme: per_channel``. vLLM's ``Fp8Config`` has per-tensor and
+block scales only, ModelOpt ``FP8`` per-tensor only; the reference builds per-channel linears under any format,
+a real producer does not write them."""
 
 PER_HEAD_KV_METHODS = ("compressed-tensors",)
 """Quant formats whose config can ask for per-head KV-cache scales (only compressed-tensors' ``kv_cache_scheme``
@@ -106,5 +108,5 @@ __all__ = ["SCALE_KINDS", "SCALE_NAMES", "SENTINEL", "OUTPUT_BUFFERS", "FLOAT_MI
            "PER_HEAD_SCALES", "scale_name",
            "FP8_DTYPE", "FP8_MAX", "LINEAR_QUANTS", "ATTENTION_KINDS", "CONTAINERS", "QUANTIZED_KV_DTYPES",
            "PER_TOKEN_HEAD_KV_DTYPES", "UNQUANTIZED_KV_DTYPES", "KV_CACHE_DTYPES", "PARAM_DTYPES", "TORCH_DTYPES",
-           "QUANT_METHODS", "STATIC_INPUT_METHODS", "torch_dtype", "ACTIVATION_SCHEMES",
-           "FORMAT_ACTIVATION_SCHEMES", "KV_SCALE_STRATEGIES", "PER_HEAD_KV_METHODS"]
+           "QUANT_METHODS", "torch_dtype", "ACTIVATION_SCHEMES",
+           "FORMAT_ACTIVATION_SCHEMES", "KV_SCALE_STRATEGIES", "PER_HEAD_KV_METHODS", "PER_CHANNEL_METHODS"]

@@ -9,12 +9,12 @@ reads ``GRAPH_CHOICES`` and ``GRAPH_FLAGS`` to keep ``layer_graphs()`` inside an
 from __future__ import annotations
 
 from loadspec.reference.spec import ModelSpec
-from loadspec.reference.vocabulary import FORMAT_ACTIVATION_SCHEMES, PER_TOKEN_HEAD_KV_DTYPES
+from loadspec.reference.vocabulary import FORMAT_ACTIVATION_SCHEMES, PER_CHANNEL_METHODS, PER_TOKEN_HEAD_KV_DTYPES
 
 __all__ = ["PRIMITIVES", "MODEL", "MLA", "FP8_PER_TENSOR", "FP8_PER_CHANNEL", "TIED_EMBEDDINGS", "NESTED_WRAPPERS",
            "MIXER_CONTAINER", "PER_TOKEN_HEAD_KV", "REDUCED_PRECISION_PARAMS", "HOST_MIRRORS", "GRAPH_CHOICES",
            "GRAPH_FLAGS", "spec_capabilities", "ATTENTION_SINKS", "STATIC_INPUT_SCALES", "KV_SCALES_PER_HEAD",
-           "TP_HEAD_SLICING"]
+           "TP_HEAD_SLICING", "FP8_PER_CHANNEL_ANY_FORMAT"]
 
 PRIMITIVES = "primitives"
 """The primitives tier: scale parameter, KV-cache method, mapper, loaders, copy counter."""
@@ -23,6 +23,10 @@ MODEL = "model"
 MLA = "mla"
 FP8_PER_TENSOR = "fp8_per_tensor"
 FP8_PER_CHANNEL = "fp8_per_channel"
+FP8_PER_CHANNEL_ANY_FORMAT = "fp8_per_channel_any_format"
+"""Per-channel FP8 linears under a quant format whose config cannot state them (``fp8``, ``modelopt``: see
+``vocabulary.PER_CHANNEL_METHODS``). The reference builds them; an engine that reads each format's config as its
+producer writes it declares ``fp8_per_channel`` without this."""
 TIED_EMBEDDINGS = "tied_embeddings"
 NESTED_WRAPPERS = "nested_wrappers"
 MIXER_CONTAINER = "mixer_container"
@@ -51,7 +55,8 @@ GRAPH_CHOICES: dict[str, dict[str, str]] = {
 }
 """``layer_graphs`` argument -> {choice: the capability that choice needs}; unlisted choices need none."""
 
-GRAPH_FLAGS: dict[str, str] = {"allow_tied": TIED_EMBEDDINGS, "allow_wrappers": NESTED_WRAPPERS}
+GRAPH_FLAGS: dict[str, str] = {"allow_tied": TIED_EMBEDDINGS, "allow_wrappers": NESTED_WRAPPERS,
+                               "allow_per_channel_any_format": FP8_PER_CHANNEL_ANY_FORMAT}
 """``layer_graphs`` flag -> the capability that ``True`` needs."""
 
 
@@ -70,13 +75,17 @@ def spec_capabilities(spec: ModelSpec) -> frozenset[str]:
 
         >>> sorted(spec_capabilities(ModelSpec(attention="mla", tie_embeddings=True)))
         ['mla', 'model', 'tied_embeddings']
-        >>> sorted(spec_capabilities(DEFAULT_SPEC))
+        >>> sorted(spec_capabilities(DEFAULT_SPEC))  # quant_method "fp8": per-channel is no Fp8Config scheme
+        ['fp8_per_channel', 'fp8_per_channel_any_format', 'fp8_per_tensor', 'model']
+        >>> sorted(spec_capabilities(dataclasses.replace(DEFAULT_SPEC, quant_method="compressed-tensors")))
         ['fp8_per_channel', 'fp8_per_tensor', 'model']
     """
     needs = {MODEL}
     for argument, chosen in spec_choices(spec).items():
         needs.update(GRAPH_CHOICES[argument][c] for c in chosen if c in GRAPH_CHOICES[argument])
-    flags = {"allow_tied": spec.tie_embeddings, "allow_wrappers": bool(spec.wrapper)}
+    per_channel = "fp8_per_channel" in spec_choices(spec)["linear_quants"]
+    flags = {"allow_tied": spec.tie_embeddings, "allow_wrappers": bool(spec.wrapper),
+             "allow_per_channel_any_format": per_channel and spec.quant_method not in PER_CHANNEL_METHODS}
     needs.update(GRAPH_FLAGS[flag] for flag, used in flags.items() if used)
     if any(layer.sinks for layer in spec.layers):  # opt-in (allow_sinks), so not a GRAPH_FLAGS default
         needs.add(ATTENTION_SINKS)

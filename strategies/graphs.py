@@ -14,6 +14,7 @@ from loadspec.reference.vocabulary import (
     KV_CACHE_DTYPES,
     LINEAR_QUANTS,
     PARAM_DTYPES,
+    PER_CHANNEL_METHODS,
     QUANT_METHODS,
 )
 from loadspec.strategies._validation import check_bounds, check_choices, check_flag
@@ -37,7 +38,7 @@ def layer_graphs(draw: st.DrawFn, *, min_layers: int = 1, max_layers: int | None
                  quant_methods: Iterable[str] = QUANT_METHODS, allow_unquantized: bool = True,
                  allow_tied: bool = True, allow_wrappers: bool = True, containers: Iterable[str] = CONTAINERS,
                  params_dtypes: Iterable[str] = PARAM_DTYPES, max_hidden: int = 32,
-                 allow_sinks: bool = False) -> ModelSpec:
+                 allow_sinks: bool = False, allow_per_channel_any_format: bool = True) -> ModelSpec:
     """Draws ``ModelSpec``s: small decoder models that ``loadspec.reference.build`` accepts.
 
     * ``min_layers``/``max_layers`` bound the number of decoder layers (``None``: ``max(min_layers, 3)``).
@@ -49,6 +50,9 @@ def layer_graphs(draw: st.DrawFn, *, min_layers: int = 1, max_layers: int | None
     * ``allow_tied``/``allow_wrappers``: tied embeddings; wrappers ``("language_model",)`` etc.
     * ``max_hidden`` bounds ``hidden_size`` (a multiple of the head count).
     * ``allow_sinks``: whether a layer's attention may own ``sinks`` besides its KV-cache scales [RELOAD-15].
+    * ``allow_per_channel_any_format``: whether ``fp8_per_channel`` linears may be drawn under a quant
+      format whose config cannot state them (``fp8``, ``modelopt``); ``False`` draws them only where a real
+      producer writes them (``vocabulary.PER_CHANNEL_METHODS``: compressed-tensors, Quark).
 
     Bad arguments raise ``InvalidArgument`` when a spec is drawn, not when this is called.
 
@@ -66,7 +70,8 @@ def layer_graphs(draw: st.DrawFn, *, min_layers: int = 1, max_layers: int | None
     containers = check_choices("containers", containers, CHOICES["containers"])
     params_dtypes = check_choices("params_dtypes", params_dtypes, CHOICES["params_dtypes"])
     for name, flag in (("allow_unquantized", allow_unquantized), ("allow_tied", allow_tied),
-                       ("allow_wrappers", allow_wrappers), ("allow_sinks", allow_sinks)):
+                       ("allow_wrappers", allow_wrappers), ("allow_sinks", allow_sinks),
+                       ("allow_per_channel_any_format", allow_per_channel_any_format)):
         check_flag(name, flag)
     quant_methods = check_choices("quant_methods", quant_methods, QUANT_METHODS, allow_empty=allow_unquantized)
     if not isinstance(max_hidden, int) or isinstance(max_hidden, bool) or max_hidden < 1:
@@ -75,6 +80,11 @@ def layer_graphs(draw: st.DrawFn, *, min_layers: int = 1, max_layers: int | None
     if not quant_methods and not unquantized_ok:
         raise InvalidArgument(f"quant_methods=() needs allow_unquantized=True and 'none' in linear_quants, "
                               f"but allow_unquantized={allow_unquantized}, linear_quants={linear_quants}")
+    if not unquantized_ok and not any(_method_quants(m, linear_quants, allow_per_channel_any_format)
+                                      for m in quant_methods):
+        raise InvalidArgument(f"linear_quants={linear_quants} with quant_methods={quant_methods} leaves no buildable "
+                              f"model: per-channel FP8 exists only in {PER_CHANNEL_METHODS} unless "
+                              f"allow_per_channel_any_format=True")
     if not _kv_choices(kv_cache_dtypes, unquantized_ok):
         raise InvalidArgument(f"kv_cache_dtypes={kv_cache_dtypes} leaves no buildable model: fp8_e5m2 needs "
                               f"quant_method=None (allow_unquantized=True and 'none' in linear_quants) [KVPROC-10]")
@@ -82,7 +92,18 @@ def layer_graphs(draw: st.DrawFn, *, min_layers: int = 1, max_layers: int | None
                         linear_quants=linear_quants, kv_cache_dtypes=kv_cache_dtypes, quant_methods=quant_methods,
                         unquantized_ok=unquantized_ok, allow_tied=allow_tied, allow_wrappers=allow_wrappers,
                         containers=containers, params_dtypes=params_dtypes, max_hidden=max_hidden,
-                        allow_sinks=allow_sinks))
+                        allow_sinks=allow_sinks, allow_per_channel_any_format=allow_per_channel_any_format))
+
+
+def _method_quants(quant_method: str | None, linear_quants: tuple[str, ...],
+                   any_format: bool) -> tuple[str, ...]:
+    """The linear schemes drawable under ``quant_method``: none without one; no per-channel FP8 where its
+    format cannot state it, unless ``any_format``."""
+    if quant_method is None:
+        return ("none",)
+    if any_format or quant_method in PER_CHANNEL_METHODS:
+        return linear_quants
+    return tuple(q for q in linear_quants if q != "fp8_per_channel")
 
 
 def _kv_choices(kv_cache_dtypes: tuple[str, ...], unquantized_ok: bool) -> list[str]:
@@ -94,15 +115,17 @@ def _kv_choices(kv_cache_dtypes: tuple[str, ...], unquantized_ok: bool) -> list[
 def _graphs(draw: st.DrawFn, *, min_layers: int, max_layers: int, attention: tuple[str, ...],
             linear_quants: tuple[str, ...], kv_cache_dtypes: tuple[str, ...], quant_methods: tuple[str, ...],
             unquantized_ok: bool, allow_tied: bool, allow_wrappers: bool, containers: tuple[str, ...],
-            params_dtypes: tuple[str, ...], max_hidden: int, allow_sinks: bool = False) -> ModelSpec:
+            params_dtypes: tuple[str, ...], max_hidden: int, allow_sinks: bool = False,
+            allow_per_channel_any_format: bool = True) -> ModelSpec:
     """Draw one spec from already validated arguments."""
     kv_choices = _kv_choices(kv_cache_dtypes, unquantized_ok)
     kv_cache_dtype = draw(st.sampled_from(kv_choices))
-    methods: list[str | None] = [] if kv_cache_dtype in UNQUANTIZED_ONLY_KV_DTYPES else list(quant_methods)
+    methods: list[str | None] = [] if kv_cache_dtype in UNQUANTIZED_ONLY_KV_DTYPES else [
+        m for m in quant_methods if _method_quants(m, linear_quants, allow_per_channel_any_format)]
     if unquantized_ok:
         methods.append(None)
     quant_method = draw(st.sampled_from(methods))
-    quants = st.sampled_from(linear_quants if quant_method is not None else ("none",))
+    quants = st.sampled_from(_method_quants(quant_method, linear_quants, allow_per_channel_any_format))
     layer = st.builds(LayerSpec, qkv_quant=quants, o_quant=quants, gate_up_quant=quants, down_quant=quants,
                       attention_first=st.booleans(), sinks=st.booleans() if allow_sinks else st.just(False))
     num_heads = draw(st.integers(1, min(MAX_HEADS, max_hidden)))

@@ -147,12 +147,13 @@ def _strategies(name: str, capabilities: frozenset[str]) -> dict[str, Any]:
                      allow_unquantized: bool = True, allow_tied: bool | None = None,
                      allow_wrappers: bool | None = None, containers: Iterable[str] | None = None,
                      params_dtypes: Iterable[str] | None = None, max_hidden: int = 32,
-                     allow_sinks: bool = False) -> ModelSpec:
+                     allow_sinks: bool = False, allow_per_channel_any_format: bool | None = None) -> ModelSpec:
         """Draws ``ModelSpec``s the adapter can build: ``loadspec.strategies.layer_graphs`` within its capabilities.
 
         Arguments as there. Those that default to ``None`` draw every choice the adapter's capabilities
         allow (``capabilities.GRAPH_CHOICES``/``GRAPH_FLAGS``: no ``"mla"`` without the ``mla``
-        capability, no tied embeddings without ``tied_embeddings``, ...); naming a choice it does not
+        capability, no tied embeddings without ``tied_embeddings``, per-channel FP8 under ``fp8``/``modelopt``
+        only with ``fp8_per_channel_any_format``, ...); naming a choice it does not
         declare raises ``InvalidArgument`` when drawn. ``allow_sinks`` (default ``False``) needs ``attention_sinks``.
         """
         gated = {"attention": attention, "linear_quants": linear_quants, "kv_cache_dtypes": kv_cache_dtypes,
@@ -160,7 +161,8 @@ def _strategies(name: str, capabilities: frozenset[str]) -> dict[str, Any]:
         defaults = {**graphs.CHOICES, "kv_cache_dtypes": graphs.DEFAULT_KV_CACHE_DTYPES}
         options: dict[str, Any] = {arg: choices(arg, value, defaults[arg]) for arg, value in gated.items()}
         options.update(allow_tied=flag("allow_tied", allow_tied), allow_wrappers=flag("allow_wrappers", allow_wrappers),
-                       allow_sinks=sinks_flag(allow_sinks))
+                       allow_sinks=sinks_flag(allow_sinks),
+                       allow_per_channel_any_format=flag("allow_per_channel_any_format", allow_per_channel_any_format))
         return draw(graphs.layer_graphs(min_layers=min_layers, max_layers=max_layers, quant_methods=quant_methods,
                                         allow_unquantized=allow_unquantized, max_hidden=max_hidden, **options))
 

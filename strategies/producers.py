@@ -33,6 +33,13 @@ class Producer:
     rule: str
     fused_kv: bool = False  # writes one scale for k and v (legacy kv_scale)
     kind_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # kinds whose shape is not scale_shape
+    channel_scale_keepdim: bool = True  # per-channel weight scales as (out, 1); False: (out,)
+
+    def channel_scale(self, scale: torch.Tensor) -> torch.Tensor:
+        """A per-channel weight scale ``(out, 1)`` (``quantize_weight``) in the shape this producer writes: ``(out, 1)``
+        (compressed-tensors ``ChannelQuantScaleParameter`` of shape ``(out, 1)``) or ``(out,)`` (Quark; vLLM's
+        and SGLang's ``QuarkW8A8Fp8.create_weights`` make it 1-d)."""
+        return scale if self.channel_scale_keepdim else scale.reshape(-1)
 
     def scale_name(self, container_prefix: str, kind: str) -> str | None:
         """The checkpoint name of scale ``kind`` under ``container_prefix`` (ends with a dot)."""
@@ -60,7 +67,7 @@ PRODUCERS: dict[str, Producer] = {
                  kind_shapes={"q": (1,)}),
         Producer("quark", "quark",
                  {"q": "q_proj.output_scale", "k": "k_proj.output_scale", "v": "v_proj.output_scale",
-                  "prob": "prob_output_scale"}, (), "float32", "NAMES-4"),
+                  "prob": "prob_output_scale"}, (), "float32", "NAMES-4", channel_scale_keepdim=False),
         Producer("autofp8", "fp8", {"k": "k_scale", "v": "v_scale"}, (), "float32", "NAMES-5"),
         Producer("legacy-kv-scale", "fp8", {"k": "kv_scale"}, (), "float32", "NAMES-6", fused_kv=True),
         Producer("fused-qkv", "compressed-tensors", {"k": "qkv_proj.k_scale", "v": "qkv_proj.v_scale"},
@@ -88,7 +95,9 @@ MIRRORED_VERSIONS: dict[str, str] = {
                               "_collect_attention_q_scales_for_export): ModelOpt's export plus <attn>.q_proj.q_scale, "
                               "float32 (1,) = Q-BMM amax / maxbound, next to ModelOpt's 0-d "
                               "k_proj.k_scale/v_proj.v_scale (FP8 attention); needs CUDA, not run here",
-    "quark": "AMD Quark (amd-quark 0.12.post1 kv_cache_group export, field-bugs.md section 2); not run here",
+    "quark": "AMD Quark (amd-quark 0.12.post1 kv_cache_group export, field-bugs.md section 2): 0-d float32 "
+             "scales, per-channel weight_scale (out,) (the shape vLLM 0.33.0's and SGLang's QuarkW8A8Fp8 create); "
+             "not run here",
     "autofp8": "AutoFP8 505a7ed (archived; auto_fp8/quantize.py): 0-d float32 k_scale/v_scale; not run here",
     "legacy-kv-scale": "AutoFP8 before #25 (2024-07-23) and AMD/TGI tools: one kv_scale; not run here",
     "bare-prob-scale": "vLLM's mapper rule for bare q/prob scales (NAMES-11); no producer run",

@@ -9,7 +9,7 @@ import torch
 
 from loadspec.reference.spec import ModelSpec
 from loadspec.reference.vocabulary import SCALE_KINDS, torch_dtype
-from loadspec.strategies.producers import PRODUCERS, quantize_weight
+from loadspec.strategies.producers import PRODUCERS, Producer, quantize_weight
 
 KVValues = dict[str, float | None]  # kind ("q", "k", "v", "prob") -> float, or None to omit
 
@@ -35,13 +35,15 @@ def hf_linears(spec: ModelSpec, index: int) -> dict[str, tuple[int, int, str]]:
             f"{m}down_proj": (hidden, spec.intermediate_size, layer.down_quant)}
 
 
-def fp8_weight(values: torch.Tensor, scheme: str, *, scale_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+def fp8_weight(values: torch.Tensor, scheme: str, *, producer: Producer) -> dict[str, torch.Tensor]:
     """``weight`` (e4m3) and ``weight_scale`` for float ``values`` under ``scheme`` (amax / 448).
 
-    Per-tensor scales take the producer's ``scale_shape``; per-channel ones are ``(out, 1)``.
+    Per-tensor scales take the producer's ``scale_shape``; per-channel ones its ``channel_scale`` shape
+    (``(out, 1)``, Quark ``(out,)``).
     """
     weight, scale = quantize_weight(values, strategy="tensor" if scheme == "fp8_per_tensor" else "channel")
-    return {"weight": weight, "weight_scale": scale.reshape(scale_shape) if scheme == "fp8_per_tensor" else scale}
+    return {"weight": weight, "weight_scale": scale.reshape(producer.scale_shape) if scheme == "fp8_per_tensor"
+            else producer.channel_scale(scale)}
 
 
 def synthetic_checkpoint(spec: ModelSpec, *, producer: str = "canonical", seed: int = 0,
@@ -80,7 +82,7 @@ def synthetic_checkpoint(spec: ModelSpec, *, producer: str = "canonical", seed: 
             if scheme == "none":
                 out[f"{name}.weight"] = values.to(dtype)
             else:
-                for suffix, tensor in fp8_weight(values, scheme, scale_shape=tensor_scale_shape).items():
+                for suffix, tensor in fp8_weight(values, scheme, producer=producer_info).items():
                     out[f"{name}.{suffix}"] = tensor
                 if spec.static_input_scales:  # decided by the config, not the method's name [STATIC-1]
                     out[f"{name}.input_scale"] = (0.01 + rand(1, scale=0.01).abs()).reshape(

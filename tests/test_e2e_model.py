@@ -30,7 +30,7 @@ from loadspec.conformance.e2e.quantizer import quantize_checkpoint
 from loadspec.conformance.e2e.run import load_kernel_state
 from loadspec.reference.errors import ScaleShapeError
 from loadspec.reference.kv_cache import MissingKVScalesWarning
-from loadspec.reference.vocabulary import FP8_MAX, STATIC_INPUT_METHODS
+from loadspec.reference.vocabulary import FORMAT_ACTIVATION_SCHEMES, FP8_MAX
 from loadspec.strategies.producers import PRODUCERS, quantization_config, quantize_weight
 
 TEXT, PREFIX = "The capital of France is the city of Paris", "The capital of France is"
@@ -124,14 +124,14 @@ def test_quantizer_writes_exactly_the_producer_names(tiny, tmp_path, producer_id
     written = load_file(str(tmp_path / "model.safetensors"))
     layers = TINY_CONFIG["num_hidden_layers"]
     expected = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+    static = FORMAT_ACTIVATION_SCHEMES.get(producer.quant_method) == "static"  # the format's own default
     for i in range(layers):
         expected |= {f"model.layers.{i}.input_layernorm.weight", f"model.layers.{i}.post_attention_layernorm.weight"}
-        static = producer.quant_method in STATIC_INPUT_METHODS
         suffixes = ("weight", "weight_scale") + (("input_scale",) if static else ())
         expected |= {f"model.layers.{i}.{p}.{suffix}" for p in PROJS for suffix in suffixes}
         expected |= {producer.scale_name(f"model.layers.{i}.self_attn.", kind) for kind in written_kinds(producer)}
     assert set(written) == expected
-    if producer.quant_method in STATIC_INPUT_METHODS:  # calibrated: q/k/v and gate/up read the same input
+    if static:  # calibrated: q/k/v and gate/up read the same input
         for i in range(layers):
             same_input = [[written[f"model.layers.{i}.{p}.input_scale"] for p in group]
                           for group in (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -144,7 +144,9 @@ def test_quantizer_writes_exactly_the_producer_names(tiny, tmp_path, producer_id
         for p in PROJS:
             weight, scale = written[f"model.layers.{i}.{p}.weight"], written[f"model.layers.{i}.{p}.weight_scale"]
             assert weight.dtype == torch.float8_e4m3fn and scale.dtype == torch.float32
-            assert scale.shape == (per_tensor_shape if strategy == "tensor" else (weight.shape[0], 1))
+            # per channel: compressed-tensors (out, 1), Quark (out,) (vLLM's and SGLang's QuarkW8A8Fp8 make it 1-d)
+            channel_shape = (weight.shape[0],) if producer_id == "quark" else (weight.shape[0], 1)
+            assert scale.shape == (per_tensor_shape if strategy == "tensor" else channel_shape)
         for kind in written_kinds(producer):
             tensor = written[producer.scale_name(f"model.layers.{i}.self_attn.", kind)]
             assert tensor.shape == getattr(producer, "kind_shapes", {}).get(kind, producer.scale_shape)

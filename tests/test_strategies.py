@@ -433,3 +433,25 @@ def test_namespace_draws_sinks_only_for_an_adapter_declaring_them():
         make_strategies_namespace(NoSinks()).layer_graphs(allow_sinks=True).example()
     find(make_strategies_namespace(ReferenceAdapter()).layer_graphs(allow_sinks=True),
          lambda spec: any(layer.sinks for layer in spec.layers))
+
+
+@pytest.mark.parametrize("producer_id, channel_shape", [("compressed-tensors", lambda out: (out, 1)),
+                                                        ("quark", lambda out: (out,))])
+def test_per_channel_weight_scales_take_each_producer_s_shape(producer_id, channel_shape):
+    """compressed-tensors writes (out, 1) per-channel weight scales, Quark (out,) (vLLM 0.33.0's
+    ``QuarkW8A8Fp8.create_weights`` makes a 1-d ``ChannelQuantScaleParameter``, so an (out, 1) file fails its
+    ``load_qkv_weight`` shape assert); the reference loads both to the same kernel state."""
+    from loadspec.reference.spec import DEFAULT_SPEC
+    from loadspec.strategies.synthetic import synthetic_checkpoint
+
+    spec = ModelSpec(quant_method=PRODUCERS[producer_id].quant_method, layers=DEFAULT_SPEC.layers)
+    written = synthetic_checkpoint(spec, producer=producer_id)
+    channel = {n: t for n, t in written.items() if n.endswith("down_proj.weight_scale")}  # down: fp8_per_channel
+    assert channel and all(t.shape == channel_shape(written[n.replace("_scale", "")].shape[0])
+                           for n, t in channel.items()), {n: tuple(t.shape) for n, t in channel.items()}
+    kernels = []
+    for reshape in (lambda t: t, lambda t: t.reshape(-1, 1) if t.dim() == 1 else t.reshape(-1)):
+        model = api.build(spec)
+        api.first_load(model, [(n, reshape(t) if n in channel else t) for n, t in written.items()])
+        kernels.append(ReferenceAdapter().export_kernel_state(model))
+    assert_same_state(f"{producer_id} per-channel scales in the other shape", kernels[1], kernels[0], "LOAD-17")

@@ -40,6 +40,9 @@ USES = {  # capability -> whether a spec uses it, written out here independently
     "mla": lambda spec: spec.attention == "mla",
     "fp8_per_tensor": lambda spec: "fp8_per_tensor" in quants(spec),
     "fp8_per_channel": lambda spec: "fp8_per_channel" in quants(spec),
+    # Fp8Config and ModelOpt FP8 configs cannot state per-channel weights; compressed-tensors and Quark can
+    "fp8_per_channel_any_format": lambda spec: ("fp8_per_channel" in quants(spec)
+                                                and spec.quant_method in ("fp8", "modelopt")),
     "tied_embeddings": lambda spec: spec.tie_embeddings,
     "nested_wrappers": lambda spec: spec.wrapper != (),
     "mixer_container": lambda spec: spec.container == "mixer",
@@ -78,6 +81,12 @@ def test_an_adapter_declaring_only_the_model_tier_gets_plain_float32_mha_specs(s
     assert spec.attention == "mha" and spec.container == "self_attn" and spec.params_dtype == "float32"
     assert quants(spec) == {"none"} and not spec.tie_embeddings and spec.wrapper == ()
     assert spec.kv_cache_dtype in ("auto", "bfloat16", "fp8", "fp8_e4m3")
+
+
+@given(spec=make_strategies_namespace(Declaring("real-formats", EVERY_CAPABILITY - {"fp8_per_channel_any_format"}))
+       .layer_graphs(linear_quants=("fp8_per_channel",), allow_unquantized=False))
+def test_an_engine_reading_real_configs_gets_per_channel_only_where_a_format_states_it(spec):
+    assert spec.quant_method in ("compressed-tensors", "quark") and quants(spec) == {"fp8_per_channel"}, spec
 
 
 @given(spec=layer_graphs())

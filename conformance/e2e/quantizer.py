@@ -6,8 +6,9 @@ KV-cache scales in the layout of one producer of ``strategies.producers``, and `
 with that producer's ``quantization_config``. The compressed-tensors layouts mirror what
 llm-compressor 0.14.0.1 / compressed-tensors 0.19.0 write (``reports/e2e/real-tools/*.json``,
 ``make real-checkpoints``): weight scales in the model's dtype, per-tensor ones of shape
-``(1,)``, per-channel ones ``(out, 1)``, k/v scales only (no ``q_scale``). Calibration runs ``forward`` over the float
-model as the reference loader loads it: there is no second loader here.
+``(1,)``, per-channel ones ``(out, 1)`` (Quark ``(out,)``), k/v scales only (no ``q_scale``).
+Calibration runs ``forward`` over the float model as the reference loader loads it: there is
+no second loader here.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def quantize_checkpoint(src_dir: str | Path, dst_dir: str | Path, *, producer_id
             continue
         weight, scale = quantize_weight(tensor, strategy=weight_strategy)
         out[name] = weight.contiguous()
-        scale = scale.reshape(per_tensor_shape) if weight_strategy == "tensor" else scale
+        scale = scale.reshape(per_tensor_shape) if weight_strategy == "tensor" else producer.channel_scale(scale)
         out[name[: -len("weight")] + "weight_scale"] = scale.to(linear_scale_dtype).contiguous()
         if name in input_scale_of:
             out[name[: -len("weight")] + "input_scale"] = torch.tensor(

@@ -63,8 +63,9 @@ UNSUPPORTED = {
     "mla": "the SGLang adapter builds LlamaForCausalLM (MHA); it does not declare mla",
     "container": "SGLang's Llama names attention 'self_attn'; the adapter does not declare mixer_container",
     "wrapper": "SGLang's LlamaForCausalLM is the outermost module; the adapter does not declare nested_wrappers",
-    "fp8_per_channel": "Fp8Config and ModelOpt FP8 cannot express per-channel weights, and the adapter writes one "
-                       "weight strategy per checkpoint; it does not declare fp8_per_channel",
+    "fp8_per_channel": "the adapter writes one weight strategy per checkpoint (and Fp8Config and ModelOpt FP8 "
+                       "cannot express per-channel weights at all); it declares neither fp8_per_channel nor "
+                       "fp8_per_channel_any_format",
 }
 
 

@@ -47,6 +47,9 @@ CAPABILITIES = frozenset({
     # set_default_quant_scales and every KV method keep _q/_k/_v/_prob_scale_float and _k/_v_scale_cpu [LOAD-18];
     # CompressedTensorsKVCacheMethod loads attn_head scales (_tp_aware_loader), exported per head [HEADS-1]
     "host_mirrors", "kv_scales_per_head", "tp_head_slicing",
+    # CompressedTensorsW8A8Fp8 (weights.strategy channel) and QuarkW8A8Fp8 (qscheme per_channel) load per-channel
+    # FP8 weights; Fp8Config and ModelOpt FP8 have no per-channel scheme, so fp8_per_channel_any_format is not declared
+    "fp8_per_channel",
     # GPT-OSS's layout: the container owns make_attention_sink's parameter and passes it to Attention [RELOAD-15]
     "attention_sinks",
 })
@@ -79,8 +82,9 @@ NOTES = (
     "_tp_aware_loader of a layer with max(1, total_kv_heads // tp) KV heads, get_tensor_model_parallel_rank/"
     "world_size answering the asked rank and size (one process). "
     "Not declared: mla (the CPU MLA backend rejects fp8 KV caches), "
-    "per_token_head_kv (the CPU attention backend rejects per-token-head dtypes), fp8_per_channel (Fp8Config "
-    "and ModelOpt FP8 cannot express it), skip_rules (AutoWeightsLoader has no "
+    "per_token_head_kv (the CPU attention backend rejects per-token-head dtypes), fp8_per_channel_any_format "
+    "(Fp8Config and ModelOpt FP8 cannot express per-channel weights; compressed-tensors and Quark can, and "
+    "fp8_per_channel is declared), skip_rules (AutoWeightsLoader has no "
     "skip_prefixes since #53106), "
     "cuda (the CUDA platform needs compiled ops the CPU environment lacks)."
 )

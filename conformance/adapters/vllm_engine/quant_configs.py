@@ -94,7 +94,7 @@ def quantization_config_dict(quant_method: str, linear_schemes: dict[str, str], 
     if quant_method in ("fp8", "modelopt") and per_channel:
         raise NotImplementedError(
             f"vLLM's {quant_config_class(quant_method).__name__} has no per-channel FP8 linear scheme "
-            f"({per_channel[0]} is fp8_per_channel); the vLLM adapter does not declare fp8_per_channel")
+            f"({per_channel[0]} is fp8_per_channel); the vLLM adapter does not declare fp8_per_channel_any_format")
     if quant_method == "fp8":
         return {"quant_method": "fp8", "activation_scheme": activation_scheme, "ignored_layers": ignored}
     if quant_method == "modelopt":
