@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from loadspec.conformance.assertions import assert_equal, assert_same_state, fail
 from loadspec.conformance.drivers import built, draw_case, heavy
+from loadspec.conformance.reproducers import Case, record_case
 from loadspec.reference.vocabulary import torch_dtype
-from loadspec.strategies.static import as_static, static_checkpoint
+from loadspec.strategies.static import as_static
 
 pytestmark = pytest.mark.requires("model", "reduced_precision_params")
 
@@ -49,10 +50,6 @@ def test_model_is_built_in_the_checkpoint_dtype(impl, ref, request, data, device
                              torch.equal(tensor.cpu(), given_by_name[name]), True, "DTYPE-1")
 
 
-def _stored_as(weights, dtype: torch.dtype):
-    return [(n, t.to(dtype) if n.endswith(("weight_scale", "input_scale")) else t) for n, t in weights]
-
-
 @pytest.mark.rule("DTYPE-2")
 @heavy()
 @given(data=st.data())
@@ -65,9 +62,10 @@ def test_linear_scales_load_as_float32_whatever_they_are_stored_in(impl, ref, re
     layout = layouts["base"]  # every linear is FP8: no unquantized choice was offered
     if "static_input_scales" in impl.capabilities and data.draw(st.booleans(), label="static input scales"):
         spec = as_static(spec)
-        layout = replace(layout, spec=spec)
     stored = data.draw(SCALE_DTYPES, label="scale storage dtype")
-    weights = _stored_as(static_checkpoint(layout), stored)
+    layout = replace(layout, spec=spec, linear_scale_dtype=str(stored).removeprefix("torch."))
+    record_case(request, Case(request.node.nodeid, layouts={"base": layout}))  # the checkpoint as loaded
+    weights = layout.tensors()
     state = impl.export_kernel_state(built(impl, spec, weights, device=device))
     oracle = ref.export_kernel_state(built(ref, spec, weights, device="cpu"))
     scales = {n: t for n, t in oracle.items() if n.endswith(("weight_scale", "input_scale"))}

@@ -39,6 +39,8 @@ ORDERS = ("file", "sorted", "shuffled", "interleaved", "reversed")
 SCALE_DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                      "float64": torch.float64}
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
+LINEAR_SCALE_SUFFIXES = (".weight_scale", ".input_scale")
+"""Checkpoint names of an FP8 linear's scales end with these (``linear_scale_dtype`` stores them) [DTYPE-2]."""
 HEAD_PRODUCER = "compressed-tensors"
 """The producer that writes per-head KV-cache scales (``kv_cache_scheme.strategy: attn_head``) [HEADS-1]."""
 
@@ -68,7 +70,8 @@ class CheckpointLayout:
     """One checkpoint of ``spec``: producer layout, values, tensor order, sharding, missing and extra tensors.
 
     ``kv_scales`` maps a scale kind to its value (``None``: not written);
-    ``scale_dtype`` overrides the producer's scale dtype; ``max_shard_size`` is
+    ``scale_dtype`` overrides the producer's KV-scale dtype; ``linear_scale_dtype`` stores every ``weight_scale``
+    and ``input_scale`` in that dtype instead of the producer's [DTYPE-2]; ``max_shard_size`` is
     in bytes (``None``: one file); ``missing`` names checkpoint tensors left out;
     ``extra`` adds ``(name, shape)`` zero tensors no model parameter takes. ``head_scales`` (compressed-tensors
     only), when not empty, replaces every KV-cache scale with per-head ``(heads, 1, 1)`` tensors of those values
@@ -91,6 +94,7 @@ class CheckpointLayout:
     seed: int = 0
     kv_scales: dict[str, float | None] = field(default_factory=dict)
     scale_dtype: str | None = None
+    linear_scale_dtype: str | None = None
     order: str = "file"
     order_seed: int = 0
     max_shard_size: int | None = None
@@ -104,9 +108,10 @@ class CheckpointLayout:
             raise ValueError(f"producer={self.producer!r}, but should be one of {tuple(PRODUCERS)}")
         if self.order not in ORDERS:
             raise ValueError(f"order={self.order!r}, but should be one of {ORDERS}")
-        if self.scale_dtype is not None and self.scale_dtype not in SCALE_DTYPE_NAMES:
-            raise ValueError(f"scale_dtype={self.scale_dtype!r}, but should be None or one of "
-                             f"{tuple(SCALE_DTYPE_NAMES)}")
+        for name in ("scale_dtype", "linear_scale_dtype"):
+            if getattr(self, name) is not None and getattr(self, name) not in SCALE_DTYPE_NAMES:
+                raise ValueError(f"{name}={getattr(self, name)!r}, but should be None or one of "
+                                 f"{tuple(SCALE_DTYPE_NAMES)}")
         unknown = set(self.kv_scales) - set(SCALE_KINDS)
         if unknown:
             raise ValueError(f"kv_scales has kinds {sorted(unknown)}, but should only have {SCALE_KINDS}")
@@ -123,6 +128,10 @@ class CheckpointLayout:
         dtype = None if self.scale_dtype is None else SCALE_DTYPE_NAMES[self.scale_dtype]
         state = synthetic_checkpoint(self.spec, producer=self.producer, seed=self.seed,
                                      kv_scales=dict(self.kv_scales), scale_dtype=dtype)
+        if self.linear_scale_dtype is not None:
+            linear = SCALE_DTYPE_NAMES[self.linear_scale_dtype]
+            state = {name: tensor.to(linear) if name.endswith(LINEAR_SCALE_SUFFIXES) else tensor
+                     for name, tensor in state.items()}
         if not self.head_scales:
             return state
         per_tensor = set(self._per_tensor_scale_names())
@@ -221,7 +230,9 @@ class CheckpointLayout:
                        "".join(f" {name}{list(shape)}" for name, shape, _ in self.replaced)])
         return (f"{spec.attention} L{len(spec.layers)} {spec.quant_method or 'unquantized'} kv={spec.kv_cache_dtype} "
                 f"{spec.params_dtype} | {self.producer} seed={self.seed} scales[{scales}] "
-                f"dtype={self.scale_dtype or 'producer'} {order} {shards}{off}")
+                f"dtype={self.scale_dtype or 'producer'}"
+                + (f" linear-scales={self.linear_scale_dtype}" if self.linear_scale_dtype else "")
+                + f" {order} {shards}{off}")
 
     def to_json(self) -> str:
         """The layout as JSON, for reproducers (NaN and infinities as JSON extensions)."""

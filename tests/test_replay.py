@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from loadspec.conformance.reproducers import REPLAY, Case
@@ -184,3 +185,35 @@ def test_a_rejected_per_head_case_replays_its_acceptance(tmp_path):
     assert "mutant-broadcast-head-scale: loaded" in result.stdout
     rejected = next(line for line in result.stdout.splitlines() if line.startswith("reference: "))
     assert rejected.startswith("reference: error") and name in rejected and "(1,)" in rejected, result.stdout
+
+
+@pytest.mark.slow
+def test_the_linear_scale_dtype_test_writes_a_reproducer_that_replays_its_failure(tmp_path):
+    """DTYPE-2 stores every linear scale in a drawn dtype: the reproducer records it (``linear_scale_dtype``), the
+    directory holds the scales in that dtype and the static input scales the test added, and its replay.py fails
+    for a loader that keeps them in the model's dtype (before, case.json held the layout as drawn: the producer's
+    scale dtypes and, where the test had made the spec static, a spec without input scales)."""
+    run = subprocess.run([sys.executable, "-m", "pytest", "conformance/test_dtype.py", "--rule=DTYPE-2",
+                          "--impl=mutants.model_dtype_linear_scales:ModelDtypeLinearScalesAdapter",
+                          "--hypothesis-seed=0", "--hypothesis-profile=loadspec-meta",
+                          f"--loadspec-report={tmp_path / 'report'}", "-q", "-p", "no:warnings",
+                          "-p", "no:cacheprovider"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={"PYTHONPATH": str(ROOT / "tests"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 1, run.stdout + run.stderr
+    directory = (tmp_path / "report" / "reproducers"
+                 / "test_linear_scales_load_as_float32_whatever_they_are_stored_in")
+    recorded = json.loads((directory / "case.json").read_text())["layouts"]["base"]
+    layout = CheckpointLayout.from_json(json.dumps(recorded))
+    assert layout.linear_scale_dtype in ("float32", "bfloat16", "float16"), layout
+    written = {}
+    for path in (directory / "base").glob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            written.update((name, f.get_tensor(name).dtype) for name in f.keys())  # noqa: SIM118
+    linear = {name: dtype for name, dtype in written.items() if name.endswith((".weight_scale", ".input_scale"))}
+    assert linear and set(linear.values()) == {getattr(torch, layout.linear_scale_dtype)}, linear
+    if layout.spec.static_input_scales:
+        assert set(input_scale_names(layout.spec)) <= set(written)
+    result = replay(directory, "mutants.model_dtype_linear_scales:ModelDtypeLinearScalesAdapter")
+    assert result.returncode == 1 and "differs: " in result.stdout, result.stdout + result.stderr
+    assert replay(directory, "reference").returncode == 0

@@ -455,3 +455,26 @@ def test_per_channel_weight_scales_take_each_producer_s_shape(producer_id, chann
         api.first_load(model, [(n, reshape(t) if n in channel else t) for n, t in written.items()])
         kernels.append(ReferenceAdapter().export_kernel_state(model))
     assert_same_state(f"{producer_id} per-channel scales in the other shape", kernels[1], kernels[0], "LOAD-17")
+
+
+def test_a_layout_stores_linear_scales_in_its_linear_scale_dtype():
+    """``linear_scale_dtype`` converts every weight_scale and input_scale, nothing else, and survives JSON (the
+    DTYPE-2 reproducer); an unknown dtype is a ValueError naming the field."""
+    from loadspec.reference.spec import DEFAULT_SPEC
+    from loadspec.strategies.static import as_static
+
+    plain = CheckpointLayout(as_static(DEFAULT_SPEC), producer="autofp8", kv_scales={"k": 0.5})
+    stored = replace(plain, linear_scale_dtype="bfloat16")
+    before, after = dict(plain.tensors()), dict(stored.tensors())
+    assert before.keys() == after.keys()
+    linear = [n for n in before if n.endswith((".weight_scale", ".input_scale"))]
+    assert any(n.endswith(".input_scale") for n in linear) and any(n.endswith(".weight_scale") for n in linear)
+    for name, tensor in after.items():
+        if name in linear:
+            assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, before[name].to(torch.bfloat16)), name
+        else:
+            assert tensor.dtype == before[name].dtype and torch.equal(tensor, before[name]), name
+    assert CheckpointLayout.from_json(stored.to_json()) == stored
+    assert "linear-scales=bfloat16" in stored.summary()
+    with pytest.raises(ValueError, match=r"linear_scale_dtype='fp8'.*should be None or one of"):
+        replace(plain, linear_scale_dtype="fp8")
