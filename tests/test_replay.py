@@ -89,6 +89,16 @@ def test_replay_as_a_module_takes_the_directory(tmp_path):
     assert usage.returncode != 0 and "usage:" in usage.stderr
 
 
+def suite_run(tmp_path: Path, module: str, rule: str, impl: str, *options: str) -> subprocess.CompletedProcess:
+    """``pytest <module> --rule=<rule> --impl=<impl>`` on seed 0, writing its report (and reproducers) under
+    ``tmp_path/report``, as a maintainer runs the suite."""
+    return subprocess.run([sys.executable, "-m", "pytest", module, f"--rule={rule}", f"--impl={impl}",
+                           "--hypothesis-seed=0", *options, f"--loadspec-report={tmp_path / 'report'}", "-q",
+                           "-p", "no:warnings", "-p", "no:cacheprovider"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={"PYTHONPATH": str(ROOT / "tests"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+
 def _written(directory: Path) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor in the checkpoint directory's shards."""
     out = {}
@@ -150,12 +160,8 @@ def test_a_per_head_case_replays_its_failure(tmp_path):
 def test_the_static_suite_test_writes_a_reproducer_that_replays_its_failure(tmp_path):
     """End to end: STATIC-1 fails for the name-decided mutant, the plugin writes the reproducer, and its replay.py
     fails the same way (before, the directory lacked the input scales the test had added)."""
-    run = subprocess.run([sys.executable, "-m", "pytest", "conformance/test_static.py", "--rule=STATIC-1",
-                          "--impl=mutants.name_decided_static:NameDecidedStaticAdapter", "--hypothesis-seed=0",
-                          f"--loadspec-report={tmp_path / 'report'}", "-q", "-p", "no:warnings",
-                          "-p", "no:cacheprovider"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env={"PYTHONPATH": str(ROOT / "tests"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    run = suite_run(tmp_path, "conformance/test_static.py", "STATIC-1",
+                    "mutants.name_decided_static:NameDecidedStaticAdapter")
     assert run.returncode == 1, run.stdout + run.stderr
     directory = tmp_path / "report" / "reproducers" / "test_static_config_loads_every_input_scale"
     recorded = json.loads((directory / "case.json").read_text())["layouts"]["base"]
@@ -193,13 +199,9 @@ def test_the_linear_scale_dtype_test_writes_a_reproducer_that_replays_its_failur
     directory holds the scales in that dtype and the static input scales the test added, and its replay.py fails
     for a loader that keeps them in the model's dtype (before, case.json held the layout as drawn: the producer's
     scale dtypes and, where the test had made the spec static, a spec without input scales)."""
-    run = subprocess.run([sys.executable, "-m", "pytest", "conformance/test_dtype.py", "--rule=DTYPE-2",
-                          "--impl=mutants.model_dtype_linear_scales:ModelDtypeLinearScalesAdapter",
-                          "--hypothesis-seed=0", "--hypothesis-profile=loadspec-meta",
-                          f"--loadspec-report={tmp_path / 'report'}", "-q", "-p", "no:warnings",
-                          "-p", "no:cacheprovider"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env={"PYTHONPATH": str(ROOT / "tests"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    run = suite_run(tmp_path, "conformance/test_dtype.py", "DTYPE-2",
+                    "mutants.model_dtype_linear_scales:ModelDtypeLinearScalesAdapter",
+                    "--hypothesis-profile=loadspec-meta")
     assert run.returncode == 1, run.stdout + run.stderr
     directory = (tmp_path / "report" / "reproducers"
                  / "test_linear_scales_load_as_float32_whatever_they_are_stored_in")
