@@ -68,6 +68,8 @@ CAPABILITIES: dict[str, str] = {
     ATTENTION_SINKS: "attention layers owning a parameter besides their KV-cache scales (attention sinks: "
                      "LayerSpec.sinks, attn.sinks [num_heads] in checkpoint and export)",
     "skip_rules": "the automatic loader takes skip_prefixes/skip_substrs",
+    "mapper_entries": "mapper_entries: a mapper's entries per stage, keyed as the engine keys them (NAMES-10's "
+                      "shared-key case reuses the cache-scale mapper's own keys)",
     "cuda": "runs on CUDA devices",
 }
 
@@ -82,6 +84,7 @@ MODEL_METHODS = (
 SESSION_METHODS = ("open_reload", "count_loader_call")
 ORDER_METHODS = ("processing_order",)
 TP_METHODS = ("slice_head_scales",)
+MAPPER_METHODS = ("mapper_entries",)
 
 
 @runtime_checkable
@@ -205,6 +208,11 @@ class Adapter(Protocol):
     def processing_order(self, model: Any) -> list[str]:
         """[processing_order] Module names processed by the last load or reload, in order."""
 
+    def mapper_entries(self, mapper: Any) -> dict[str, dict]:
+        """[mapper_entries] ``mapper``'s entries per stage (``regex``, ``substr``, ``stacked``, ``prefix``,
+        ``suffix``; empty stages may be left out), keys as the engine holds them, so that ``make_mapper`` given
+        one of them makes an entry that shares its key [NAMES-10]."""
+
     def slice_head_scales(self, scale: torch.Tensor, *, kind: str, total_heads: int, total_kv_heads: int,
                           tp_rank: int, tp_size: int) -> torch.Tensor:
         """[tp_head_slicing] The ``(n,)`` per-head scales rank ``tp_rank`` of ``tp_size`` loads from the whole
@@ -230,6 +238,8 @@ def required_methods(capabilities: frozenset[str]) -> tuple[str, ...]:
         methods += ORDER_METHODS
     if TP_HEAD_SLICING in capabilities:
         methods += TP_METHODS
+    if "mapper_entries" in capabilities:
+        methods += MAPPER_METHODS
     return methods
 
 

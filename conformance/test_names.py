@@ -218,6 +218,52 @@ MERGE_CASES = [pytest.param(p.id, kind, id=f"{p.id}-{kind}") for p in MUST_PRODU
                for kind in p.scale_names]
 
 
+DECOYS = {"regex": ".decoy_scale", "substr": ".decoy.", "prefix": "decoy.", "suffix": ".decoy_scale"}
+"""What a model's mapper entry sharing a cache-scale key maps to: a name no module has (stacked: none to share)."""
+
+
+def mapping_entry(impl, mapper, name: str) -> tuple[str, object] | None:
+    """The first ``(stage, key)`` of ``mapper`` that alone renames ``name`` (its stages in the engine's order)."""
+    for stage, entries in impl.mapper_entries(mapper).items():
+        if stage not in DECOYS:
+            continue
+        for key in entries:
+            alone = impl.make_mapper(**{stage: {key: entries[key]}})
+            if impl.map_name(alone, name) != (name, None):
+                return stage, key
+    return None
+
+
+@pytest.mark.rule("NAMES-10")
+@pytest.mark.requires("primitives", "mapper_entries")
+@pytest.mark.parametrize("producer_id, kind", MERGE_CASES)
+def test_cache_scale_entry_wins_on_a_shared_key(impl, producer_id, kind):
+    """The model's mapper has an entry with the very key of the cache-scale entry that maps the producer's name,
+    mapping it to a decoy; merged on the right, the cache-scale entry wins and the scale loads. Merged on the
+    left, the model's decoy wins and the scale is lost (``dict`` merge: the right side's value) [NAMES-10]."""
+    import torch
+
+    producer = PRODUCERS[producer_id]
+    module, attn = attention_tree()
+    name = producer.scale_name("model.layers.0.self_attn.", kind)
+    target = f"{'k' if producer.fused_kv else kind}_scale"
+    found = mapping_entry(impl, impl.cache_scale_mapper(producer.quant_method), name)
+    if found is None:  # the engine maps the name nowhere: NAMES-1..9 say so
+        pytest.skip(f"{impl.name}'s {producer.quant_method} cache-scale mapper has no entry renaming {name!r}")
+    stage, key = found
+    model_mapper = impl.make_mapper(**{stage: {key: DECOYS[stage]}})
+    what = (f"auto_load({name!r}) under {producer.quant_method} with the model's mapper {{{stage}: {{{key!r}: "
+            f"{DECOYS[stage]!r}}}}} (the cache-scale mapper's own key)")
+    try:
+        loaded = impl.auto_load(module, [(name, torch.tensor(0.5))], mapper=model_mapper,
+                                quant_method=producer.quant_method)
+    except Exception as exc:  # noqa: BLE001 - shown, not handled
+        fail(what, f"{type(exc).__name__}: {exc}", f"loads model.layers.0.self_attn.attn.{target}", "NAMES-10")
+    assert_equal(f"names loaded by {what}", sorted(loaded), [f"model.layers.0.self_attn.attn.{target}"],
+                 "NAMES-10")
+    assert_equal(f"attn.{target} after {what}", getattr(attn, target).item(), 0.5, "NAMES-10")
+
+
 @pytest.mark.rule("NAMES-10")
 @pytest.mark.requires("primitives")
 @pytest.mark.parametrize("producer_id, kind", MERGE_CASES)

@@ -89,6 +89,9 @@ class ReferenceAdapter:
     def apply_mapper(self, mapper: WeightsMapper, weights: Weights) -> list[tuple[str, torch.Tensor]]:
         return [(name, tensor) for name, tensor, _ in mapper.apply(weights)]
 
+    def mapper_entries(self, mapper: WeightsMapper) -> dict[str, dict]:
+        return {stage: dict(getattr(mapper, stage)) for stage in ("regex", "substr", "stacked", "prefix", "suffix")}
+
     def cache_scale_mapper(self, quant_method: str) -> WeightsMapper:
         return QuantConfig(quant_method).get_cache_scale_mapper() if quant_method else cache_scale_mapper()
 

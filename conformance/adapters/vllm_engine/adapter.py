@@ -50,6 +50,8 @@ CAPABILITIES = frozenset({
     # CompressedTensorsW8A8Fp8 (weights.strategy channel) and QuarkW8A8Fp8 (qscheme per_channel) load per-channel
     # FP8 weights; Fp8Config and ModelOpt FP8 have no per-channel scheme, so fp8_per_channel_any_format is not declared
     "fp8_per_channel",
+    # WeightsMapper's orig_to_new_* dicts are the entries, keyed as make_mapper keys them [NAMES-10]
+    "mapper_entries",
     # GPT-OSS's layout: the container owns make_attention_sink's parameter and passes it to Attention [RELOAD-15]
     "attention_sinks",
 })
@@ -147,6 +149,10 @@ class VllmAdapter:
 
     def apply_mapper(self, mapper: WeightsMapper, weights: Weights) -> list[tuple[str, torch.Tensor]]:
         return list(mapper.apply(weights))
+
+    def mapper_entries(self, mapper: WeightsMapper) -> dict[str, dict]:
+        return {stage: dict(getattr(mapper, f"orig_to_new_{stage}"))  # orig_to_new_renaming has no contract stage
+                for stage in ("regex", "substr", "stacked", "prefix", "suffix")}
 
     def cache_scale_mapper(self, quant_method: str) -> WeightsMapper:
         return quant_config_class(quant_method).get_cache_scale_mapper()
