@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CONTRACT_VERSION = "2026.12.1"
+CONTRACT_VERSION = "2026.12.2"
 
 MUST = "MUST"
 SHOULD = "SHOULD"
@@ -387,9 +387,9 @@ RULES: tuple[Rule, ...] = (
          "The KV-cache scales the model ends with are the checkpoint's: reloading a checkpoint whose k/v scales are divided by 16 (K and V saturate at +-448) makes perplexity exceed 1000.",
          f"{_KV} BaseKVCacheMethod.process_weights_after_loading; {_LW} _reload_attention_scales (#38995)"),
     Rule("E2E-4", SHOULD,
-         "Legacy compressed-tensors checkpoints (self_attn.{q,k,v}_proj.output_scale under a compressed-tensors quantization config) meet E2E-1 and E2E-2 too.",
-         f"{_FP8} Fp8Config.get_cache_scale_mapper (#43167)",
-         "vLLM's compressed-tensors config has no output_scale mapping (NAMES-2), so such a checkpoint does not load."),
+         "Checkpoints in the layouts whose NAMES rule is a SHOULD meet E2E-1 and E2E-2 too: legacy compressed-tensors (self_attn.{q,k,v}_proj.output_scale under a compressed-tensors quantization config, NAMES-2) and ModelOpt FP8 attention (a calibrated self_attn.q_proj.q_scale next to k_proj.k_scale/v_proj.v_scale, NAMES-15), with every KV-cache scale of the file, q included, ending in the kernel.",
+         f"{_FP8} Fp8Config.get_cache_scale_mapper (#43167); NVIDIA/TensorRT-Edge-LLM tensorrt_edgellm/quantization/quantize.py _collect_attention_q_scales_for_export (commit 9fccfef4)",
+         "vLLM's compressed-tensors config has no output_scale mapping (NAMES-2), so a legacy checkpoint does not load; ModelOpt's q_proj.q_scale is renamed by the stacked q_proj->qkv_proj entry and loading raises AttributeError: QKVParallelLinear has no attribute `attn` (NAMES-15)."),
 )
 
 RULES += (

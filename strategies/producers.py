@@ -34,6 +34,7 @@ class Producer:
     fused_kv: bool = False  # writes one scale for k and v (legacy kv_scale)
     kind_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # kinds whose shape is not scale_shape
     channel_scale_keepdim: bool = True  # per-channel weight scales as (out, 1); False: (out,)
+    calibrated_q: bool = False  # writes a calibrated q scale (FP8 attention: Q amax / 448), not an uncalibrated 1.0
 
     def channel_scale(self, scale: torch.Tensor) -> torch.Tensor:
         """A per-channel weight scale ``(out, 1)`` (``quantize_weight``) in the shape this producer writes: ``(out, 1)``
@@ -64,7 +65,7 @@ PRODUCERS: dict[str, Producer] = {
         Producer("modelopt", "modelopt", {"k": "k_proj.k_scale", "v": "v_proj.v_scale"}, (), "float32", "NAMES-3"),
         Producer("modelopt-fp8-attention", "modelopt",
                  {"q": "q_proj.q_scale", "k": "k_proj.k_scale", "v": "v_proj.v_scale"}, (), "float32", "NAMES-15",
-                 kind_shapes={"q": (1,)}),
+                 kind_shapes={"q": (1,)}, calibrated_q=True),
         Producer("quark", "quark",
                  {"q": "q_proj.output_scale", "k": "k_proj.output_scale", "v": "v_proj.output_scale",
                   "prob": "prob_output_scale"}, (), "float32", "NAMES-4", channel_scale_keepdim=False),

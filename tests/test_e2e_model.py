@@ -151,6 +151,9 @@ def test_quantizer_writes_exactly_the_producer_names(tiny, tmp_path, producer_id
             tensor = written[producer.scale_name(f"model.layers.{i}.self_attn.", kind)]
             assert tensor.shape == getattr(producer, "kind_shapes", {}).get(kind, producer.scale_shape)
             assert tensor.dtype == torch.float32  # the tiny model is float32, so "model" dtype is too
+        if "q" in written_kinds(producer):  # FP8 attention calibrates q (Q amax / 448); the others write 1.0
+            q = float(written[producer.scale_name(f"model.layers.{i}.self_attn.", "q")])
+            assert (q != 1.0 and 0 < q < 1) if producer_id == "modelopt-fp8-attention" else q == 1.0, (producer_id, q)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["quantization_config"] == quantization_config(producer_id, weight_strategy=strategy,
                                                                 ignored=("lm_head",))

@@ -36,6 +36,7 @@ CHECKPOINT_ENV = "LOADSPEC_CHECKPOINT"  # a user checkpoint: a local directory o
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+(@[\w./-]+)?")
 _LAYER_KV_SCALE = re.compile(r"^model\.layers\.(\d+)\.self_attn\.attn\.([kv])_scale$")
+_LAYER_Q_SCALE = re.compile(r"^model\.layers\.(\d+)\.self_attn\.attn\.q_scale$")
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 ALLOCATION_FACTOR = 2
 ALLOCATION_SLACK = 16 * 2**20
@@ -64,6 +65,7 @@ class CheckpointInfo:
     kv_scales: tuple[tuple[KVValue, KVValue], ...]  # per layer (k, v) an engine must end with (v follows k and k v)
     scale_names: tuple[str, ...]  # the checkpoint's KV-cache scale tensors
     scheme: Scheme | None = None  # what the config says (spec_inference)
+    q_scales: tuple[float | None, ...] = ()  # per layer the file's q scale (per-tensor checkpoints; None: none)
 
     @property
     def num_layers(self) -> int:
@@ -218,6 +220,24 @@ def _kv_scales(path: Path, checkpoint: Checkpoint, layers: int, *, heads: int | 
     return scales, [name for seen in found.values() for name in seen], missing, problems
 
 
+def _q_scales(checkpoint: Checkpoint, layers: int) -> tuple[list[float | None], list[str]]:
+    """Per layer the file's one-element q scale (``None`` where it has none), and every problem (a q scale that is
+    not one finite positive element; FP8 attention applies it, e.g. ModelOpt's ``q_proj.q_scale`` [NAMES-15])."""
+    mapper = cache_scale_mapper()
+    values: list[float | None] = [None] * layers
+    problems = []
+    for name in sorted(checkpoint.tensors):
+        match = _LAYER_Q_SCALE.match(mapper.map_name(name) or "")
+        if match is None or int(match.group(1)) >= layers:
+            continue
+        tensor = checkpoint.read(name).float().reshape(-1)
+        if tensor.numel() != 1 or not (math.isfinite(float(tensor[0])) and float(tensor[0]) > 0):
+            problems.append(f"q scale {name}={tensor.tolist()!r}, but should be one finite element > 0")
+            continue
+        values[int(match.group(1))] = float(tensor[0])
+    return values, problems
+
+
 def _raise_problems(path: Path, scheme_problems: list[str], problems: list[str]) -> None:
     """One ``CheckpointError`` listing every problem (the scheme's first), or nothing when there is none."""
     parts = ([f"unsupported quantization_config scheme: {'; '.join(scheme_problems)}"] if scheme_problems else [])
@@ -273,6 +293,8 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     kv_scales, found_names, missing, kv_problems = _kv_scales(path, checkpoint, layers,
                                                               heads=spec.num_kv_heads if per_head else None)
     problems += kv_problems
+    q_scales, q_problems = ([], []) if per_head else _q_scales(checkpoint, layers)
+    problems += q_problems
     if missing:
         prefix = f"model.layers.{missing[0]}.self_attn."
         problems.append(
@@ -288,7 +310,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     assert scheme is not None and scheme.quant_method is not None  # no problem left means a scheme was read
     return CheckpointInfo(path=path, config=config, quant_method=scheme.quant_method,
                           linear_quant=scheme.linear_quant, kv_scales=tuple(kv_scales),
-                          scale_names=tuple(found_names), scheme=scheme)
+                          scale_names=tuple(found_names), scheme=scheme, q_scales=tuple(q_scales))
 
 
 def spec_for(info: CheckpointInfo) -> ModelSpec:

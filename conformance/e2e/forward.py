@@ -36,6 +36,7 @@ FUSED_PROJS = {"self_attn.qkv_proj": ("q_proj", "k_proj", "v_proj"), "self_attn.
 LINEARS = tuple(FUSED_PROJS)
 
 KVObserver = Callable[[int, torch.Tensor, torch.Tensor], None]
+QObserver = Callable[[int, torch.Tensor], None]
 LinearObserver = Callable[[str, torch.Tensor], None]
 
 
@@ -353,11 +354,13 @@ def _linear(x: torch.Tensor, state: dict, name: str, device: torch.device, paths
 @torch.no_grad()
 def forward_logits(state: dict, spec: ModelSpec, input_ids, *, kv_cache_dtype: str | None = None,
                    device: str | torch.device | None = None, kv_observer: KVObserver | None = None,
-                   linear_observer: LinearObserver | None = None, info: dict | None = None) -> torch.Tensor:
+                   linear_observer: LinearObserver | None = None, info: dict | None = None,
+                   q_observer: QObserver | None = None) -> torch.Tensor:
     """Float32 logits ``[batch, seq, vocab]`` of a causal Llama forward over ``state``.
 
     ``kv_cache_dtype`` defaults to ``spec.kv_cache_dtype``; ``kv_observer(layer, k, v)`` sees
-    post-RoPE K and V before cache quantization; ``linear_observer(name, x)`` sees each
+    post-RoPE K and V before cache quantization, ``q_observer(layer, q)`` post-RoPE Q (what FP8
+    attention quantizes with ``q_scale``); ``linear_observer(name, x)`` sees each
     linear's input; ``info`` (a dict) receives which linear path ran (``scaled_mm``,
     ``scaled_mm_static_input``, ``static_input``, ``dequant_matmul``, ``float_matmul``) and how
     often. A static ``input_scale`` in ``state`` is applied (the activation is rounded through
@@ -397,6 +400,8 @@ def forward_logits(state: dict, spec: ModelSpec, input_ids, *, kv_cache_dtype: s
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_observer is not None:
             kv_observer(i, k, v)
+        if q_observer is not None:
+            q_observer(i, q)
         if kv_cache_dtype in ("fp8", "fp8_e4m3"):
             for kind in ("k_scale", "v_scale"):
                 if kind not in scales:

@@ -70,6 +70,19 @@ def calibrate_kv_scales(state: dict, spec: ModelSpec, tokenizer, *,
     return [(k / FP8_MAX, v / FP8_MAX) for k, v in amax]
 
 
+def calibrate_q_scales(state: dict, spec: ModelSpec, tokenizer, *,
+                       calibration_text: str = DEFAULT_CALIBRATION_TEXT) -> list[float]:
+    """Per layer the amax of post-RoPE Q over the text, divided by 448: the FP8-attention ``q_scale``
+    TensorRT-Edge-LLM exports (``_collect_attention_q_scales_for_export``: Q-BMM amax / maxbound) [NAMES-15]."""
+    amax = [0.0 for _ in spec.layers]
+
+    def observe(layer: int, q: torch.Tensor) -> None:
+        amax[layer] = max(amax[layer], float(q.abs().amax()))
+
+    forward_logits(state, spec, tokenizer(calibration_text)["input_ids"], kv_cache_dtype="auto", q_observer=observe)
+    return [q / FP8_MAX for q in amax]
+
+
 def calibrate_input_scales(state: dict, spec: ModelSpec, tokenizer, *,
                            calibration_text: str = DEFAULT_CALIBRATION_TEXT) -> dict[str, float]:
     """Static activation scales: kernel linear name -> amax of its input over the text, divided by 448."""
@@ -148,10 +161,15 @@ def quantize_checkpoint(src_dir: str | Path, dst_dir: str | Path, *, producer_id
     layout = spec.with_(quant_method=producer.quant_method, params_dtype=dtype_name)
     # A compressed-tensors kv_cache_scheme writes k_scale and v_scale only (no q_scale: that needs attention
     # quantization); the other layouts get q/prob at 1.0 where their names exist.
+    # FP8-attention exports calibrate q (Producer.calibrated_q).
     uncalibrated = {} if compressed_tensors else {"q": 1.0, "prob": 1.0}
+    q_scales = (calibrate_q_scales(float_state, spec, tokenizer, calibration_text=calibration_text)
+                if producer.calibrated_q else None)
     for index, (k, v) in enumerate(scales):
-        out.update(kv_scale_tensors(layout, index, producer=producer_id,
-                                    kv_scales={"k": k, "v": v, **uncalibrated}))
+        values: dict[str, float | None] = {"k": k, "v": v, **uncalibrated}
+        if q_scales:
+            values["q"] = q_scales[index]
+        out.update(kv_scale_tensors(layout, index, producer=producer_id, kv_scales=values))
 
     dst_dir.mkdir(parents=True, exist_ok=True)
     save_file(out, str(dst_dir / "model.safetensors"), metadata={"format": "pt"})
@@ -164,5 +182,5 @@ def quantize_checkpoint(src_dir: str | Path, dst_dir: str | Path, *, producer_id
     return {"kv_scales": scales, "names": sorted(out)}
 
 
-__all__ = ["quantize_checkpoint", "calibrate_kv_scales", "calibrate_input_scales", "float_kernel_state",
-           "hf_projection", "DEFAULT_CALIBRATION_TEXT", "TOKENIZER_FILES"]
+__all__ = ["quantize_checkpoint", "calibrate_kv_scales", "calibrate_q_scales", "calibrate_input_scales",
+           "float_kernel_state", "hf_projection", "DEFAULT_CALIBRATION_TEXT", "TOKENIZER_FILES"]

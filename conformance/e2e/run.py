@@ -58,8 +58,8 @@ BLOWUP_PERPLEXITY = 1000.0  # E2E-3
 BROKEN_SCALE_MULTIPLIER = 1 / 16  # E2E-3: K and V saturate at +-448
 
 # Every producer layout the NAMES rules cover that the quantizer writes for a real checkpoint.
-PRODUCER_IDS = ("compressed-tensors", "compressed-tensors-legacy", "modelopt", "quark", "autofp8",
-                "legacy-kv-scale", "fused-qkv")
+PRODUCER_IDS = ("compressed-tensors", "compressed-tensors-legacy", "modelopt", "modelopt-fp8-attention", "quark",
+                "autofp8", "legacy-kv-scale", "fused-qkv")
 # The cases the suite runs: (producer, weight strategy).
 CASES = tuple((producer, "tensor") for producer in PRODUCER_IDS) + (("compressed-tensors", "channel"),)
 BROKEN_CASE = ("compressed-tensors", "tensor")
@@ -114,9 +114,9 @@ class E2EResult:
     def scales_compared(self) -> str:
         """How many scales of each kind were compared with the file, e.g. ``60 kv, 120 weight, 120 input``."""
         counts = {kind: sum(name.endswith(suffix) for name in self.compared_names)
-                  for kind, suffix in (("kv", ("k_scale", "v_scale")), ("weight", "weight_scale"),
+                  for kind, suffix in (("kv", ("k_scale", "v_scale")), ("q", ".q_scale"), ("weight", "weight_scale"),
                                        ("input", "input_scale"))}
-        return ", ".join(f"{count} {kind}" for kind, count in counts.items())
+        return ", ".join(f"{count} {kind}" for kind, count in counts.items() if count or kind != "q")
 
     def measured(self) -> str:
         """One line for the report's E2E rows: what was measured on which checkpoint and device [E2E-1, E2E-2]."""
@@ -224,7 +224,7 @@ def _run(adapter, checkpoint: Path, *, device, spec, info, tokenizer, fresh, kee
                        kv_scales=exported_kv_scales(state, spec), checkpoint_kv_scales=info.kv_scales,
                        timings=timings)
     lap("perplexity")
-    expected = expected_scales(checkpoint, spec, info.kv_scales)
+    expected = expected_scales(checkpoint, spec, info.kv_scales, info.q_scales)
     result.compared_names = tuple(expected)
     result.scale_differences = tuple(scale_mismatches(state, expected))
     lap("compare_scales")

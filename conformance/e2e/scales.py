@@ -6,6 +6,8 @@ small model (docs/E2E.md), so the E2E run compares every k/v scale, every linear
 The file's values go through the transform vLLM 0.33.0 documents for each (the reference
 applies the same):
 
+* q scales (per-tensor checkpoints that write one, e.g. ModelOpt FP8 attention's ``q_proj.q_scale``, Quark's
+  ``q_proj.output_scale``): read as float32 [KVPROC-2];
 * k/v scales: read as float32 (a bf16/fp16 scale is widened exactly); a layer with only k
   (or only v, or the legacy single ``kv_scale``) uses it for both [KVPROC-4]; ``attn_head``
   scales keep one value per KV head [HEADS-1];
@@ -37,17 +39,21 @@ def _tensor(value: float | tuple[float, ...]) -> torch.Tensor:
     return torch.tensor(value, dtype=torch.float32)
 
 
-def expected_scales(path: str | Path, spec: ModelSpec, kv_scales) -> dict[str, torch.Tensor]:
+def expected_scales(path: str | Path, spec: ModelSpec, kv_scales, q_scales=()) -> dict[str, torch.Tensor]:
     """Kernel-state name -> the float32 value a correct loader exports, from checkpoint ``path``.
 
     ``kv_scales`` is ``CheckpointInfo.kv_scales`` (per layer ``(k, v)``, already resolved by the
-    cache-scale mapper). Linear scales are read from the HF-named (unfused) tensors; a linear
-    whose scales are not all present is not compared.
+    cache-scale mapper), ``q_scales`` its ``q_scales`` (``None``: the file has none for that layer).
+    Linear scales are read from the HF-named (unfused) tensors; a linear whose scales are not all
+    present is not compared.
     """
     out: dict[str, torch.Tensor] = {}
     for index, (k, v) in enumerate(kv_scales):
         out[spec.attention_prefix(index) + "k_scale"] = _tensor(k)
         out[spec.attention_prefix(index) + "v_scale"] = _tensor(v)
+    for index, q in enumerate(q_scales):
+        if q is not None:
+            out[spec.attention_prefix(index) + "q_scale"] = _tensor(q)
     checkpoint = open_checkpoint(path)
     headers = checkpoint.tensors
     for index, layer in enumerate(spec.layers):
