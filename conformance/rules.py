@@ -389,7 +389,7 @@ RULES: tuple[Rule, ...] = (
     Rule("E2E-4", SHOULD,
          "Checkpoints in the layouts whose NAMES rule is a SHOULD meet E2E-1 and E2E-2 too: legacy compressed-tensors (self_attn.{q,k,v}_proj.output_scale under a compressed-tensors quantization config, NAMES-2) and ModelOpt FP8 attention (a calibrated self_attn.q_proj.q_scale next to k_proj.k_scale/v_proj.v_scale, NAMES-15), with every KV-cache scale of the file, q included, ending in the kernel.",
          f"{_FP8} Fp8Config.get_cache_scale_mapper (#43167); NVIDIA/TensorRT-Edge-LLM tensorrt_edgellm/quantization/quantize.py _collect_attention_q_scales_for_export (commit 9fccfef4)",
-         "vLLM's compressed-tensors config has no output_scale mapping (NAMES-2), so a legacy checkpoint does not load; ModelOpt's q_proj.q_scale is renamed by the stacked q_proj->qkv_proj entry and loading raises AttributeError: QKVParallelLinear has no attribute `attn` (NAMES-15)."),
+         "vLLM's compressed-tensors config has no output_scale mapping (NAMES-2), so a legacy checkpoint does not load; ModelOpt's q_proj.q_scale has no entry of its own: the default (?<!\\.attn)\\.([qkv])_scale$ rule makes it q_proj.attn.q_scale, the model's stacked q_proj->qkv_proj entry then qkv_proj.attn.q_scale, and loading raises AttributeError: QKVParallelLinear has no attribute `attn` (NAMES-15)."),
 )
 
 RULES += (
