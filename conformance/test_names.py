@@ -218,6 +218,21 @@ MERGE_CASES = [pytest.param(p.id, kind, id=f"{p.id}-{kind}") for p in MUST_PRODU
                for kind in p.scale_names]
 
 
+def assert_merged_load(impl, name: str, target: str, model_mapper, quant_method: str, what: str) -> None:
+    """``auto_load`` of ``name`` (0.5) with ``model_mapper`` under ``quant_method`` loads exactly
+    ``model.layers.0.self_attn.attn.<target>`` with that value [NAMES-10]."""
+    import torch
+
+    module, attn = attention_tree()
+    try:
+        loaded = impl.auto_load(module, [(name, torch.tensor(0.5))], mapper=model_mapper, quant_method=quant_method)
+    except Exception as exc:  # noqa: BLE001 - shown, not handled
+        fail(what, f"{type(exc).__name__}: {exc}", f"loads model.layers.0.self_attn.attn.{target}", "NAMES-10")
+    assert_equal(f"names loaded by {what}", sorted(loaded), [f"model.layers.0.self_attn.attn.{target}"],
+                 "NAMES-10")
+    assert_equal(f"attn.{target} after {what}", getattr(attn, target).item(), 0.5, "NAMES-10")
+
+
 DECOYS = {"regex": ".decoy_scale", "substr": ".decoy.", "prefix": "decoy.", "suffix": ".decoy_scale"}
 """What a model's mapper entry sharing a cache-scale key maps to: a name no module has (stacked: none to share)."""
 
@@ -241,10 +256,8 @@ def test_cache_scale_entry_wins_on_a_shared_key(impl, producer_id, kind):
     """The model's mapper has an entry with the very key of the cache-scale entry that maps the producer's name,
     mapping it to a decoy; merged on the right, the cache-scale entry wins and the scale loads. Merged on the
     left, the model's decoy wins and the scale is lost (``dict`` merge: the right side's value) [NAMES-10]."""
-    import torch
 
     producer = PRODUCERS[producer_id]
-    module, attn = attention_tree()
     name = producer.scale_name("model.layers.0.self_attn.", kind)
     target = f"{'k' if producer.fused_kv else kind}_scale"
     found = mapping_entry(impl, impl.cache_scale_mapper(producer.quant_method), name)
@@ -254,14 +267,7 @@ def test_cache_scale_entry_wins_on_a_shared_key(impl, producer_id, kind):
     model_mapper = impl.make_mapper(**{stage: {key: DECOYS[stage]}})
     what = (f"auto_load({name!r}) under {producer.quant_method} with the model's mapper {{{stage}: {{{key!r}: "
             f"{DECOYS[stage]!r}}}}} (the cache-scale mapper's own key)")
-    try:
-        loaded = impl.auto_load(module, [(name, torch.tensor(0.5))], mapper=model_mapper,
-                                quant_method=producer.quant_method)
-    except Exception as exc:  # noqa: BLE001 - shown, not handled
-        fail(what, f"{type(exc).__name__}: {exc}", f"loads model.layers.0.self_attn.attn.{target}", "NAMES-10")
-    assert_equal(f"names loaded by {what}", sorted(loaded), [f"model.layers.0.self_attn.attn.{target}"],
-                 "NAMES-10")
-    assert_equal(f"attn.{target} after {what}", getattr(attn, target).item(), 0.5, "NAMES-10")
+    assert_merged_load(impl, name, target, model_mapper, producer.quant_method, what)
 
 
 @pytest.mark.rule("NAMES-10")
@@ -271,20 +277,11 @@ def test_cache_scale_mapper_runs_after_the_models_mapper(impl, producer_id, kind
     """The model's regex renames its HF attention module ``attention`` to ``self_attn``; the cache-scale mapper,
     merged on its right, then maps the producer's name. Merged on the left, its entries run first, on the
     un-renamed name, and the scale is lost [NAMES-10]."""
-    import torch
 
     producer = PRODUCERS[producer_id]
-    module, attn = attention_tree()
     name = producer.scale_name("model.layers.0.attention.", kind)
     target = f"{'k' if producer.fused_kv else kind}_scale"
     model_mapper = impl.make_mapper(regex={r"\.attention\.": ".self_attn."})
     what = f"auto_load({name!r}) under {producer.quant_method} with the model's mapper {{'\\.attention\\.': " \
            "'.self_attn.'}"
-    try:
-        loaded = impl.auto_load(module, [(name, torch.tensor(0.5))], mapper=model_mapper,
-                                quant_method=producer.quant_method)
-    except Exception as exc:  # noqa: BLE001 - shown, not handled
-        fail(what, f"{type(exc).__name__}: {exc}", f"loads model.layers.0.self_attn.attn.{target}", "NAMES-10")
-    assert_equal(f"names loaded by {what}", sorted(loaded), [f"model.layers.0.self_attn.attn.{target}"],
-                 "NAMES-10")
-    assert_equal(f"attn.{target} after {what}", getattr(attn, target).item(), 0.5, "NAMES-10")
+    assert_merged_load(impl, name, target, model_mapper, producer.quant_method, what)
