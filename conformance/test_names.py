@@ -256,7 +256,6 @@ def test_cache_scale_entry_wins_on_a_shared_key(impl, producer_id, kind):
     """The model's mapper has an entry with the very key of the cache-scale entry that maps the producer's name,
     mapping it to a decoy; merged on the right, the cache-scale entry wins and the scale loads. Merged on the
     left, the model's decoy wins and the scale is lost (``dict`` merge: the right side's value) [NAMES-10]."""
-
     producer = PRODUCERS[producer_id]
     name = producer.scale_name("model.layers.0.self_attn.", kind)
     target = f"{'k' if producer.fused_kv else kind}_scale"
@@ -277,7 +276,6 @@ def test_cache_scale_mapper_runs_after_the_models_mapper(impl, producer_id, kind
     """The model's regex renames its HF attention module ``attention`` to ``self_attn``; the cache-scale mapper,
     merged on its right, then maps the producer's name. Merged on the left, its entries run first, on the
     un-renamed name, and the scale is lost [NAMES-10]."""
-
     producer = PRODUCERS[producer_id]
     name = producer.scale_name("model.layers.0.attention.", kind)
     target = f"{'k' if producer.fused_kv else kind}_scale"

@@ -39,8 +39,6 @@ ORDERS = ("file", "sorted", "shuffled", "interleaved", "reversed")
 SCALE_DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                      "float64": torch.float64}
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
-LINEAR_SCALE_SUFFIXES = (".weight_scale", ".input_scale")
-"""Checkpoint names of an FP8 linear's scales end with these (``linear_scale_dtype`` stores them) [DTYPE-2]."""
 HEAD_PRODUCER = "compressed-tensors"
 """The producer that writes per-head KV-cache scales (``kv_cache_scheme.strategy: attn_head``) [HEADS-1]."""
 
@@ -126,12 +124,9 @@ class CheckpointLayout:
     def _base(self) -> dict[str, torch.Tensor]:
         """The producer's checkpoint in file order, before ``missing`` and ``extra``."""
         dtype = None if self.scale_dtype is None else SCALE_DTYPE_NAMES[self.scale_dtype]
+        linear = None if self.linear_scale_dtype is None else SCALE_DTYPE_NAMES[self.linear_scale_dtype]
         state = synthetic_checkpoint(self.spec, producer=self.producer, seed=self.seed,
-                                     kv_scales=dict(self.kv_scales), scale_dtype=dtype)
-        if self.linear_scale_dtype is not None:
-            linear = SCALE_DTYPE_NAMES[self.linear_scale_dtype]
-            state = {name: tensor.to(linear) if name.endswith(LINEAR_SCALE_SUFFIXES) else tensor
-                     for name, tensor in state.items()}
+                                     kv_scales=dict(self.kv_scales), scale_dtype=dtype, linear_scale_dtype=linear)
         if not self.head_scales:
             return state
         per_tensor = set(self._per_tensor_scale_names())

@@ -47,13 +47,14 @@ def fp8_weight(values: torch.Tensor, scheme: str, *, producer: Producer) -> dict
 
 
 def synthetic_checkpoint(spec: ModelSpec, *, producer: str = "canonical", seed: int = 0,
-                         kv_scales: KVValues | None = None, scale_dtype: torch.dtype | None = None
-                         ) -> dict[str, torch.Tensor]:
+                         kv_scales: KVValues | None = None, scale_dtype: torch.dtype | None = None,
+                         linear_scale_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """A full checkpoint for ``spec`` with random weights and KV scales in ``producer``'s layout.
 
     ``kv_scales`` gives each scale kind's value (``None`` or absent omits it);
     the default gives k=0.5, v=0.25 and omits q and prob. ``scale_dtype``
-    overrides the producer's scale dtype.
+    overrides the producer's KV-scale dtype, ``linear_scale_dtype`` the dtype of every
+    ``weight_scale`` and ``input_scale`` [DTYPE-2].
     """
     gen = torch.Generator().manual_seed(seed)
     dtype = torch_dtype(spec.params_dtype)
@@ -68,7 +69,8 @@ def synthetic_checkpoint(spec: ModelSpec, *, producer: str = "canonical", seed: 
         out[spec.lm_head_name] = rand(spec.vocab_size, spec.hidden_size).to(dtype)
     producer_info = PRODUCERS[producer]
     tensor_scale_shape = producer_info.scale_shape
-    linear_scale_dtype = torch.float32 if producer_info.scale_dtype == "float32" else dtype  # input_scale as written
+    # input_scale as the producer writes it (weight_scale: float32, from quantize_weight), unless overridden
+    input_scale_dtype = linear_scale_dtype or (torch.float32 if producer_info.scale_dtype == "float32" else dtype)
     for index in range(len(spec.layers)):
         lp = spec.layer_prefix(index)
         out[f"{lp}input_layernorm.weight"] = (1 + rand(spec.hidden_size)).to(dtype)
@@ -84,9 +86,11 @@ def synthetic_checkpoint(spec: ModelSpec, *, producer: str = "canonical", seed: 
             else:
                 for suffix, tensor in fp8_weight(values, scheme, producer=producer_info).items():
                     out[f"{name}.{suffix}"] = tensor
+                if linear_scale_dtype is not None:
+                    out[f"{name}.weight_scale"] = out[f"{name}.weight_scale"].to(linear_scale_dtype)
                 if spec.static_input_scales:  # decided by the config, not the method's name [STATIC-1]
                     out[f"{name}.input_scale"] = (0.01 + rand(1, scale=0.01).abs()).reshape(
-                        tensor_scale_shape).to(linear_scale_dtype)
+                        tensor_scale_shape).to(input_scale_dtype)
         out.update(kv_scale_tensors(spec, index, producer=producer, kv_scales=kv_scales, scale_dtype=scale_dtype))
     return out
 

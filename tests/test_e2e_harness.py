@@ -154,3 +154,22 @@ def test_every_scale_is_compared_with_the_file_after_the_producers_transform(tmp
     del state[f"{qkv}.weight_scale"]
     assert e2e.scale_mismatches(state, expected) == [
         ("model.layers.0.self_attn.attn.k_scale", "[1, 1]", "[0.5, 0.25]"), (f"{qkv}.weight_scale", "absent", "0.03")]
+
+
+def test_q_scales_are_read_checked_and_compared_with_the_file(tmp_path):
+    """A per-tensor checkpoint's q scales (ModelOpt FP8 attention's ``q_proj.q_scale``) are read per layer, a bad
+    one is listed with the other problems, and a loader that exports another q (vLLM's default: q = k) is caught
+    [E2E-1, E2E-4]."""
+    scales = {**producer_scales("modelopt"), "model.layers.0.self_attn.q_proj.q_scale": torch.tensor([0.75])}
+    info = e2e.inspect_checkpoint(tiny_checkpoint(tmp_path / "ok", scales, producer="modelopt-fp8-attention"))
+    assert info.q_scales == (0.75, None)
+    assert "model.layers.0.self_attn.q_proj.q_scale" in info.scale_names
+    spec = e2e.forward.spec_from_hf_config(TINY, linear_quant="fp8_per_tensor", quant_method="modelopt")
+    expected = e2e.expected_scales(info.path, spec, info.kv_scales, info.q_scales)
+    assert expected["model.layers.0.self_attn.attn.q_scale"].tolist() == 0.75
+    assert "model.layers.1.self_attn.attn.q_scale" not in expected
+    state = dict(expected, **{"model.layers.0.self_attn.attn.q_scale": torch.tensor(0.5)})  # q = k
+    assert e2e.scale_mismatches(state, expected) == [("model.layers.0.self_attn.attn.q_scale", "0.5", "0.75")]
+    bad = dict(scales, **{"model.layers.1.self_attn.q_proj.q_scale": torch.tensor([float("nan")])})
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.self_attn\.q_proj\.q_scale=nan, but should be finite"):
+        e2e.inspect_checkpoint(tiny_checkpoint(tmp_path / "bad", bad, producer="modelopt-fp8-attention"))

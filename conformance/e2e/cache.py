@@ -26,7 +26,8 @@ from pathlib import Path
 
 VERSIONS_KEPT = 2  # the current version of a family and the one before it (switching branches)
 EVICTION_IDLE_S = 3600.0
-_VERSION = re.compile(r"-[0-9a-f]{16}")
+_VERSIONED = re.compile(r"(?P<family>.+)-[0-9a-f]{16}")
+"""A versioned entry's directory name: ``<family>-<16 hex digits>``."""
 
 
 def cache_root() -> Path:
@@ -102,15 +103,14 @@ def versions(parent: Path, family: str) -> list[Path]:
     used first."""
     if not parent.is_dir():
         return []
-    found = [entry for entry in parent.iterdir() if entry.is_dir() and entry.name.startswith(f"{family}-")
-             and _VERSION.fullmatch(entry.name[len(family):])]
+    found = [entry for entry in parent.iterdir() if entry.is_dir() and family_of(entry) == family]
     return sorted(found, key=lambda entry: entry.stat().st_mtime, reverse=True)
 
 
 def family_of(entry: Path) -> str | None:
     """The family of a versioned entry's directory name, or None if it carries no version suffix."""
-    match = _VERSION.search(entry.name)
-    return entry.name[:match.start()] if match and match.end() == len(entry.name) else None
+    match = _VERSIONED.fullmatch(entry.name)
+    return match.group("family") if match else None
 
 
 def prune_versions(parent: Path, family: str, *, keep: int = VERSIONS_KEPT, idle_s: float = EVICTION_IDLE_S,
@@ -136,9 +136,10 @@ def cached_version(parent: Path, family: str, key: str, *, is_complete: Callable
 
     ``key`` is 16 hex digits of a hash of whatever decides the entry's bytes.
     """
-    if not _VERSION.fullmatch(f"-{key}"):
+    target = parent / f"{family}-{key}"
+    if family_of(target) != family:
         raise ValueError(f"key={key!r}, but should be 16 lowercase hex digits")
-    target = cached_directory(parent / f"{family}-{key}", is_complete=is_complete, write=write)
+    target = cached_directory(target, is_complete=is_complete, write=write)
     with contextlib.suppress(OSError):  # a read-only cache still serves its entries
         os.utime(target)
         prune_versions(parent, family)

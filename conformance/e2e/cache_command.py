@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from loadspec.conformance.e2e.cache import cache_root, directory_bytes, family_of, prune_versions, versions
@@ -25,34 +26,31 @@ def _size(n: int) -> str:
     return f"{value:.1f} GiB"
 
 
+def _families(root: Path) -> Iterator[tuple[Path, str | None]]:
+    """``(area, family)`` for every versioned family under ``root``, ``(area, None)`` for an area holding none."""
+    if not root.is_dir():
+        return
+    for area in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        families = sorted({f for entry in area.iterdir() if entry.is_dir() and (f := family_of(entry))})
+        yield from ((area, family) for family in families) if families else [(area, None)]
+
+
 def inventory(root: Path) -> list[dict]:
     """One row per cache entry that is not versioned, and per family of versioned entries: path (relative to
     ``root``), versions (None for an unversioned entry), bytes, last used (mtime, newest version)."""
     rows: list[dict] = []
-    if not root.is_dir():
-        return rows
-    for area in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        families = sorted({f for entry in area.iterdir() if entry.is_dir() and (f := family_of(entry))})
-        if not families:
-            rows.append({"path": area.name, "versions": None, "bytes": directory_bytes(area),
-                         "last_used": area.stat().st_mtime})
-            continue
-        for family in families:
-            found = versions(area, family)
-            rows.append({"path": f"{area.name}/{family}", "versions": len(found),
-                         "bytes": sum(directory_bytes(entry) for entry in found),
-                         "last_used": found[0].stat().st_mtime})
+    for area, family in _families(root):
+        found = [area] if family is None else versions(area, family)
+        rows.append({"path": area.name if family is None else f"{area.name}/{family}",
+                     "versions": None if family is None else len(found),
+                     "bytes": sum(directory_bytes(entry) for entry in found), "last_used": found[0].stat().st_mtime})
     return rows
 
 
 def prune(root: Path, *, keep: int) -> list[Path]:
     """Every versioned family under ``root`` keeps its ``keep`` newest versions; the removed paths."""
-    removed: list[Path] = []
-    for row in inventory(root):
-        if row["versions"] is not None:
-            area, family = row["path"].split("/", 1)
-            removed += prune_versions(root / area, family, keep=keep, idle_s=0.0)
-    return removed
+    return [path for area, family in _families(root) if family is not None
+            for path in prune_versions(area, family, keep=keep, idle_s=0.0)]
 
 
 def main(argv: list[str] | None = None) -> int:

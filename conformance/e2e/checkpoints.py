@@ -35,8 +35,7 @@ KV_CACHE_DTYPE = "fp8_e4m3"
 CHECKPOINT_ENV = "LOADSPEC_CHECKPOINT"  # a user checkpoint: a local directory or a Hub id (org/name[@revision])
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+(@[\w./-]+)?")
-_LAYER_KV_SCALE = re.compile(r"^model\.layers\.(\d+)\.self_attn\.attn\.([kv])_scale$")
-_LAYER_Q_SCALE = re.compile(r"^model\.layers\.(\d+)\.self_attn\.attn\.q_scale$")
+_LAYER_KV_SCALE = re.compile(r"^model\.layers\.(\d+)\.self_attn\.attn\.([qkv])_scale$")
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 ALLOCATION_FACTOR = 2
 ALLOCATION_SLACK = 16 * 2**20
@@ -169,10 +168,12 @@ def check_quantization_config(qconfig: dict | None) -> None:
 
 
 def _kv_scales(path: Path, checkpoint: Checkpoint, layers: int, *, heads: int | None
-               ) -> tuple[list[tuple[KVValue, KVValue]], list[str], list[int], list[str]]:
-    """Per layer ``(k, v)`` (v follows k, k follows v [KVPROC-4]), the scale names found, the layers without any,
-    and every problem. ``heads`` is the KV-head count when the config says per-head scales (``attn_head``): each
-    scale then holds one value per head [HEADS-1]; otherwise exactly one element."""
+               ) -> tuple[list[tuple[KVValue, KVValue]], list[float | None], list[str], list[int], list[str]]:
+    """Per layer ``(k, v)`` (v follows k, k follows v [KVPROC-4]) and the file's q scale (``None``: none; per-tensor
+    checkpoints only: FP8 attention applies it, e.g. ModelOpt's ``q_proj.q_scale`` [NAMES-15]), the k/v scale
+    names found, the layers without k or v, and every problem. ``heads`` is the KV-head count when the config says
+    per-head scales (``attn_head``): each k/v scale then holds one value per head [HEADS-1]; otherwise exactly one
+    element. The names are every q/k/v scale tensor found."""
     mapper = cache_scale_mapper()
     headers = checkpoint.tensors
     found: dict[tuple[int, str], dict[str, KVValue]] = {}
@@ -183,7 +184,7 @@ def _kv_scales(path: Path, checkpoint: Checkpoint, layers: int, *, heads: int | 
     for name in sorted(headers):
         mapped = mapper.map_name(name)
         match = _LAYER_KV_SCALE.match(mapped or "")
-        if match is None:
+        if match is None or (match.group(2) == "q" and (heads is not None or int(match.group(1)) >= layers)):
             continue
         shape = headers[name].shape
         want = 1 if heads is None else heads
@@ -204,38 +205,22 @@ def _kv_scales(path: Path, checkpoint: Checkpoint, layers: int, *, heads: int | 
         problems.insert(0, f"KV-cache scale {wrong_size[0]}, but should have {wrong_what}" if len(wrong_size) == 1 else
                         f"{len(wrong_size)} KV-cache scales have the wrong size (e.g. {', '.join(wrong_size[:2])}), "
                         f"but each should have {wrong_what}")
-    scales, missing = [], []
+    scales, q_scales, missing = [], [], []
     for index in range(layers):
         got: dict[str, KVValue] = {}
-        for kind in ("k", "v"):
+        for kind in ("q", "k", "v"):
             seen = found.get((index, kind), {})
             if len(set(seen.values())) > 1:
                 problems.append(f"conflicting {kind} scales for layer {index}: {seen}")
             if seen:
                 got[kind] = next(iter(seen.values()))
-        if not got and index not in rejected:
+        if "k" not in got and "v" not in got and index not in rejected:
             missing.append(index)
         k = got.get("k", got.get("v", 1.0))
         scales.append((k, got.get("v", k)))
-    return scales, [name for seen in found.values() for name in seen], missing, problems
-
-
-def _q_scales(checkpoint: Checkpoint, layers: int) -> tuple[list[float | None], list[str]]:
-    """Per layer the file's one-element q scale (``None`` where it has none), and every problem (a q scale that is
-    not one finite positive element; FP8 attention applies it, e.g. ModelOpt's ``q_proj.q_scale`` [NAMES-15])."""
-    mapper = cache_scale_mapper()
-    values: list[float | None] = [None] * layers
-    problems = []
-    for name in sorted(checkpoint.tensors):
-        match = _LAYER_Q_SCALE.match(mapper.map_name(name) or "")
-        if match is None or int(match.group(1)) >= layers:
-            continue
-        tensor = checkpoint.read(name).float().reshape(-1)
-        if tensor.numel() != 1 or not (math.isfinite(float(tensor[0])) and float(tensor[0]) > 0):
-            problems.append(f"q scale {name}={tensor.tolist()!r}, but should be one finite element > 0")
-            continue
-        values[int(match.group(1))] = float(tensor[0])
-    return values, problems
+        q = got.get("q")  # only per-tensor checkpoints keep a q: one float
+        q_scales.append(q if isinstance(q, float) else None)
+    return scales, q_scales, [name for seen in found.values() for name in seen], missing, problems
 
 
 def _raise_problems(path: Path, scheme_problems: list[str], problems: list[str]) -> None:
@@ -290,11 +275,9 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
         raise  # unreachable: the line above raised
     layers = len(spec.layers)
     per_head = kv_strategy_hint(config, scheme) == "attn_head"
-    kv_scales, found_names, missing, kv_problems = _kv_scales(path, checkpoint, layers,
-                                                              heads=spec.num_kv_heads if per_head else None)
+    kv_scales, q_scales, found_names, missing, kv_problems = _kv_scales(
+        path, checkpoint, layers, heads=spec.num_kv_heads if per_head else None)
     problems += kv_problems
-    q_scales, q_problems = ([], []) if per_head else _q_scales(checkpoint, layers)
-    problems += q_problems
     if missing:
         prefix = f"model.layers.{missing[0]}.self_attn."
         problems.append(

@@ -98,7 +98,7 @@ def quantized_checkpoint(producer_id: str, *, weight_strategy: str = "tensor", s
     format's own). The cache entry is keyed by the source's content, the
     quantizer's code and the arguments; it is written to a temporary directory and
     renamed into place, under a lock, so concurrent runs share it safely; versions of the same
-arguments that older code wrote are evicted (``cache.prune_versions``).
+    arguments that older code wrote are evicted (``cache.prune_versions``).
     """
     if producer_id not in PRODUCERS:
         raise ValueError(f"producer_id={producer_id!r}, but should be one of {sorted(PRODUCERS)}")

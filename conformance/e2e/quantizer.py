@@ -160,8 +160,8 @@ def quantize_checkpoint(src_dir: str | Path, dst_dir: str | Path, *, producer_id
     dtype_name = {TORCH_DTYPES[name]: name for name in PARAM_DTYPES}[model_dtype]
     layout = spec.with_(quant_method=producer.quant_method, params_dtype=dtype_name)
     # A compressed-tensors kv_cache_scheme writes k_scale and v_scale only (no q_scale: that needs attention
-    # quantization); the other layouts get q/prob at 1.0 where their names exist.
-    # FP8-attention exports calibrate q (Producer.calibrated_q).
+    # quantization); the other layouts get q/prob at 1.0 where their names exist, but FP8-attention exports
+    # calibrate q (Producer.calibrated_q).
     uncalibrated = {} if compressed_tensors else {"q": 1.0, "prob": 1.0}
     q_scales = (calibrate_q_scales(float_state, spec, tokenizer, calibration_text=calibration_text)
                 if producer.calibrated_q else None)

@@ -21,6 +21,7 @@ from vllm.model_executor.layers.quantization.modelopt import ModelOptFp8Config
 from vllm.model_executor.layers.quantization.quark.quark import QuarkConfig
 
 from loadspec.reference.spec import ModelSpec
+from loadspec.reference.vocabulary import PER_CHANNEL_METHODS
 from loadspec.strategies.synthetic import hf_linears
 
 CONFIG_CLASSES = {"fp8": Fp8Config, "compressed-tensors": CompressedTensorsConfig, "modelopt": ModelOptFp8Config,
@@ -91,7 +92,7 @@ def quantization_config_dict(quant_method: str, linear_schemes: dict[str, str], 
     per_tensor = [n for n, s in linear_schemes.items() if s == "fp8_per_tensor"]
     per_channel = [n for n, s in linear_schemes.items() if s == "fp8_per_channel"]
     ignored = list(ignored)
-    if quant_method in ("fp8", "modelopt") and per_channel:
+    if quant_method not in PER_CHANNEL_METHODS and per_channel:
         raise NotImplementedError(
             f"vLLM's {quant_config_class(quant_method).__name__} has no per-channel FP8 linear scheme "
             f"({per_channel[0]} is fp8_per_channel); the vLLM adapter does not declare fp8_per_channel_any_format")
